@@ -8,5 +8,7 @@
 //!   an in-memory trie and a streaming builder over leaves sorted by path.
 //! - [`gob`]: the subset of Go's `encoding/gob` that the proof types travel in.
 
+#![forbid(unsafe_code)]
+
 pub mod gob;
 pub mod smst;

@@ -50,10 +50,21 @@ pub enum Value {
 /// A type as defined on the wire.
 #[derive(Debug)]
 enum Wire {
-    Array { elem: i64, len: i64 },
-    Slice { elem: i64 },
-    Struct { name: String, fields: Vec<(String, i64)> },
-    Map { key: i64, elem: i64 },
+    Array {
+        elem: i64,
+        len: i64,
+    },
+    Slice {
+        elem: i64,
+    },
+    Struct {
+        name: String,
+        fields: Vec<(String, i64)>,
+    },
+    Map {
+        key: i64,
+        elem: i64,
+    },
     /// GobEncoder, BinaryMarshaler, TextMarshaler: an opaque byte string.
     Opaque,
 }
@@ -92,7 +103,11 @@ impl<'a> Reader<'a> {
 
     fn int(&mut self) -> Result<i64, DecodeError> {
         let u = self.uint()?;
-        Ok(if u & 1 == 1 { !(u >> 1) as i64 } else { (u >> 1) as i64 })
+        Ok(if u & 1 == 1 {
+            !(u >> 1) as i64
+        } else {
+            (u >> 1) as i64
+        })
     }
 
     fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
@@ -193,7 +208,7 @@ fn read_wire_type(r: &mut Reader<'_>) -> Result<Wire, DecodeError> {
     let mut wire = None;
     r.fields(7, |variant, r| {
         let mut name = String::new();
-        let (mut a, mut b, mut c) = (0i64, 0i64, 0i64);
+        let (mut a, mut b) = (0i64, 0i64);
         let mut fields = Vec::new();
         let nfields = match variant {
             0 | 3 => 3, // ArrayType{Common, Elem, Len}, MapType{Common, Key, Elem}
@@ -209,7 +224,10 @@ fn read_wire_type(r: &mut Reader<'_>) -> Result<Wire, DecodeError> {
                         let (mut fname, mut fid) = (String::new(), 0);
                         r.fields(2, |j, r| {
                             match j {
-                                0 => fname = String::from_utf8_lossy(r.bytes("field name")?).into_owned(),
+                                0 => {
+                                    fname =
+                                        String::from_utf8_lossy(r.bytes("field name")?).into_owned()
+                                }
                                 _ => fid = r.int()?,
                             }
                             Ok(())
@@ -218,15 +236,12 @@ fn read_wire_type(r: &mut Reader<'_>) -> Result<Wire, DecodeError> {
                     }
                 }
                 (_, 1) => a = r.int()?,
-                (_, _) => {
-                    b = r.int()?;
-                    c = b;
-                }
+                (_, _) => b = r.int()?,
             }
             Ok(())
         })?;
         wire = Some(match variant {
-            0 => Wire::Array { elem: a, len: c },
+            0 => Wire::Array { elem: a, len: b },
             1 => Wire::Slice { elem: a },
             2 => Wire::Struct { name, fields },
             3 => Wire::Map { key: a, elem: b },
@@ -252,7 +267,12 @@ impl Types<'_> {
             return Err(DecodeError::TooDeep);
         }
         let local = local.deref();
-        let mismatch = || DecodeError::TypeMismatch(format!("local type {} received wire type {wire}", local.name));
+        let mismatch = || {
+            DecodeError::TypeMismatch(format!(
+                "local type {} received wire type {wire}",
+                local.name
+            ))
+        };
         match local.kind {
             Kind::Int if wire == ids::INT => Ok(()),
             Kind::Bytes if wire == ids::BYTES => Ok(()),
@@ -262,7 +282,11 @@ impl Types<'_> {
                 _ => Err(mismatch()),
             },
             Kind::Struct(fields) => {
-                let Ok(Wire::Struct { name, fields: wfields }) = self.def(wire) else {
+                let Ok(Wire::Struct {
+                    name,
+                    fields: wfields,
+                }) = self.def(wire)
+                else {
                     return Err(mismatch());
                 };
                 let mut matched = 0;
@@ -298,7 +322,9 @@ impl Types<'_> {
             return Err(DecodeError::Unsupported(id));
         }
         match self.def(id)? {
-            Wire::Array { elem, .. } | Wire::Slice { elem } => self.check_skippable(*elem, depth + 1),
+            Wire::Array { elem, .. } | Wire::Slice { elem } => {
+                self.check_skippable(*elem, depth + 1)
+            }
             Wire::Map { key, elem } => {
                 self.check_skippable(*key, depth + 1)?;
                 self.check_skippable(*elem, depth + 1)
@@ -334,7 +360,10 @@ impl Types<'_> {
                 Value::List(items)
             }
             Kind::Struct(fields) => {
-                let Wire::Struct { fields: wfields, .. } = self.def(wire)? else {
+                let Wire::Struct {
+                    fields: wfields, ..
+                } = self.def(wire)?
+                else {
                     return Err(DecodeError::TypeMismatch(local.name.to_string()));
                 };
                 let mut out = vec![None; fields.len()];

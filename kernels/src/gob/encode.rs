@@ -45,7 +45,9 @@ pub fn type_prefix(schema: &'static Schema) -> Vec<u8> {
                 }
                 body.extend_from_slice(&[0, 0]);
             }
-            Kind::Int | Kind::Bytes | Kind::Ptr(_) => unreachable!("builtins and pointers get no definition"),
+            Kind::Int | Kind::Bytes | Kind::Ptr(_) => {
+                unreachable!("builtins and pointers get no definition")
+            }
         }
         put_uint(&mut out, body.len() as u64);
         out.extend_from_slice(&body);
@@ -117,6 +119,25 @@ impl<'a> Encoder<'a> {
             self.field(index);
             put_uint(self.out, items.len() as u64);
             items.iter().for_each(|b| put_bytes(self.out, b.as_ref()));
+        }
+    }
+
+    /// A `[][]byte` field from `count` borrowed elements; omitted when `count` is 0.
+    pub fn bytes_iter<'b>(
+        &mut self,
+        index: i64,
+        count: usize,
+        items: impl Iterator<Item = &'b [u8]>,
+    ) {
+        if count > 0 {
+            self.field(index);
+            put_uint(self.out, count as u64);
+            let mut written = 0;
+            for b in items {
+                put_bytes(self.out, b);
+                written += 1;
+            }
+            debug_assert_eq!(written, count, "count matches the items");
         }
     }
 

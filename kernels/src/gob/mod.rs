@@ -42,7 +42,11 @@ pub(crate) fn put_uint(out: &mut Vec<u8>, x: u64) {
 
 /// Appends gob's signed integer encoding (zig-zag with the sign in bit 0).
 pub(crate) fn put_int(out: &mut Vec<u8>, x: i64) {
-    let u = if x < 0 { (!(x as u64) << 1) | 1 } else { (x as u64) << 1 };
+    let u = if x < 0 {
+        (!(x as u64) << 1) | 1
+    } else {
+        (x as u64) << 1
+    };
     put_uint(out, u);
 }
 
@@ -69,6 +73,9 @@ mod tests {
         assert_eq!(enc(&|v| put_int(v, 64)), [0xff, 0x80]);
         assert_eq!(enc(&|v| put_int(v, -64)), [0x7f]);
         assert_eq!(enc(&|v| put_int(v, -65)), [0xff, 0x81]);
-        assert_eq!(enc(&|v| put_int(v, i64::MIN)), [0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            enc(&|v| put_int(v, i64::MIN)),
+            [0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+        );
     }
 }

@@ -91,7 +91,11 @@ fn write_compact_proof(e: &mut Encoder<'_>, p: &SparseCompactMerkleProof) {
     e.bytes(4, opt(&p.sibling_data));
 }
 
-fn encode_with(schema: &'static Schema, cell: &'static OnceLock<Vec<u8>>, write: impl FnOnce(&mut Encoder<'_>)) -> Vec<u8> {
+fn encode_with(
+    schema: &'static Schema,
+    cell: &'static OnceLock<Vec<u8>>,
+    write: impl FnOnce(&mut Encoder<'_>),
+) -> Vec<u8> {
     let mut body = Vec::with_capacity(512);
     let mut e = Encoder::new(&mut body);
     write(&mut e);
@@ -155,6 +159,49 @@ impl SparseMerkleClosestProof {
     }
 }
 
+/// Minimal big-endian bytes of a non-negative integer, on the stack.
+fn min_be(x: i64) -> ([u8; 8], usize) {
+    let b = (x as u64).to_be_bytes();
+    (b, (x.max(1).leading_zeros() / 8) as usize)
+}
+
+impl SparseMerkleClosestProof {
+    /// Compacts and gob-encodes in one pass: the same bytes as
+    /// `compact_closest_proof(self)?.to_gob()`, without the intermediate copies. Only for
+    /// proofs this crate generated (already known to be well formed).
+    pub(crate) fn to_compact_gob_unchecked(&self) -> Vec<u8> {
+        static P: OnceLock<Vec<u8>> = OnceLock::new();
+        encode_with(&COMPACT_CLOSEST_PROOF, &P, |e| {
+            e.bytes(0, &self.path);
+            let flipped: Vec<([u8; 8], usize)> =
+                self.flipped_bits.iter().map(|&b| min_be(b)).collect();
+            e.bytes_iter(1, flipped.len(), flipped.iter().map(|(b, at)| &b[*at..]));
+            let (depth, at) = min_be(self.depth);
+            e.bytes(2, &depth[at..]);
+            e.bytes(3, &self.closest_path);
+            e.bytes(4, opt(&self.closest_value_hash));
+            if let Some(p) = &self.closest_proof {
+                e.nested(5, |e| {
+                    let is_empty = |n: &&Vec<u8>| n.as_slice() == super::hash::EMPTY.as_slice();
+                    let kept = p.side_nodes.iter().filter(|n| !is_empty(n));
+                    e.bytes_iter(0, kept.clone().count(), kept.map(Vec::as_slice));
+                    e.bytes(1, opt(&p.non_membership_leaf_data));
+                    let n = p.side_nodes.len();
+                    let mut mask = [0u8; 32];
+                    for (i, node) in p.side_nodes.iter().enumerate() {
+                        if is_empty(&node) {
+                            mask[i / 8] |= 0x80 >> (i % 8);
+                        }
+                    }
+                    e.bytes(2, &mask[..n.div_ceil(8)]);
+                    e.int(3, n as i64);
+                    e.bytes(4, opt(&p.sibling_data));
+                });
+            }
+        })
+    }
+}
+
 impl SparseCompactMerkleClosestProof {
     /// Gob bytes as Go's `Marshal()` writes them: the `MsgSubmitProof.proof` format.
     pub fn to_gob(&self) -> Vec<u8> {
@@ -176,7 +223,10 @@ impl SparseCompactMerkleClosestProof {
         let mut f = fields(gob::decode(bytes, &COMPACT_CLOSEST_PROOF)?);
         Ok(Self {
             path: bytes_or_empty(f[0].take()),
-            flipped_bits: list(f[1].take()).into_iter().map(bytes_or_empty_v).collect(),
+            flipped_bits: list(f[1].take())
+                .into_iter()
+                .map(bytes_or_empty_v)
+                .collect(),
             depth: bytes_or_empty(f[2].take()),
             closest_path: bytes_or_empty(f[3].take()),
             closest_value_hash: bytes_opt(f[4].take()),
@@ -231,7 +281,10 @@ fn bytes_or_empty_v(v: Value) -> Vec<u8> {
 fn proof_from(v: Value) -> SparseMerkleProof {
     let mut f = fields(v);
     SparseMerkleProof {
-        side_nodes: list(f[0].take()).into_iter().map(bytes_or_empty_v).collect(),
+        side_nodes: list(f[0].take())
+            .into_iter()
+            .map(bytes_or_empty_v)
+            .collect(),
         non_membership_leaf_data: bytes_opt(f[1].take()),
         sibling_data: bytes_opt(f[2].take()),
     }
@@ -240,7 +293,10 @@ fn proof_from(v: Value) -> SparseMerkleProof {
 fn compact_proof_from(v: Value) -> SparseCompactMerkleProof {
     let mut f = fields(v);
     SparseCompactMerkleProof {
-        side_nodes: list(f[0].take()).into_iter().map(bytes_or_empty_v).collect(),
+        side_nodes: list(f[0].take())
+            .into_iter()
+            .map(bytes_or_empty_v)
+            .collect(),
         non_membership_leaf_data: bytes_opt(f[1].take()),
         bit_mask: bytes_or_empty(f[2].take()),
         num_side_nodes: f[3].take().map(int).unwrap_or(0),

@@ -107,9 +107,12 @@ pub trait SessionTrie {
 
     /// The proof as submitted on chain: compacted and gob-encoded
     /// (`MsgSubmitProof.proof`).
-    fn prove_closest_for_chain(&mut self, path: &[u8], opts: ProofOptions) -> Result<Vec<u8>, Self::Error> {
-        let proof = self.prove_closest(path, opts)?;
-        Ok(proof::compact_closest_unchecked(&proof).to_gob())
+    fn prove_closest_for_chain(
+        &mut self,
+        path: &[u8],
+        opts: ProofOptions,
+    ) -> Result<Vec<u8>, Self::Error> {
+        Ok(self.prove_closest(path, opts)?.to_compact_gob_unchecked())
     }
 }
 
@@ -120,7 +123,11 @@ impl SessionTrie for MemTrie {
         Ok(MemTrie::root(self))
     }
 
-    fn prove_closest(&mut self, path: &[u8], opts: ProofOptions) -> Result<SparseMerkleClosestProof, ProveError> {
+    fn prove_closest(
+        &mut self,
+        path: &[u8],
+        opts: ProofOptions,
+    ) -> Result<SparseMerkleClosestProof, ProveError> {
         MemTrie::prove_closest(self, path, opts)
     }
 }
@@ -183,7 +190,11 @@ where
         Ok(b.finish())
     }
 
-    fn prove_closest(&mut self, path: &[u8], opts: ProofOptions) -> Result<SparseMerkleClosestProof, Self::Error> {
+    fn prove_closest(
+        &mut self,
+        path: &[u8],
+        opts: ProofOptions,
+    ) -> Result<SparseMerkleClosestProof, Self::Error> {
         let mut b = SortedBuilder::with_target(path, opts)?;
         self.feed(&mut b)?;
         Ok(b.finish_with_proof().1)

@@ -176,7 +176,11 @@ pub(crate) fn compact_closest_unchecked(
 ) -> SparseCompactMerkleClosestProof {
     SparseCompactMerkleClosestProof {
         path: proof.path.clone(),
-        flipped_bits: proof.flipped_bits.iter().map(|&b| int_to_min_be(b)).collect(),
+        flipped_bits: proof
+            .flipped_bits
+            .iter()
+            .map(|&b| int_to_min_be(b))
+            .collect(),
         depth: int_to_min_be(proof.depth),
         closest_path: proof.closest_path.clone(),
         closest_value_hash: proof.closest_value_hash.clone(),
@@ -204,7 +208,11 @@ pub fn decompact_closest_proof(
     let closest_proof = decompact_proof(inner)?;
     Ok(SparseMerkleClosestProof {
         path: proof.path.clone(),
-        flipped_bits: proof.flipped_bits.iter().map(|b| min_be_to_int(b)).collect(),
+        flipped_bits: proof
+            .flipped_bits
+            .iter()
+            .map(|b| min_be_to_int(b))
+            .collect(),
         depth: min_be_to_int(&proof.depth),
         closest_path: proof.closest_path.clone(),
         closest_value_hash: proof.closest_value_hash.clone(),
@@ -218,7 +226,12 @@ mod tests {
 
     #[test]
     fn minimal_big_endian_round_trips() {
-        for (x, b) in [(0i64, vec![0u8]), (7, vec![7]), (255, vec![255]), (256, vec![1, 0])] {
+        for (x, b) in [
+            (0i64, vec![0u8]),
+            (7, vec![7]),
+            (255, vec![255]),
+            (256, vec![1, 0]),
+        ] {
             assert_eq!(int_to_min_be(x), b);
             assert_eq!(min_be_to_int(&b), x);
         }

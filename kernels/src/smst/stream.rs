@@ -8,8 +8,8 @@
 //! the subtree on the target's side is kept, the other becomes a side node.
 
 use super::hash::{
-    Digest, EMPTY, MAX_DEPTH, PATH_LEN, Path, bit, ext_encoding, first_diff_bit,
-    inner_digest, inner_encoding, leaf_digest_parts, wrap,
+    Digest, EMPTY, MAX_DEPTH, PATH_LEN, Path, bit, ext_encoding, first_diff_bit, inner_digest,
+    inner_encoding, leaf_digest_parts, wrap,
 };
 use super::proof::{ProofOptions, SparseMerkleClosestProof, SparseMerkleProof};
 use super::{ProveError, Root};
@@ -76,7 +76,10 @@ impl Pending {
             return v;
         }
         if self.split == top {
-            let (l, r) = self.children.as_deref().expect("branching subtrees keep their children");
+            let (l, r) = self
+                .children
+                .as_deref()
+                .expect("branching subtrees keep their children");
             inner_encoding(l, r).to_vec()
         } else {
             ext_encoding(top as u8, self.split as u8, &self.first, &self.digest).to_vec()
@@ -115,7 +118,9 @@ impl SortedBuilder {
 
     /// A builder that also collects the closest proof toward `target` (32 bytes).
     pub fn with_target(target: &[u8], opts: ProofOptions) -> Result<Self, ProveError> {
-        let target: Path = target.try_into().map_err(|_| ProveError::PathLength(target.len()))?;
+        let target: Path = target
+            .try_into()
+            .map_err(|_| ProveError::PathLength(target.len()))?;
         let mut b = Self::new();
         b.target = Some((target, opts));
         Ok(b)
@@ -220,7 +225,9 @@ impl SortedBuilder {
         let top_is_leaf = top.is_leaf();
         let mut track = top.track.expect("tracked");
         if !top_is_leaf {
-            track.side_nodes.extend(std::iter::repeat_n(EMPTY, top.split));
+            track
+                .side_nodes
+                .extend(std::iter::repeat_n(EMPTY, top.split));
         }
         let depth = track.side_nodes.len();
         // Branchings always follow the target; the bits the walk had to flip are exactly

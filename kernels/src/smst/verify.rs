@@ -55,8 +55,9 @@ impl ProofError {
         match self {
             Self::Malformed(_) => "malformed",
             Self::SiblingDataHash => "sibling_data",
-            Self::NumSideNodesOutOfRange(_) | Self::BitMaskLength { .. } => "compact",
-            Self::SideNodeCount { .. } => "compact",
+            Self::NumSideNodesOutOfRange(_)
+            | Self::BitMaskLength { .. }
+            | Self::SideNodeCount { .. } => "compact",
             _ => "invalid",
         }
     }
@@ -67,10 +68,12 @@ pub fn validate_proof(proof: &SparseMerkleProof) -> Result<(), ProofError> {
     if proof.side_nodes.len() > MAX_DEPTH {
         return Err(ProofError::TooManySideNodes(proof.side_nodes.len()));
     }
-    if let Some(d) = &proof.non_membership_leaf_data {
-        if d.len() < 1 + PATH_LEN {
-            return Err(ProofError::NonMembershipLeafDataSize(d.len()));
-        }
+    if let Some(d) = proof
+        .non_membership_leaf_data
+        .as_ref()
+        .filter(|d| d.len() < 1 + PATH_LEN)
+    {
+        return Err(ProofError::NonMembershipLeafDataSize(d.len()));
     }
     let Some(sibling) = &proof.sibling_data else {
         return Ok(());
@@ -85,7 +88,8 @@ pub fn validate_proof(proof: &SparseMerkleProof) -> Result<(), ProofError> {
     if sibling.is_empty() {
         return Err(ProofError::Malformed("empty sibling data"));
     }
-    let digest = hash_serialization(sibling).ok_or(ProofError::Malformed("sibling data too short"))?;
+    let digest =
+        hash_serialization(sibling).ok_or(ProofError::Malformed("sibling data too short"))?;
     if digest != proof.side_nodes[0] {
         return Err(ProofError::SiblingDataHash);
     }
@@ -119,7 +123,9 @@ pub fn validate_closest(proof: &SparseMerkleClosestProof) -> Result<(), ProofErr
     let mut prefix = MAX_DEPTH;
     for i in 0..MAX_DEPTH {
         if i / 8 >= proof.closest_path.len() {
-            return Err(ProofError::Malformed("closest path shorter than its prefix"));
+            return Err(ProofError::Malformed(
+                "closest path shorter than its prefix",
+            ));
         }
         if bit(&working, i) != bit(&proof.closest_path, i) {
             prefix = i;
@@ -172,7 +178,9 @@ fn verify_sum_at_path(
             None => EMPTY,
             Some(data) => {
                 if data[0] != 0x00 {
-                    return Err(ProofError::Malformed("non-membership leaf data is not a leaf"));
+                    return Err(ProofError::Malformed(
+                        "non-membership leaf data is not a leaf",
+                    ));
                 }
                 if &data[1..1 + PATH_LEN] == path {
                     return Err(ProofError::NonMembershipOnRelatedLeaf);
@@ -216,7 +224,10 @@ pub fn verify_compact_sum_proof(
 }
 
 /// `VerifyClosestProof(proof, root)` as the chain runs it.
-pub fn verify_closest_proof(proof: &SparseMerkleClosestProof, root: &[u8]) -> Result<bool, ProofError> {
+pub fn verify_closest_proof(
+    proof: &SparseMerkleClosestProof,
+    root: &[u8],
+) -> Result<bool, ProofError> {
     validate_closest(proof)?;
     if proof.closest_path.len() < PATH_LEN {
         return Err(ProofError::Malformed("closest path shorter than 32 bytes"));
@@ -229,7 +240,9 @@ pub fn verify_closest_proof(proof: &SparseMerkleClosestProof, root: &[u8]) -> Re
         None => verify_sum_at_path(inner, root, &proof.closest_path, &[], 0, 0),
         Some(data) => {
             if data.len() < SUM_COUNT_LEN {
-                return Err(ProofError::Malformed("closest value hash shorter than 16 bytes"));
+                return Err(ProofError::Malformed(
+                    "closest value hash shorter than 16 bytes",
+                ));
             }
             let n = data.len() - SUM_COUNT_LEN;
             let (sum, count) = (be_u64(data, n), be_u64(data, n + 8));

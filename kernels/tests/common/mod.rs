@@ -16,14 +16,21 @@ pub fn vectors_dir() -> PathBuf {
 /// Loads `<vectors>/<rel>` as JSON, failing loudly when it is missing.
 pub fn load(rel: &str) -> Value {
     let path = vectors_dir().join(rel);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("vector file {} must exist (set LODE_VECTORS): {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "vector file {} must exist (set LODE_VECTORS): {e}",
+            path.display()
+        )
+    });
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn hex(v: &Value) -> Vec<u8> {
-    ::hex::decode(v.as_str().unwrap_or_else(|| panic!("expected a hex string, got {v}")))
-        .unwrap_or_else(|e| panic!("bad hex {v}: {e}"))
+    ::hex::decode(
+        v.as_str()
+            .unwrap_or_else(|| panic!("expected a hex string, got {v}")),
+    )
+    .unwrap_or_else(|e| panic!("bad hex {v}: {e}"))
 }
 
 /// `null` → `None`, a hex string → bytes.
@@ -46,10 +53,16 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn eq<T: PartialEq + std::fmt::Debug>(&mut self, what: impl FnOnce() -> String, got: T, want: T) {
+    pub fn eq<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        what: impl FnOnce() -> String,
+        got: T,
+        want: T,
+    ) {
         self.checked += 1;
         if got != want {
-            self.failures.push(format!("{}:\n  got  {got:?}\n  want {want:?}", what()));
+            self.failures
+                .push(format!("{}:\n  got  {got:?}\n  want {want:?}", what()));
         }
     }
 
@@ -61,8 +74,17 @@ impl Checker {
     }
 
     pub fn finish(self, name: &str) {
-        println!("{name}: {} values checked, {} failures", self.checked, self.failures.len());
+        println!(
+            "{name}: {} values checked, {} failures",
+            self.checked,
+            self.failures.len()
+        );
         let shown: Vec<_> = self.failures.iter().take(30).cloned().collect();
-        assert!(self.failures.is_empty(), "{} failures:\n{}", self.failures.len(), shown.join("\n"));
+        assert!(
+            self.failures.is_empty(),
+            "{} failures:\n{}",
+            self.failures.len(),
+            shown.join("\n")
+        );
     }
 }

@@ -1,0 +1,39 @@
+# Sourced by scripts/run.sh and scripts/test.sh: makes a fresh machine ready to build.
+# Everything the project needs must be installed from here (CI runs on a clean clone).
+
+set -euo pipefail
+
+# System packages the build needs. The kernels are pure Rust; RocksDB (libclang-dev)
+# joins this list with the store.
+APT_PACKAGES=()
+
+need_apt=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+for tool in cargo rustfmt cargo-clippy; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "setup: '$tool' is missing; install the Rust toolchain with rustfmt and clippy (rustup)" >&2
+    exit 1
+  fi
+done
+
+# Shared compiler cache outside the clone, when sccache is available.
+if command -v sccache >/dev/null 2>&1 && [ -z "${RUSTC_WRAPPER:-}" ]; then
+  export RUSTC_WRAPPER=sccache
+  export SCCACHE_DIR="${SCCACHE_DIR:-/var/cache/lode-sccache}"
+fi
+
+# The protocol vectors live beside the repository unless told otherwise.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export LODE_VECTORS="${LODE_VECTORS:-$root/../shared/vectors}"
+if [ ! -d "$LODE_VECTORS" ]; then
+  echo "setup: vector directory $LODE_VECTORS not found (set LODE_VECTORS)" >&2
+  exit 1
+fi
