@@ -10,6 +10,32 @@
 //!
 //! Verification ([`verify_closest_proof`], [`verify_chain_proof`], …) accepts and rejects
 //! exactly what the chain does; Go panics become errors.
+//!
+//! ```
+//! use lode_kernels::smst::{self, MemTrie, ProofOptions, SessionTrie, SortedBuilder};
+//!
+//! // A session of three relays: key = relay hash, value = relay bytes, weight = compute units.
+//! let relays: [(&[u8], &[u8], u64); 3] = [(b"r1", b"relay one", 10), (b"r2", b"relay two", 20), (b"r3", b"three", 5)];
+//! let mut trie = MemTrie::new();
+//! for (key, value, cu) in relays {
+//!     trie.update(key, value, cu);
+//! }
+//! let root = trie.root();
+//! assert_eq!((root.sum(), root.count()), (35, 3));
+//!
+//! // The streaming form gives the same root from leaves sorted by path.
+//! let mut leaves: Vec<_> = relays.iter().map(|(k, v, w)| (smst::path_of(k), *v, *w)).collect();
+//! leaves.sort();
+//! let mut builder = SortedBuilder::new();
+//! for (path, value, weight) in &leaves {
+//!     builder.push(path, value, *weight).unwrap();
+//! }
+//! assert_eq!(builder.finish(), root);
+//!
+//! // The proof the chain asks for, and the chain's check of it.
+//! let proof = trie.prove_closest_for_chain(&smst::sha256(b"seed block hash and session id"), ProofOptions::SMALL).unwrap();
+//! assert_eq!(smst::verify_chain_proof(&proof, root.as_bytes()), Ok(true));
+//! ```
 
 mod codec;
 mod hash;
