@@ -10,5 +10,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod crypto;
 pub mod gob;
 pub mod smst;
