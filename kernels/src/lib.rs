@@ -12,4 +12,6 @@
 
 pub mod crypto;
 pub mod gob;
+pub mod gorand;
+pub mod session;
 pub mod smst;
