@@ -10,8 +10,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod claim;
 pub mod crypto;
 pub mod gob;
 pub mod gorand;
+pub mod mining;
+pub mod proto;
+pub mod relay;
 pub mod session;
 pub mod smst;
