@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs lode's main job. Until the local devnet lands, that is
-# the SMST benchmark report: roots and proofs of 100k and 1M-leaf sessions against the
-# SHA-256 lower bound and the Go reference figures. Pass --quick for 100k only.
+# the kernels' benchmark report: SMST roots and proofs of 100k and 1M-leaf sessions
+# against the SHA-256 lower bound and the Go reference figures (--quick: 100k only), then
+# ring and supplier signatures and relay hashing against ECDSA and SHA-256 baselines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 cargo bench -p lode-kernels --bench smst --locked -- "$@"
+cargo bench -p lode-kernels --bench relay --locked

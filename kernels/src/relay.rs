@@ -11,9 +11,7 @@ use crate::proto::{Message, PoktHttpResponse, ProtoError, Relay, RelayRequest, R
 /// The 32 bytes the application's ring signature signs:
 /// SHA-256 of the request encoded with `meta.signature` cleared.
 pub fn request_signable_hash(req: &RelayRequest) -> [u8; 32] {
-    let mut unsigned = req.clone();
-    unsigned.meta.signature.clear();
-    Sha256::digest(unsigned.encode()).into()
+    Sha256::digest(req.encode_unsigned()).into()
 }
 
 /// Ring-signs a request in place with an application or gateway key.
@@ -42,17 +40,7 @@ pub fn payload_hash(payload: &[u8]) -> [u8; 32] {
 /// The 32 bytes the supplier signs: SHA-256 of the response encoded with the signature
 /// cleared and — when `payload_hash` is set — the payload cleared too.
 pub fn response_signable_hash(res: &RelayResponse) -> [u8; 32] {
-    let mut unsigned = RelayResponse {
-        meta: res.meta.clone(),
-        payload: Vec::new(),
-        relay_miner_error: res.relay_miner_error.clone(),
-        payload_hash: res.payload_hash.clone(),
-    };
-    unsigned.meta.supplier_operator_signature.clear();
-    if res.payload_hash.is_empty() {
-        unsigned.payload = res.payload.clone();
-    }
-    Sha256::digest(unsigned.encode()).into()
+    Sha256::digest(res.encode_signable()).into()
 }
 
 /// Sets `payload_hash` and the supplier signature of a response.
@@ -78,14 +66,7 @@ pub fn verify_response(res: &RelayResponse, supplier_key: &PublicKey) -> bool {
 /// The serialized relay stored in the trie: `Relay{req, res}` with the response payload
 /// cleared (its hash stays).
 pub fn mined_relay_bytes(req: &RelayRequest, res: &RelayResponse) -> Vec<u8> {
-    let relay = Relay {
-        req: Some(req.clone()),
-        res: Some(RelayResponse {
-            payload: Vec::new(),
-            ..res.clone()
-        }),
-    };
-    relay.encode()
+    Relay::encode_mined(req, res)
 }
 
 /// The relay's hash: SHA-256 of [`mined_relay_bytes`]. It is the trie key.

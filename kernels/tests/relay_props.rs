@@ -377,3 +377,47 @@ fn placeholder_rings_are_built_as_poktroll_does() {
     let k: PublicKey = ring::placeholder_key();
     assert_eq!(k.address().to_upper_hex(), p);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The copy-free encodings equal encoding a modified copy.
+    #[test]
+    fn hashed_encodings_equal_encoding_a_modified_copy(req in request(), res in response()) {
+        let mut unsigned = req.clone();
+        unsigned.meta.signature.clear();
+        prop_assert_eq!(req.encode_unsigned(), unsigned.encode());
+
+        let mut signable = res.clone();
+        signable.meta.supplier_operator_signature.clear();
+        if !res.payload_hash.is_empty() {
+            signable.payload.clear();
+        }
+        prop_assert_eq!(res.encode_signable(), signable.encode());
+
+        let mined = Relay { req: Some(req.clone()), res: Some(RelayResponse { payload: Vec::new(), ..res.clone() }) };
+        prop_assert_eq!(Relay::encode_mined(&req, &res), mined.encode());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Ring signatures from the network: arbitrary bytes and mutations of a valid
+    /// signature parse or fail with an error, and never panic in parsing or verifying.
+    #[test]
+    fn hostile_ring_signatures_never_panic(noise in bytes(300), at in any::<prop::sample::Index>(), flip in 1u8.., cut in any::<prop::sample::Index>()) {
+        let _ = lode_kernels::crypto::ring::RingSignature::from_bytes(&noise).map(|s| s.verify(&[0; 32]));
+        let key = SecretKey::from_secret(b"app");
+        let ring_keys = [key.public_key(), ring::placeholder_key()];
+        let mut draws = (0u8..).map(|i| [i + 1; 32]);
+        let sig = ring::sign_with_nonces(&[9; 32], &ring_keys, &key, || draws.next().expect("endless")).expect("member").to_bytes();
+        let mut bad = sig.clone();
+        let i = at.index(bad.len());
+        bad[i] ^= flip;
+        if let Ok(s) = lode_kernels::crypto::ring::RingSignature::from_bytes(&bad) {
+            let _ = s.verify(&[9; 32]);
+        }
+        let _ = lode_kernels::crypto::ring::RingSignature::from_bytes(&sig[..cut.index(sig.len())]);
+    }
+}

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use k256::elliptic_curve::bigint::U512;
 use k256::elliptic_curve::ops::{LinearCombination, Reduce};
-use k256::elliptic_curve::point::DecompressPoint;
+use k256::elliptic_curve::point::{BatchNormalize, DecompressPoint};
 use k256::elliptic_curve::sec1::ToEncodedPoint;
 use k256::elliptic_curve::subtle::Choice;
 use k256::elliptic_curve::{Field, PrimeField};
@@ -54,7 +54,11 @@ pub enum RingError {
 /// Compressed encoding as go-dleq writes it; the identity (never met with honest input)
 /// serializes as decred does, `02 ‖ 0³²`.
 fn encode(p: &ProjectivePoint) -> [u8; 33] {
-    let ep = p.to_affine().to_encoded_point(true);
+    encode_affine(&p.to_affine())
+}
+
+fn encode_affine(p: &AffinePoint) -> [u8; 33] {
+    let ep = p.to_encoded_point(true);
     ep.as_bytes().try_into().unwrap_or_else(|_| {
         let mut z = [0u8; 33];
         z[0] = 2;
@@ -99,8 +103,11 @@ fn challenge(
 ) -> Result<Scalar, RingError> {
     let mut t = [0u8; 32 + 33 + 33];
     t[..32].copy_from_slice(msg);
-    t[32..65].copy_from_slice(&encode(l));
-    t[65..].copy_from_slice(&encode(r));
+    // Both points are normalized with a single field inversion.
+    let [l, r] =
+        <ProjectivePoint as BatchNormalize<[ProjectivePoint; 2]>>::batch_normalize(&[*l, *r]);
+    t[32..65].copy_from_slice(&encode_affine(&l));
+    t[65..].copy_from_slice(&encode_affine(&r));
     hash_to_scalar(&t)
 }
 

@@ -700,3 +700,89 @@ impl Message for Claim {
         Ok(())
     }
 }
+
+// Encodings of parts of messages that the protocol hashes, written straight from the
+// borrowed message (relay payloads can be megabytes; cloning them just to clear a field
+// would double the work).
+
+impl RelayRequest {
+    /// The encoding with `meta.signature` cleared: what the ring signature signs.
+    pub fn encode_unsigned(&self) -> Vec<u8> {
+        let meta_len = self.meta.encoded_len() - bytes_len(2, &self.meta.signature);
+        let mut out = Vec::with_capacity(
+            key_len(1) + varint_len(meta_len as u64) + meta_len + bytes_len(2, &self.payload),
+        );
+        put_key(&mut out, 1, Len);
+        put_varint(&mut out, meta_len as u64);
+        put_opt_message(&mut out, 1, &self.meta.session_header);
+        put_bytes(&mut out, 3, self.meta.supplier_operator_address.as_bytes());
+        put_bytes(&mut out, 2, &self.payload);
+        out
+    }
+}
+
+impl RelayResponse {
+    fn encoded_len_without(&self, payload: bool, signature: bool) -> usize {
+        let meta_len = self.meta.encoded_len()
+            - if signature {
+                0
+            } else {
+                bytes_len(2, &self.meta.supplier_operator_signature)
+            };
+        key_len(1)
+            + varint_len(meta_len as u64)
+            + meta_len
+            + if payload {
+                bytes_len(2, &self.payload)
+            } else {
+                0
+            }
+            + opt_message_len(3, &self.relay_miner_error)
+            + bytes_len(4, &self.payload_hash)
+    }
+
+    fn encode_without(&self, out: &mut Vec<u8>, payload: bool, signature: bool) {
+        let meta_len = self.meta.encoded_len()
+            - if signature {
+                0
+            } else {
+                bytes_len(2, &self.meta.supplier_operator_signature)
+            };
+        put_key(out, 1, Len);
+        put_varint(out, meta_len as u64);
+        put_opt_message(out, 1, &self.meta.session_header);
+        if signature {
+            put_bytes(out, 2, &self.meta.supplier_operator_signature);
+        }
+        if payload {
+            put_bytes(out, 2, &self.payload);
+        }
+        put_opt_message(out, 3, &self.relay_miner_error);
+        put_bytes(out, 4, &self.payload_hash);
+    }
+
+    /// The encoding the supplier signs: signature cleared, and the payload cleared when
+    /// `payload_hash` stands for it.
+    pub fn encode_signable(&self) -> Vec<u8> {
+        let payload = self.payload_hash.is_empty();
+        let mut out = Vec::with_capacity(self.encoded_len_without(payload, false));
+        self.encode_without(&mut out, payload, false);
+        out
+    }
+}
+
+impl Relay {
+    /// The encoding of `Relay{req, res}` with the response payload cleared — the bytes
+    /// that are hashed and stored in the trie — without copying either message.
+    pub fn encode_mined(req: &RelayRequest, res: &RelayResponse) -> Vec<u8> {
+        let res_len = res.encoded_len_without(false, true);
+        let mut out = Vec::with_capacity(
+            message_len(1, req) + key_len(2) + varint_len(res_len as u64) + res_len,
+        );
+        put_message(&mut out, 1, req);
+        put_key(&mut out, 2, Len);
+        put_varint(&mut out, res_len as u64);
+        res.encode_without(&mut out, false, true);
+        out
+    }
+}

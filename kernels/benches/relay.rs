@@ -1,0 +1,171 @@
+//! Relay-path benchmark: signatures and hashing, each as a ratio to a baseline measured
+//! in the same run (one secp256k1 ECDSA verification; raw SHA-256 throughput).
+//!
+//! Run: `cargo bench -p lode-kernels --bench relay`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use lode_kernels::crypto::ring::{self, AppRing, RingSignature};
+use lode_kernels::crypto::{SecretKey, supplier};
+use lode_kernels::proto::{
+    Message, PoktHttpRequest, PoktHttpResponse, RelayRequest, RelayRequestMetadata, RelayResponse,
+    SessionHeader,
+};
+use lode_kernels::relay;
+use sha2::{Digest, Sha256};
+
+/// Calls per round so that a round takes about 100 ms.
+fn calls_per_round(f: &mut impl FnMut()) -> u64 {
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed() < Duration::from_millis(20) {
+        f();
+        n += 1;
+    }
+    (n * 5).max(1)
+}
+
+fn round(f: &mut impl FnMut(), calls: u64) -> f64 {
+    let t = Instant::now();
+    for _ in 0..calls {
+        f();
+    }
+    t.elapsed().as_secs_f64() * 1e9 / calls as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median ns per call over 7 rounds.
+fn time(mut f: impl FnMut()) -> f64 {
+    let calls = calls_per_round(&mut f);
+    median((0..7).map(|_| round(&mut f, calls)).collect())
+}
+
+/// `f`'s median ns per call, and the median over 9 rounds of its time divided by the
+/// baseline's time in the round right before. Interleaving keeps the ratio honest on a
+/// machine whose speed drifts.
+fn time_vs(mut baseline: impl FnMut(), mut f: impl FnMut()) -> (f64, f64) {
+    let (bc, fc) = (calls_per_round(&mut baseline), calls_per_round(&mut f));
+    let (mut ts, mut ratios) = (Vec::new(), Vec::new());
+    for _ in 0..9 {
+        let b = round(&mut baseline, bc);
+        let t = round(&mut f, fc);
+        ts.push(t);
+        ratios.push(t / b);
+    }
+    (median(ts), median(ratios))
+}
+
+fn main() {
+    let msg: [u8; 32] = Sha256::digest(b"relay").into();
+    let signer = SecretKey::from_secret(b"app");
+    let supplier_key = SecretKey::from_secret(b"supplier");
+    let sig = supplier::sign(&supplier_key, &msg);
+    let supplier_pub = supplier_key.public_key();
+
+    let ecdsa_verify = || assert!(supplier::verify_key(black_box(&supplier_pub), &msg, &sig));
+    let ecdsa = time(ecdsa_verify);
+    let (supplier_sign, sign_ratio) = time_vs(ecdsa_verify, || {
+        black_box(supplier::sign(&supplier_key, black_box(&msg)));
+    });
+    println!("baseline: one secp256k1 ECDSA verification (Cosmos rules) = {ecdsa:.0} ns");
+    println!(
+        "supplier sign (RFC 6979, low-S):           {supplier_sign:>9.0} ns  ({sign_ratio:.2}× ECDSA verify)"
+    );
+    println!();
+    println!(
+        "ratios: median over 9 rounds of (operation / ECDSA verify measured in the round just before)"
+    );
+    println!(
+        "{:<8} {:>14} {:>10} {:>18} {:>10} {:>12} {:>10}",
+        "ring n", "verify ns", "× ECDSA", "verify cached ns", "× ECDSA", "sign ns", "× ECDSA"
+    );
+    let mut rng = rand_core::OsRng;
+    for n in [2usize, 3, 5, 8] {
+        let mut keys = vec![signer.public_key()];
+        keys.extend(
+            (1..n).map(|i| SecretKey::from_secret(format!("gw-{i}").as_bytes()).public_key()),
+        );
+        let s = ring::sign(&msg, &keys, &signer, &mut rng).expect("member");
+        let bytes = s.to_bytes();
+        let app_ring = AppRing::new(&keys).expect("ring");
+        // As a relayminer sees it: parse the bytes, then verify.
+        let (verify, verify_ratio) = time_vs(ecdsa_verify, || {
+            let s = RingSignature::from_bytes(black_box(&bytes)).expect("parses");
+            assert_eq!(s.verify(&msg), Ok(true));
+        });
+        let (cached, cached_ratio) = time_vs(ecdsa_verify, || {
+            let s = RingSignature::from_bytes(black_box(&bytes)).expect("parses");
+            assert_eq!(app_ring.verify(&s, &msg), Ok(true));
+        });
+        let (sign, sign_ratio) = time_vs(ecdsa_verify, || {
+            black_box(ring::sign(&msg, &keys, &signer, &mut rng).expect("member"));
+        });
+        println!(
+            "{n:<8} {verify:>14.0} {verify_ratio:>9.2}× {cached:>18.0} {cached_ratio:>9.2}× {sign:>12.0} {sign_ratio:>9.2}×"
+        );
+    }
+    println!("  (target for n = 2: verification ≤ 5× one ECDSA verification)");
+    println!();
+
+    let header = SessionHeader {
+        application_address: "pokt1hd5k97zp0uvl3d2w7pmqkv665sdjpmyp0mwu42".into(),
+        service_id: "llm".into(),
+        session_id: "d2e02f9b191c8029161f5e223a2143cb4e22df0e1992f6016be74589b03bf755".into(),
+        session_start_block_height: 11,
+        session_end_block_height: 20,
+    };
+    println!(
+        "{:<10} {:>18} {:>18} {:>10}",
+        "body", "hash+check ns", "raw SHA-256 ns", "ratio"
+    );
+    for size in [1024usize, 64 * 1024] {
+        let body = vec![b'x'; size];
+        let req = RelayRequest {
+            meta: RelayRequestMetadata {
+                session_header: Some(header.clone()),
+                signature: vec![7; 199],
+                supplier_operator_address: "pokt1sup".into(),
+            },
+            payload: PoktHttpRequest {
+                method: "POST".into(),
+                url: "/v1/chat/completions".into(),
+                body_bz: body.clone(),
+                ..Default::default()
+            }
+            .encode(),
+        };
+        let mut res = RelayResponse {
+            payload: PoktHttpResponse {
+                status_code: 200,
+                body_bz: body,
+                ..Default::default()
+            }
+            .encode(),
+            ..Default::default()
+        };
+        res.meta.session_header = Some(header.clone());
+        relay::sign_response(&mut res, &supplier_key);
+        let mined_len = relay::mined_relay_bytes(&req, &res).len();
+        let pipeline = time(|| {
+            black_box(relay::mine(black_box(&req), &res, &relay::BASE_TARGET, 1));
+        });
+        let raw_input = vec![0u8; mined_len];
+        let raw = time(|| {
+            black_box(Sha256::digest(black_box(&raw_input)));
+        });
+        println!(
+            "{:<10} {pipeline:>18.0} {raw:>18.0} {:>9.2}×   ({mined_len} relay bytes)",
+            format!("{} KiB", size / 1024),
+            pipeline / raw
+        );
+    }
+    println!(
+        "  (hash+check: build the dehydrated relay, encode, SHA-256, compare with the target;"
+    );
+    println!("   raw: SHA-256 alone over the same number of bytes)");
+}
