@@ -407,7 +407,7 @@ proptest! {
     /// signature parse or fail with an error, and never panic in parsing or verifying.
     #[test]
     fn hostile_ring_signatures_never_panic(noise in bytes(300), at in any::<prop::sample::Index>(), flip in 1u8.., cut in any::<prop::sample::Index>()) {
-        let _ = lode_kernels::crypto::ring::RingSignature::from_bytes(&noise).map(|s| s.verify(&[0; 32]));
+        let _ = ring::RingSignature::from_bytes(&noise).map(|s| s.verify(&[0; 32]));
         let key = SecretKey::from_secret(b"app");
         let ring_keys = [key.public_key(), ring::placeholder_key()];
         let mut draws = (0u8..).map(|i| [i + 1; 32]);
@@ -415,9 +415,9 @@ proptest! {
         let mut bad = sig.clone();
         let i = at.index(bad.len());
         bad[i] ^= flip;
-        if let Ok(s) = lode_kernels::crypto::ring::RingSignature::from_bytes(&bad) {
+        if let Ok(s) = ring::RingSignature::from_bytes(&bad) {
             let _ = s.verify(&[9; 32]);
         }
-        let _ = lode_kernels::crypto::ring::RingSignature::from_bytes(&sig[..cut.index(sig.len())]);
+        let _ = ring::RingSignature::from_bytes(&sig[..cut.index(sig.len())]);
     }
 }
