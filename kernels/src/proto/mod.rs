@@ -1,5 +1,6 @@
 //! Protocol-buffer messages of the relay protocol, byte-identical to gogoproto.
 
+mod field;
 mod messages;
 pub mod wire;
 
