@@ -1,0 +1,12 @@
+//! `PoktHttpRequest` decoding on arbitrary bytes: an error or a message, never a panic; what
+//! decodes re-encodes to bytes that decode to the same message.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use lode_kernels::proto::{Message, PoktHttpRequest};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(m) = PoktHttpRequest::decode(data) {
+        assert_eq!(PoktHttpRequest::decode(&m.encode()).ok(), Some(m));
+    }
+});
