@@ -3,9 +3,9 @@
 
 set -euo pipefail
 
-# System packages the build needs. The kernels are pure Rust; RocksDB (libclang-dev)
-# joins this list with the store.
-APT_PACKAGES=()
+# System packages the build needs: libclang for RocksDB's bindings (bindgen), and
+# sccache so RocksDB's 12-minute C++ build is paid once per machine.
+APT_PACKAGES=(libclang-dev sccache)
 
 need_apt=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -24,10 +24,12 @@ for tool in cargo rustfmt cargo-clippy; do
   fi
 done
 
-# Shared compiler cache outside the clone, when sccache is available.
+# Shared compiler cache outside the clone (its C/C++ objects are reused by any clone).
 if command -v sccache >/dev/null 2>&1 && [ -z "${RUSTC_WRAPPER:-}" ]; then
   export RUSTC_WRAPPER=sccache
   export SCCACHE_DIR="${SCCACHE_DIR:-/var/cache/lode-sccache}"
+  export SCCACHE_CACHE_SIZE="${SCCACHE_CACHE_SIZE:-4G}"
+  mkdir -p "$SCCACHE_DIR"
 fi
 
 # The protocol vectors live beside the repository unless told otherwise.

@@ -1,0 +1,78 @@
+//! Running the store: the gRPC port (token-checked) and the admin port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use lode_store_api::SessionStoreServer;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::admin::{Admin, router};
+use crate::backend::{Durability, RocksBackend};
+use crate::engine::Store;
+use crate::metrics::Metrics;
+use crate::service::{StoreService, TokenCheck};
+
+/// Everything `relayminer store` is configured with.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub token: String,
+    pub durability: Durability,
+    pub cache_bytes: usize,
+    /// Supplier operator addresses served; empty means any.
+    pub suppliers: Vec<String>,
+}
+
+/// Opens the database and serves gRPC on `grpc` (token-checked) and the admin endpoints
+/// on `admin` until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let backend = RocksBackend::open(&config.data_dir, config.durability, config.cache_bytes)?;
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let store = Arc::new(Store::open(backend, metrics)?);
+    let ready = Arc::new(AtomicBool::new(true));
+    let admin_state = Arc::new(Admin {
+        registry,
+        store: store.clone(),
+        ready,
+    });
+    let grpc_addr: SocketAddr = grpc.local_addr()?;
+    tracing::info!(%grpc_addr, admin_addr = %admin.local_addr()?, data_dir = %config.data_dir.display(), "store serving");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin, router(admin_state))
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let service = SessionStoreServer::new(StoreService::new(store, config.suppliers))
+        .max_decoding_message_size(64 << 20);
+    let service = InterceptedService::new(service, TokenCheck::new(&config.token));
+    let mut grpc_stop = stop_rx;
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        })
+        .await?;
+    admin_task.await??;
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Running the real `relayminer store` binary as a child process on loopback.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lode_kernels::proto::{Message, Relay, RelayRequest, RelayResponse};
+use lode_store_api::{BearerToken, MinedRelay, SessionStoreClient};
+use sha2::{Digest, Sha256};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub type Client = SessionStoreClient<InterceptedService<Channel, BearerToken>>;
+
+pub const TOKEN: &str = "test-token";
+
+/// A free loopback port (bound and released; the child binds it right after).
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+/// A running store process; killed when dropped.
+pub struct StoreProcess {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl StoreProcess {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let token_file: PathBuf = data_dir.with_extension("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+        let (grpc, admin) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_relayminer"))
+            .arg("store")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(grpc.to_string())
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn relayminer store");
+        Self { child, grpc, admin }
+    }
+
+    /// Connects, waiting for the process to listen (up to 30 s).
+    pub async fn client(&self) -> Client {
+        let url = format!("http://{}", self.grpc);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match tonic::transport::Endpoint::from_shared(url.clone())
+                .expect("url")
+                .connect()
+                .await
+            {
+                Ok(ch) => {
+                    return SessionStoreClient::with_interceptor(
+                        ch,
+                        BearerToken::new(TOKEN).expect("token"),
+                    )
+                    .max_decoding_message_size(64 << 20);
+                }
+                Err(e) if Instant::now() > deadline => panic!("store did not come up: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Peak resident memory of the process so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+impl Drop for StoreProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A distinct serialized relay of exactly 250 bytes for index `i` (of generator `seed`).
+pub fn relay(seed: u64, i: u64) -> MinedRelay {
+    let mut payload = Vec::with_capacity(240);
+    let mut x =
+        (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i.wrapping_mul(0xd1b5_4a32_d192_ed03)) | 1;
+    while payload.len() < 238 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        payload.extend_from_slice(&x.to_le_bytes());
+    }
+    payload.truncate(230);
+    payload.extend_from_slice(&i.to_be_bytes());
+    let relay = Relay {
+        req: Some(RelayRequest {
+            payload,
+            ..Default::default()
+        }),
+        res: Some(RelayResponse::default()),
+    };
+    let bytes = relay.encode();
+    debug_assert_eq!(bytes.len(), 250);
+    MinedRelay {
+        relay_hash: Sha256::digest(&bytes).to_vec(),
+        relay_bytes: bytes,
+        compute_units: 1 + i % 7,
+    }
+}
