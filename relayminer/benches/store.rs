@@ -78,6 +78,20 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+async fn metrics(admin: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.expect("admin");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out.lines()
+        .filter(|l| l.starts_with("lode_store_commit") || l.starts_with("lode_store_relays"))
+        .map(|l| format!("    {l}\n"))
+        .collect()
+}
+
 fn drop_page_cache() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
@@ -96,12 +110,30 @@ async fn main() {
     let relays: Vec<MinedRelay> = (0..n).map(|i| relay(1, i)).collect();
     let batches: Vec<Vec<MinedRelay>> = relays.chunks(100).map(<[MinedRelay]>::to_vec).collect();
 
-    let store = StoreProcess::start(&data, &[]);
+    // LODE_BENCH_FSYNC=os measures the same without fsync, to see what durability costs.
+    let fsync = std::env::var("LODE_BENCH_FSYNC").unwrap_or_else(|_| "always".into());
+    let store = StoreProcess::start(&data, &["--fsync", &fsync]);
     let mut client = store.client().await;
+    let (server_cpu, client_cpu) = (store.cpu_seconds(), common::cpu_seconds("/proc/self/stat"));
     let secs = ingest(&client, "big", batches, 32).await;
+    let (server_cpu, client_cpu) = (
+        store.cpu_seconds() - server_cpu,
+        common::cpu_seconds("/proc/self/stat") - client_cpu,
+    );
     println!(
-        "durable ingest (fsync on): {n} relays of 250 B in batches of 100 over 32 streams: {secs:.2} s = {:.0} relays/s (target ≥ 100,000)",
+        "ingest with --fsync {fsync}: {n} relays of 250 B in batches of 100 over 32 streams: {secs:.2} s = {:.0} relays/s (target ≥ 100,000)",
         n as f64 / secs
+    );
+    if std::env::var_os("LODE_BENCH_VERBOSE").is_some() {
+        println!(
+            "  store metrics after ingest:\n{}",
+            metrics(store.admin).await
+        );
+    }
+    println!(
+        "  CPU per relay: store {:.1} µs, load generator (same 2 cores) {:.1} µs",
+        server_cpu * 1e6 / n as f64,
+        client_cpu * 1e6 / n as f64
     );
 
     let t = Instant::now();
@@ -169,6 +201,11 @@ async fn main() {
     );
     client.delete_session(key("big")).await.expect("delete");
 
+    if std::env::var_os("LODE_BENCH_SKIP_MANY").is_some() {
+        println!("  metrics after the run:\n{}", metrics(store.admin).await);
+        return;
+    }
+
     // 1,000 sessions × 1,000 leaves.
     let sessions = 1000u64;
     let mut all = Vec::new();
@@ -224,10 +261,21 @@ async fn main() {
         );
     }
     println!(
-        "  delete all (range delete + compaction of each range): {:.2} s",
+        "  delete all (range deletes): {:.2} s",
         t.elapsed().as_secs_f64()
     );
-    let after = dir_bytes(&data);
+    // Space comes back when the background compaction of the deleted ranges has run.
+    let t = Instant::now();
+    let mut after = dir_bytes(&data);
+    while after > before / 4 && t.elapsed().as_secs() < 120 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        after = dir_bytes(&data);
+    }
+    println!(
+        "  space returned by background compaction within {:.1} s of the last delete",
+        t.elapsed().as_secs_f64()
+    );
+    println!("  metrics after the run:\n{}", metrics(store.admin).await);
     assert!(
         client
             .list_sessions(ListSessionsRequest::default())

@@ -31,3 +31,31 @@ impl tonic::service::Interceptor for BearerToken {
         Ok(req)
     }
 }
+
+/// HTTP/2 flow-control windows of store connections. Append batches are tens of
+/// kilobytes with many in flight; the protocol defaults (64 KiB) throttle ingest to a
+/// fraction of what the store sustains, so both ends use these.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+
+/// A store client that sends `token` with every call.
+pub type Client = SessionStoreClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
+/// Connects to a store at `url` (e.g. `http://store:7070`) with the windows above.
+pub async fn connect(
+    url: &str,
+    token: &str,
+) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(
+        SessionStoreClient::with_interceptor(channel, BearerToken::new(token)?)
+            .max_decoding_message_size(64 << 20),
+    )
+}

@@ -53,8 +53,8 @@ pub trait Backend: Send + Sync + 'static {
     fn sessions(&self) -> Result<Records, BackendError>;
     /// Deletes every leaf under `prefix` and the session record `prefix` (durably).
     fn delete_prefix(&self, prefix: &[u8]) -> Result<(), BackendError>;
-    /// Reclaims the space of deleted data under `prefix`.
-    fn compact_prefix(&self, prefix: &[u8]);
+    /// Reclaims the space of deleted data in the key range `[start, end)` of the leaves.
+    fn compact_range(&self, start: &[u8], end: &[u8]);
     /// Bytes on disk (live SST and WAL files).
     fn disk_bytes(&self) -> u64;
     /// Backend statistics worth exporting, as (name, value).
@@ -75,7 +75,7 @@ const LEAVES: &str = "leaves";
 const SESSIONS: &str = "sessions";
 
 /// One past every key that starts with `prefix` (leaf keys are `prefix ‖ 32 bytes`).
-fn upper_bound(prefix: &[u8]) -> Vec<u8> {
+pub fn upper_bound(prefix: &[u8]) -> Vec<u8> {
     let mut up = prefix.to_vec();
     up.extend_from_slice(&[0xff; 33]);
     up
@@ -118,6 +118,10 @@ impl RocksBackend {
         leaf_opts.set_write_buffer_size(64 << 20);
         leaf_opts.set_max_write_buffer_number(2);
         leaf_opts.set_target_file_size_base(64 << 20);
+        // Most appended relays are new: a memtable bloom filter answers "absent" without
+        // walking the skip list.
+        leaf_opts.set_memtable_prefix_bloom_ratio(0.1);
+        leaf_opts.set_memtable_whole_key_filtering(true);
         let mut session_opts = Options::default();
         session_opts.set_block_based_table_factory(&table);
         let cfs = [
@@ -154,7 +158,11 @@ impl Backend for RocksBackend {
     fn write(&self, ws: WriteSet) -> Result<(), BackendError> {
         let (leaves, sessions) = (self.cf(LEAVES)?, self.cf(SESSIONS)?);
         let mut batch = WriteBatch::default();
-        for (k, v) in &ws.leaves {
+        // Inserting in key order lets the memtable reuse its search position between
+        // consecutive keys.
+        let mut sorted: Vec<&(Vec<u8>, Vec<u8>)> = ws.leaves.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in sorted {
             batch.put_cf(leaves, k, v);
         }
         for (k, v) in &ws.sessions {
@@ -209,10 +217,14 @@ impl Backend for RocksBackend {
         Ok(())
     }
 
-    fn compact_prefix(&self, prefix: &[u8]) {
+    fn compact_range(&self, start: &[u8], end: &[u8]) {
         if let Ok(cf) = self.cf(LEAVES) {
-            self.db
-                .compact_range_cf(cf, Some(prefix), Some(upper_bound(prefix)));
+            // Flushing first lets the range tombstones reach the files they cover, and
+            // retires the write-ahead log that held the deleted leaves.
+            if let Err(e) = self.db.flush_cf(cf) {
+                tracing::warn!(error = %e, "flush before compaction failed");
+            }
+            self.db.compact_range_cf(cf, Some(start), Some(end));
         }
     }
 
@@ -315,7 +327,7 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    fn compact_prefix(&self, _prefix: &[u8]) {}
+    fn compact_range(&self, _start: &[u8], _end: &[u8]) {}
 
     fn disk_bytes(&self) -> u64 {
         0

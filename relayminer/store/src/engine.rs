@@ -84,8 +84,12 @@ enum StateChange {
 /// The session store.
 pub struct Store<B: Backend> {
     backend: Arc<B>,
+    compactor: Compactor,
+    /// The writer thread, joined on drop so the database is closed when `Store` is gone.
+    writer: Option<std::thread::JoinHandle<()>>,
     sessions: Arc<RwLock<HashMap<Vec<u8>, SessionInfo>>>,
-    ops: mpsc::Sender<Op>,
+    /// `None` only while dropping.
+    ops: Option<mpsc::Sender<Op>>,
     metrics: Arc<Metrics>,
 }
 
@@ -113,16 +117,23 @@ impl<B: Backend> Store<B> {
             sessions: sessions.clone(),
             metrics: metrics.clone(),
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| BackendError(format!("cannot start the writer: {e}")))?;
+        let compactor = Compactor::start(backend.clone(), metrics.clone())?;
         Ok(Self {
             backend,
+            compactor,
+            writer: Some(writer),
             sessions,
-            ops: tx,
+            ops: Some(tx),
             metrics,
         })
+    }
+
+    fn sender(&self) -> Result<&mpsc::Sender<Op>, StoreError> {
+        self.ops.as_ref().ok_or(StoreError::Closed)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -184,7 +195,10 @@ impl<B: Backend> Store<B> {
             relays,
             reply,
         };
-        self.ops.send(op).await.map_err(|_| StoreError::Closed)?;
+        self.sender()?
+            .send(op)
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -220,7 +234,7 @@ impl<B: Backend> Store<B> {
         change: StateChange,
     ) -> Result<SessionInfo, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.ops
+        self.sender()?
             .send(Op::SetState {
                 prefix,
                 change,
@@ -356,7 +370,7 @@ impl<B: Backend> Store<B> {
                 g.remove(&prefix);
                 this.metrics.set_sessions(g.values());
             }
-            this.backend.compact_prefix(&prefix);
+            this.compactor.request(&prefix);
             Ok(info.leaves)
         })
         .await
@@ -613,4 +627,67 @@ fn apply_change(info: &mut SessionInfo, change: StateChange) -> Result<(), Store
         }
     }
     Ok(())
+}
+
+impl<B: Backend> Drop for Store<B> {
+    /// Stops the writer and the compactor and waits for them, so the database is closed
+    /// (and can be reopened) once the store is dropped.
+    fn drop(&mut self) {
+        self.ops.take();
+        self.compactor.tx.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        if let Some(c) = self.compactor.thread.take() {
+            let _ = c.join();
+        }
+    }
+}
+
+/// Reclaims the space of deleted sessions in the background: deletions arriving together
+/// (a claim job deleting every settled session) are compacted as one key range once they
+/// stop arriving for a moment, instead of one compaction each.
+struct Compactor {
+    tx: Option<std::sync::mpsc::Sender<(Vec<u8>, Vec<u8>)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long deletions must pause before their range is compacted.
+const COMPACTION_QUIET: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Compactor {
+    fn start<B: Backend>(backend: Arc<B>, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, Vec<u8>)>();
+        let thread = std::thread::Builder::new()
+            .name("store-compactor".into())
+            .spawn(move || {
+                while let Ok((mut start, mut end)) = rx.recv() {
+                    loop {
+                        match rx.recv_timeout(COMPACTION_QUIET) {
+                            Ok((s, e)) => {
+                                start = start.min(s);
+                                end = end.max(e);
+                            }
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                    let t = Instant::now();
+                    backend.compact_range(&start, &end);
+                    metrics.compactions.inc();
+                    tracing::debug!(took = ?t.elapsed(), "compacted deleted sessions");
+                }
+            })
+            .map_err(|e| BackendError(format!("cannot start the compactor: {e}")))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn request(&self, prefix: &[u8]) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((prefix.to_vec(), crate::backend::upper_bound(prefix)));
+        }
+    }
 }

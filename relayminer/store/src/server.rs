@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use lode_store_api::SessionStoreServer;
+use lode_store_api::{CONNECTION_WINDOW, STREAM_WINDOW, SessionStoreServer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -67,7 +67,12 @@ pub async fn run(
         .max_decoding_message_size(64 << 20);
     let service = InterceptedService::new(service, TokenCheck::new(&config.token));
     let mut grpc_stop = stop_rx;
+    // Batches are tens of kilobytes and many are in flight from every serve pod: windows
+    // sized for that keep HTTP/2 flow control from throttling ingest.
     tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .tcp_nodelay(true)
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
             let _ = grpc_stop.wait_for(|s| *s).await;

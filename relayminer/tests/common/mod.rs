@@ -7,12 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lode_kernels::proto::{Message, Relay, RelayRequest, RelayResponse};
-use lode_store_api::{BearerToken, MinedRelay, SessionStoreClient};
+pub use lode_store_api::Client;
+use lode_store_api::MinedRelay;
 use sha2::{Digest, Sha256};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-pub type Client = SessionStoreClient<InterceptedService<Channel, BearerToken>>;
 
 pub const TOKEN: &str = "test-token";
 
@@ -59,18 +56,8 @@ impl StoreProcess {
         let url = format!("http://{}", self.grpc);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match tonic::transport::Endpoint::from_shared(url.clone())
-                .expect("url")
-                .connect()
-                .await
-            {
-                Ok(ch) => {
-                    return SessionStoreClient::with_interceptor(
-                        ch,
-                        BearerToken::new(TOKEN).expect("token"),
-                    )
-                    .max_decoding_message_size(64 << 20);
-                }
+            match lode_store_api::connect(&url, TOKEN).await {
+                Ok(c) => return c,
                 Err(e) if Instant::now() > deadline => panic!("store did not come up: {e}"),
                 Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
             }
@@ -80,6 +67,11 @@ impl StoreProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// CPU seconds (user + system) the process has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
     }
 
     /// Peak resident memory of the process so far (VmHWM), in bytes.
@@ -98,6 +90,17 @@ impl Drop for StoreProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// CPU seconds (user + system) from a `/proc/<pid>/stat` file.
+pub fn cpu_seconds(stat_file: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_file).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
+    ticks as f64 / 100.0
 }
 
 /// A distinct serialized relay of exactly 250 bytes for index `i` (of generator `seed`).
