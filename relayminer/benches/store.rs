@@ -67,6 +67,30 @@ async fn ingest(
     t.elapsed().as_secs_f64()
 }
 
+/// Bytes per kind of file: SST tables, write-ahead logs, RocksDB's own info logs, other.
+fn dir_breakdown(dir: &std::path::Path) -> String {
+    let mut kinds = [("sst", 0u64), ("wal", 0), ("info log", 0), ("other", 0)];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+        let i = if name.ends_with(".sst") {
+            0
+        } else if name.ends_with(".log") {
+            1
+        } else if name.starts_with("LOG") {
+            2
+        } else {
+            3
+        };
+        kinds[i].1 += len;
+    }
+    kinds
+        .iter()
+        .map(|(k, b)| format!("{k} {:.1} MB", *b as f64 / 1e6))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -271,6 +295,7 @@ async fn main() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         after = dir_bytes(&data);
     }
+    println!("  left after deletion: {}", dir_breakdown(&data));
     println!(
         "  space returned by background compaction within {:.1} s of the last delete",
         t.elapsed().as_secs_f64()

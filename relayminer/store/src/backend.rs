@@ -221,8 +221,15 @@ impl Backend for RocksBackend {
         if let Ok(cf) = self.cf(LEAVES) {
             // Flushing first lets the range tombstones reach the files they cover, and
             // retires the write-ahead log that held the deleted leaves.
-            if let Err(e) = self.db.flush_cf(cf) {
-                tracing::warn!(error = %e, "flush before compaction failed");
+            // Both families: a log file is only retired once every family has flushed
+            // what it holds.
+            for name in [LEAVES, SESSIONS] {
+                if let Err(e) = self
+                    .cf(name)
+                    .and_then(|c| self.db.flush_cf(c).map_err(BackendError::from))
+                {
+                    tracing::warn!(error = %e, "flush before compaction failed");
+                }
             }
             self.db.compact_range_cf(cf, Some(start), Some(end));
         }
