@@ -17,6 +17,14 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
+# Python packages the tests use as independent references: cosmpy (PyPI) cross-checks
+# lode's Cosmos transactions.
+PIP_PACKAGES=(cosmpy==0.12.2)
+if ! python3 -c "import cosmpy" >/dev/null 2>&1; then
+  echo "setup: installing ${PIP_PACKAGES[*]}"
+  python3 -m pip install --quiet --disable-pip-version-check "${PIP_PACKAGES[@]}"
+fi
+
 for tool in cargo rustfmt cargo-clippy; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "setup: '$tool' is missing; install the Rust toolchain with rustfmt and clippy (rustup)" >&2

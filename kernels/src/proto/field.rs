@@ -83,6 +83,10 @@ varint_kind!(
     int64, i64, |v: i64| v as u64, |x: u64| x as i64
 );
 varint_kind!(
+    /// `uint64`.
+    uint64, u64, |v: u64| v, |x: u64| x
+);
+varint_kind!(
     /// `uint32`: wider varints are truncated on read, as gogo does.
     uint32, u32, |v: u32| v as u64, |x: u64| x as u32
 );
@@ -208,6 +212,54 @@ pub mod map {
             }
         }
         v.insert(key, value);
+        Ok(())
+    }
+}
+
+/// `repeated M`: every element written, empty ones included.
+pub mod messages {
+    use super::*;
+
+    pub fn len<M: Message>(field: u32, v: &[M]) -> usize {
+        v.iter().map(|m| message_len(field, m)).sum()
+    }
+    pub fn put<M: Message>(out: &mut Vec<u8>, field: u32, v: &[M]) {
+        v.iter().for_each(|m| put_message(out, field, m));
+    }
+    pub fn merge<M: Message>(
+        v: &mut Vec<M>,
+        msg: &'static str,
+        field: u32,
+        wt: WireType,
+        r: &mut Reader<'_>,
+    ) -> Result<(), ProtoError> {
+        expect(msg, field, wt, WireType::Len)?;
+        let mut m = M::default();
+        merge_message(&mut m, r)?;
+        v.push(m);
+        Ok(())
+    }
+}
+
+/// `repeated bytes`: every element written, empty ones included.
+pub mod bytes_list {
+    use super::*;
+
+    pub fn len(field: u32, v: &[Vec<u8>]) -> usize {
+        v.iter().map(|b| always_bytes_len(field, b)).sum()
+    }
+    pub fn put(out: &mut Vec<u8>, field: u32, v: &[Vec<u8>]) {
+        v.iter().for_each(|b| put_always_bytes(out, field, b));
+    }
+    pub fn merge(
+        v: &mut Vec<Vec<u8>>,
+        msg: &'static str,
+        field: u32,
+        wt: WireType,
+        r: &mut Reader<'_>,
+    ) -> Result<(), ProtoError> {
+        expect(msg, field, wt, WireType::Len)?;
+        v.push(r.bytes()?.to_vec());
         Ok(())
     }
 }

@@ -8,44 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use super::field;
 use super::wire::{
-    Message, ProtoError, Reader, WireType, bytes_len, key_len, message_len, opt_message_len,
-    put_bytes, put_key, put_message, put_opt_message, put_varint, varint_len,
+    Message, WireType, bytes_len, key_len, message_len, opt_message_len, put_bytes, put_key,
+    put_message, put_opt_message, put_varint, varint_len,
 };
-
-/// Declares a message struct and its [`Message`] implementation from a field list:
-/// `number name: kind<Type>`, where `kind` names a module of [`field`].
-macro_rules! proto_message {
-    ($(#[$doc:meta])* $name:ident = $proto:literal {
-        $($(#[$fdoc:meta])* $num:literal $field:ident : $kind:ident < $ty:ty >),* $(,)?
-    }) => {
-        $(#[$doc])*
-        #[derive(Clone, Debug, Default, PartialEq, Eq)]
-        pub struct $name {
-            $($(#[$fdoc])* pub $field: $ty,)*
-        }
-
-        impl Message for $name {
-            const NAME: &'static str = $proto;
-
-            fn encoded_len(&self) -> usize {
-                0 $(+ field::$kind::len($num, &self.$field))*
-            }
-
-            fn encode_to(&self, out: &mut Vec<u8>) {
-                $(field::$kind::put(out, $num, &self.$field);)*
-            }
-
-            fn merge_field(&mut self, number: u32, wt: WireType, r: &mut Reader<'_>) -> Result<(), ProtoError> {
-                match number {
-                    $($num => field::$kind::merge(&mut self.$field, Self::NAME, $num, wt, r),)*
-                    _ => r.skip(wt),
-                }
-            }
-        }
-    };
-}
 
 proto_message! {
     /// Identifies a session: who, which service, and when.
