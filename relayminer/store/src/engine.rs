@@ -465,6 +465,14 @@ impl<B: Backend> Writer<B> {
                             state: SessionState::Open as i32,
                             ..Default::default()
                         });
+                        // A session's header is fixed by its first batch; a batch that
+                        // disagrees comes from a confused caller and would mix sessions.
+                        if info.session_header.as_ref() != Some(&header) {
+                            return Err(StoreError::Invalid(format!(
+                                "session header of {} differs from the one stored for it",
+                                header.session_id
+                            )));
+                        }
                         if info.state != SessionState::Open as i32 {
                             return Err(StoreError::NotOpen(
                                 header.session_id.clone(),

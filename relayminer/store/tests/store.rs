@@ -136,6 +136,13 @@ async fn lifecycle<B: Backend>(store: Arc<Store<B>>) {
         .expect("append");
     assert_eq!((a, n), (1, 1));
 
+    // A batch whose header disagrees with the session's is refused.
+    let mut other_app = header("s2");
+    other_app.application_address = "pokt1someoneelse".into();
+    assert!(
+        matches!(store.append("pokt1sup", other_app, vec![relay(8)]).await, Err(StoreError::Invalid(m)) if m.contains("differs"))
+    );
+
     // Malformed relays are refused with a reason.
     let mut bad = relay(7);
     bad.relay_hash[0] ^= 1;
