@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -32,11 +32,61 @@ pub enum RpcError {
     },
     #[error("unexpected CometBFT response from {url}: {reason}")]
     BadResponse { url: String, reason: String },
+    #[error(
+        "transaction {hash} was not included by its timeout height {timeout_height} (chain at {height})"
+    )]
+    NotIncluded {
+        hash: String,
+        timeout_height: i64,
+        height: i64,
+    },
+}
+
+/// CheckTx's verdict on a broadcast transaction: `code` 0 accepted into the mempool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BroadcastResult {
+    pub code: u32,
+    pub codespace: String,
+    pub log: String,
+    /// Uppercase hex SHA-256 of the transaction bytes.
+    pub hash: String,
+}
+
+/// A transaction's fate once in a block: `code` 0 is success.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxResult {
+    pub height: i64,
+    pub code: u32,
+    pub codespace: String,
+    pub log: String,
+}
+
+/// Standard base64 (CometBFT's JSON encoding of bytes).
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 impl RpcError {
     /// Whether trying again may help (the node is down or slow, not wrong).
     pub fn is_transient(&self) -> bool {
+        // RPC errors, bad responses and NotIncluded are answers, not outages.
         matches!(self, Self::Unreachable { .. } | Self::Timeout { .. })
             || matches!(self, Self::Http { status, .. } if *status >= 500)
     }
@@ -89,7 +139,7 @@ const MAX_RESPONSE: usize = 64 << 20;
 #[derive(Clone, Debug)]
 pub struct CometRpc {
     base: String,
-    http: Client<HttpConnector, Empty<Bytes>>,
+    http: Client<HttpConnector, Full<Bytes>>,
     retry: RetryPolicy,
 }
 
@@ -140,30 +190,32 @@ impl CometRpc {
         }
     }
 
-    /// One GET of `path`, returning the JSON-RPC `result`.
-    async fn get_once(&self, path: &str) -> Result<Value, RpcError> {
+    /// One HTTP call: a GET of `path`, or a JSON-RPC POST when `body` is given. Returns
+    /// the JSON-RPC `result`.
+    async fn call_once(&self, path: &str, body: Option<&Value>) -> Result<Value, RpcError> {
         let url = format!("{}{path}", self.base);
-        let uri: hyper::Uri = url.parse().map_err(|e| RpcError::Unreachable {
+        let unreachable = |reason: String| RpcError::Unreachable {
             url: url.clone(),
-            reason: format!("bad URL: {e}"),
-        })?;
+            reason,
+        };
+        let req = match body {
+            None => hyper::Request::get(&url).body(Full::new(Bytes::new())),
+            Some(b) => hyper::Request::post(&url)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(b.to_string()))),
+        }
+        .map_err(|e| unreachable(format!("bad request: {e}")))?;
         let call = async {
             let res = self
                 .http
-                .get(uri)
+                .request(req)
                 .await
-                .map_err(|e| RpcError::Unreachable {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| unreachable(e.to_string()))?;
             let status = res.status().as_u16();
             let body = Limited::new(res.into_body(), MAX_RESPONSE)
                 .collect()
                 .await
-                .map_err(|e| RpcError::Unreachable {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?
+                .map_err(|e| unreachable(e.to_string()))?
                 .to_bytes();
             Ok::<_, RpcError>((status, body))
         };
@@ -209,7 +261,7 @@ impl CometRpc {
         let mut backoff = self.retry.first_backoff;
         let mut attempt = 1;
         loop {
-            match self.get_once(path).await {
+            match self.call_once(path, None).await {
                 Err(e) if e.is_transient() && attempt < self.retry.attempts => {
                     tracing::warn!(error = %e, attempt, "CometBFT call failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -271,6 +323,64 @@ impl CometRpc {
             resp["version"].as_str().unwrap_or_default().to_string(),
             app_version,
         ))
+    }
+
+    /// `broadcast_tx_sync`: submits signed transaction bytes and returns CheckTx's
+    /// verdict. Not retried automatically: re-broadcasting the same bytes is safe, but the
+    /// caller decides when (the window may have closed).
+    pub async fn broadcast_tx_sync(&self, tx: &[u8]) -> Result<BroadcastResult, RpcError> {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "broadcast_tx_sync", "params": {"tx": base64(tx)}});
+        let r = self.call_once("/", Some(&body)).await?;
+        Ok(BroadcastResult {
+            code: r["code"].as_u64().unwrap_or(0) as u32,
+            codespace: r["codespace"].as_str().unwrap_or_default().to_string(),
+            log: r["log"].as_str().unwrap_or_default().to_string(),
+            hash: r["hash"].as_str().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// `/tx?hash=`: the transaction's inclusion, or `None` while it is not in a block.
+    pub async fn tx(&self, hash: &str) -> Result<Option<TxResult>, RpcError> {
+        match self.get(&format!("/tx?hash=0x{hash}")).await {
+            Ok(r) => Ok(Some(TxResult {
+                height: int(&r["height"], "tx height").map_err(|e| self.bad(e))?,
+                code: r["tx_result"]["code"].as_u64().unwrap_or(0) as u32,
+                codespace: r["tx_result"]["codespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                log: r["tx_result"]["log"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            })),
+            Err(RpcError::Rpc { data, .. }) if data.contains("not found") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Polls until the transaction is in a block, or the chain passes `timeout_height`
+    /// without it (it can then never be included).
+    pub async fn wait_for_inclusion(
+        &self,
+        hash: &str,
+        timeout_height: i64,
+        poll: Duration,
+    ) -> Result<TxResult, RpcError> {
+        loop {
+            if let Some(r) = self.tx(hash).await? {
+                return Ok(r);
+            }
+            let height = self.status().await?.latest_height;
+            if height > timeout_height {
+                return Err(RpcError::NotIncluded {
+                    hash: hash.to_string(),
+                    timeout_height,
+                    height,
+                });
+            }
+            tokio::time::sleep(poll).await;
+        }
     }
 
     /// Follows committed blocks from `from_height` on: replays any missed heights from
@@ -375,5 +485,26 @@ impl CometRpc {
             }
         }
         Err(unreachable("the websocket ended".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
     }
 }

@@ -1,9 +1,9 @@
 //! The client side of a POKT node.
 //!
-//! Today: CometBFT RPC block tracking ([`comet`]). The poktroll gRPC queries and
+//! Today: CometBFT RPC block tracking and transaction broadcast/inclusion ([`comet`]). The poktroll gRPC queries and
 //! transaction broadcasting join it (issue "chain"); the transaction encoding itself is in
 //! `lode_kernels::proto::cosmos`.
 
 pub mod comet;
 
-pub use comet::{Block, CometRpc, RetryPolicy, RpcError, Status};
+pub use comet::{Block, BroadcastResult, CometRpc, RetryPolicy, RpcError, Status, TxResult};

@@ -18,6 +18,8 @@ use tokio::sync::broadcast;
 /// height, and a websocket that announces new heights.
 #[derive(Clone)]
 struct Node {
+    /// Broadcast transactions by hash, with the height that includes them.
+    txs: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
     height: Arc<AtomicI64>,
     fail_next: Arc<AtomicU32>,
     events: broadcast::Sender<Option<i64>>,
@@ -56,6 +58,75 @@ async fn block(
         "block_id": {"hash": hash_of(want)},
         "block": {"header": {"chain_id": "pocket-test", "height": want.to_string(), "time": "2026-11-25T00:00:00Z"}}
     }}))
+}
+
+fn unbase64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &c)| n | (val(c) as u32) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+/// JSON-RPC over POST: `broadcast_tx_sync` only. Transactions starting with 0xff fail
+/// CheckTx; others are included in the next block.
+async fn json_rpc(State(n): State<Node>, Json(req): Json<Value>) -> Json<Value> {
+    use sha2::Digest;
+    assert_eq!(req["method"], "broadcast_tx_sync");
+    let tx = unbase64(req["params"]["tx"].as_str().expect("tx"));
+    let hash: String = sha2::Sha256::digest(&tx)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    if tx.first() == Some(&0xff) {
+        return Json(
+            json!({"jsonrpc": "2.0", "id": 1, "result": {"code": 13, "codespace": "sdk", "log": "insufficient fee", "hash": hash}}),
+        );
+    }
+    n.txs
+        .lock()
+        .expect("txs")
+        .insert(hash.clone(), n.height.load(Ordering::SeqCst) + 1);
+    Json(
+        json!({"jsonrpc": "2.0", "id": 1, "result": {"code": 0, "codespace": "", "log": "[]", "hash": hash}}),
+    )
+}
+
+async fn tx(
+    State(n): State<Node>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Json<Value> {
+    let hash = q
+        .get("hash")
+        .map(|h| h.trim_start_matches("0x").to_uppercase())
+        .unwrap_or_default();
+    let included = n
+        .txs
+        .lock()
+        .expect("txs")
+        .get(&hash)
+        .copied()
+        .filter(|h| *h <= n.height.load(Ordering::SeqCst));
+    match included {
+        Some(h) => Json(
+            json!({"jsonrpc": "2.0", "id": -1, "result": {"hash": hash, "height": h.to_string(), "tx_result": {"code": 0, "log": "ok"}}}),
+        ),
+        None => Json(
+            json!({"jsonrpc": "2.0", "id": -1, "error": {"code": -32603, "message": "Internal error", "data": format!("tx ({hash}) not found")}}),
+        ),
+    }
 }
 
 async fn abci_info() -> Json<Value> {
@@ -104,6 +175,7 @@ async fn serve_ws(n: Node, mut socket: WebSocket) {
 async fn start() -> (Node, String) {
     let (events, _) = broadcast::channel(64);
     let node = Node {
+        txs: Default::default(),
         height: Arc::new(AtomicI64::new(3)),
         fail_next: Arc::new(AtomicU32::new(0)),
         events,
@@ -114,6 +186,8 @@ async fn start() -> (Node, String) {
         .route("/abci_info", get(abci_info))
         .route("/slow", get(slow))
         .route("/websocket", get(websocket))
+        .route("/", axum::routing::post(json_rpc))
+        .route("/tx", get(tx))
         .with_state(node.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -239,4 +313,65 @@ async fn next(
         .expect("open")
         .expect("ok");
     assert_eq!(b.height, expected);
+}
+
+#[tokio::test]
+async fn broadcast_and_inclusion() {
+    let (node, url) = start().await;
+    let rpc = CometRpc::new(&url, quick());
+    let tx = b"a signed transaction".to_vec();
+    let r = rpc.broadcast_tx_sync(&tx).await.expect("broadcast");
+    assert_eq!(r.code, 0);
+    {
+        use sha2::Digest;
+        let want: String = sha2::Sha256::digest(&tx)
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        assert_eq!(
+            r.hash, want,
+            "the node hashed exactly our bytes (base64 round trip)"
+        );
+    }
+    assert_eq!(
+        rpc.tx(&r.hash).await.expect("query"),
+        None,
+        "not in a block yet"
+    );
+    // Included once the next block is committed.
+    let waiter = {
+        let rpc = rpc.clone();
+        let hash = r.hash.clone();
+        tokio::spawn(async move {
+            rpc.wait_for_inclusion(&hash, 10, Duration::from_millis(20))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    node.height.store(4, Ordering::SeqCst);
+    let included = waiter.await.expect("join").expect("included");
+    assert_eq!((included.height, included.code), (4, 0));
+
+    // CheckTx refusals come back with their code and log.
+    let refused = rpc
+        .broadcast_tx_sync(&[0xff, 1, 2])
+        .await
+        .expect("answered");
+    assert_eq!(
+        (refused.code, refused.log.as_str()),
+        (13, "insufficient fee")
+    );
+    // A transaction never included past its timeout height is reported as such.
+    node.height.store(12, Ordering::SeqCst);
+    match rpc
+        .wait_for_inclusion(&refused.hash, 10, Duration::from_millis(10))
+        .await
+    {
+        Err(RpcError::NotIncluded {
+            timeout_height: 10,
+            height: 12,
+            ..
+        }) => {}
+        other => panic!("expected NotIncluded, got {other:?}"),
+    }
 }
