@@ -5,5 +5,6 @@
 //! `lode_kernels::proto::cosmos`.
 
 pub mod comet;
+pub mod keys;
 
 pub use comet::{Block, BroadcastResult, CometRpc, RetryPolicy, RpcError, Status, TxResult};
