@@ -14,6 +14,7 @@ pub mod claim;
 pub mod crypto;
 pub mod gob;
 pub mod gorand;
+pub mod hex;
 pub mod mining;
 pub mod proto;
 pub mod relay;

@@ -181,7 +181,7 @@ pub fn session_id(
         application,
         start_height,
     ));
-    h.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&h)
 }
 
 /// A supplier's selection weight in a session: the first 8 bytes of

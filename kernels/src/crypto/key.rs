@@ -72,12 +72,11 @@ pub struct PublicKey(pub(crate) AffinePoint);
 
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hex: String = self
-            .to_compressed()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        write!(f, "PublicKey({hex})")
+        write!(
+            f,
+            "PublicKey({})",
+            crate::hex::encode(&self.to_compressed())
+        )
     }
 }
 
@@ -137,7 +136,7 @@ impl Address {
     /// Uppercase hex, as CometBFT's `HexBytes.String()` prints it (the placeholder ring
     /// address is written this way).
     pub fn to_upper_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02X}")).collect()
+        crate::hex::encode_upper(&self.0)
     }
 }
 

@@ -402,8 +402,7 @@ impl AppRing {
     /// ring (order and ring size are not compared), then the signature verifies.
     pub fn verify(&self, sig: &RingSignature, msg: &[u8; 32]) -> Result<bool, RingError> {
         if let Some(outsider) = sig.public_keys().find(|k| !self.members.contains_key(*k)) {
-            let hex: String = outsider.iter().map(|b| format!("{b:02x}")).collect();
-            return Err(RingError::NotAMember(hex));
+            return Err(RingError::NotAMember(crate::hex::encode(outsider)));
         }
         sig.verify_with(msg, |enc, _| Ok(self.members[enc]))
     }

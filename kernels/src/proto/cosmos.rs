@@ -198,8 +198,5 @@ pub fn verify_tx(tx: &TxRaw, key: &PublicKey, chain_id: &str, account_number: u6
 /// The transaction hash CometBFT reports: SHA-256 of the `TxRaw` bytes, uppercase hex.
 pub fn tx_hash(tx_bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(tx_bytes)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect()
+    crate::hex::encode_upper(&sha2::Sha256::digest(tx_bytes))
 }

@@ -91,8 +91,7 @@ impl Root {
 
 impl std::fmt::Debug for Root {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
-        write!(f, "Root({hex})")
+        write!(f, "Root({})", crate::hex::encode(&self.0))
     }
 }
 

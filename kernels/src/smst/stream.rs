@@ -22,7 +22,7 @@ pub enum OrderError {
 }
 
 fn hex32(p: &Path) -> String {
-    p.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(p)
 }
 
 /// The proof-tracking state of one pending subtree: the leaf the target's walk reaches

@@ -156,15 +156,7 @@ fn int(v: &Value, what: &str) -> Result<i64, String> {
 
 fn hex_hash(v: &Value, what: &str) -> Result<Vec<u8>, String> {
     let s = v.as_str().ok_or_else(|| format!("{what} is missing"))?;
-    if s.len() % 2 != 0 {
-        return Err(format!("{what} is not hex: {s:?}"));
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("{what} is not hex: {s:?}"))
-        })
-        .collect()
+    lode_kernels::hex::decode(s).ok_or_else(|| format!("{what} is not hex: {s:?}"))
 }
 
 #[derive(Deserialize)]

@@ -39,10 +39,7 @@ pub fn parse_hex_key(text: &str, path: &str) -> Result<SecretKey, KeyFileError> 
             found: describe(),
         });
     }
-    let bytes: Vec<u8> = (0..64)
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&t[i..i + 2], 16).expect("checked hex"))
-        .collect();
+    let bytes = lode_kernels::hex::decode(t).expect("checked: 64 hex characters");
     SecretKey::from_bytes(&bytes).map_err(|_| KeyFileError::OutOfRange {
         path: path.to_string(),
     })
@@ -65,7 +62,7 @@ mod tests {
     #[test]
     fn hex_keys_parse_and_bad_ones_say_why_without_echoing_the_key() {
         let k = SecretKey::from_secret(b"operator");
-        let hex: String = k.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let hex = lode_kernels::hex::encode(&k.to_bytes());
         assert_eq!(
             parse_hex_key(&format!("  0x{hex}\n"), "k")
                 .expect("valid")
