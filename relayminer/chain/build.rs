@@ -1,0 +1,8 @@
+//! Compiles the chain's gRPC protocols with the pure-Rust `protox` (no `protoc`).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["cosmos/query.proto", "cosmos/bank.proto"], ["proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

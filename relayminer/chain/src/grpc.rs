@@ -1,0 +1,185 @@
+//! Cosmos SDK gRPC queries a signer needs: its account number and sequence, and its
+//! balance. Every call has a timeout and transient failures are retried with backoff.
+
+use std::time::Duration;
+
+use prost::Message as _;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::comet::RetryPolicy;
+
+/// Messages and clients generated from `proto/cosmos/*.proto`.
+#[allow(clippy::all, missing_debug_implementations, unused_qualifications)]
+pub mod proto {
+    pub mod auth {
+        tonic::include_proto!("cosmos.auth.v1beta1");
+    }
+    pub mod bank {
+        tonic::include_proto!("cosmos.bank.v1beta1");
+    }
+}
+
+/// The type URL of a plain account.
+pub const BASE_ACCOUNT_TYPE_URL: &str = "/cosmos.auth.v1beta1.BaseAccount";
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("gRPC endpoint {0}: {1}")]
+    Connect(String, String),
+    #[error(
+        "account {0} does not exist on chain (it must receive funds or send a transaction first)"
+    )]
+    AccountNotFound(String),
+    #[error("{what} failed: {status}")]
+    Status { what: &'static str, status: Status },
+    #[error("{what} did not answer within {timeout:?}")]
+    Timeout {
+        what: &'static str,
+        timeout: Duration,
+    },
+    #[error("unexpected answer to {what}: {reason}")]
+    BadResponse { what: &'static str, reason: String },
+}
+
+/// A signer's position on chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub account_number: u64,
+    pub sequence: u64,
+}
+
+/// A client of a node's Cosmos gRPC port (`http://node:9090`).
+#[derive(Clone, Debug)]
+pub struct ChainGrpc {
+    channel: Channel,
+    retry: RetryPolicy,
+}
+
+fn transient(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted
+    )
+}
+
+impl ChainGrpc {
+    /// A lazily connecting client: an unreachable node shows up as a (retried) error on
+    /// the first call, not here.
+    pub fn new(url: &str, retry: RetryPolicy) -> Result<Self, QueryError> {
+        let channel = Endpoint::from_shared(url.to_string())
+            .map_err(|e| QueryError::Connect(url.to_string(), e.to_string()))?
+            .connect_timeout(retry.timeout)
+            .timeout(retry.timeout)
+            .connect_lazy();
+        Ok(Self { channel, retry })
+    }
+
+    /// Runs `call` with the retry policy.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        what: &'static str,
+        mut call: F,
+    ) -> Result<T, QueryError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut backoff = self.retry.first_backoff;
+        let mut attempt = 1;
+        loop {
+            let result = tokio::time::timeout(self.retry.timeout, call(self.channel.clone())).await;
+            let status = match result {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(s)) => s,
+                Err(_) => Status::deadline_exceeded(format!("{what} timed out")),
+            };
+            if !transient(&status) || attempt >= self.retry.attempts {
+                return Err(match status.code() {
+                    Code::DeadlineExceeded => QueryError::Timeout {
+                        what,
+                        timeout: self.retry.timeout,
+                    },
+                    _ => QueryError::Status { what, status },
+                });
+            }
+            tracing::warn!(%status, attempt, what, "query failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.retry.max_backoff);
+            attempt += 1;
+        }
+    }
+
+    /// `cosmos.auth.v1beta1.Query/Account`: the account number and next sequence.
+    pub async fn account(&self, address: &str) -> Result<Account, QueryError> {
+        const WHAT: &str = "account query";
+        let req = proto::auth::QueryAccountRequest {
+            address: address.to_string(),
+        };
+        let res = self
+            .with_retries(WHAT, |ch| {
+                let req = req.clone();
+                async move {
+                    proto::auth::query_client::QueryClient::new(ch)
+                        .account(req)
+                        .await
+                }
+            })
+            .await;
+        let any = match res {
+            Ok(r) => r.into_inner().account,
+            Err(QueryError::Status { status, .. }) if status.code() == Code::NotFound => {
+                return Err(QueryError::AccountNotFound(address.to_string()));
+            }
+            Err(e) => return Err(e),
+        };
+        let any = any.ok_or(QueryError::BadResponse {
+            what: WHAT,
+            reason: "no account in the answer".into(),
+        })?;
+        if any.type_url != BASE_ACCOUNT_TYPE_URL {
+            return Err(QueryError::BadResponse {
+                what: WHAT,
+                reason: format!("unsupported account type {}", any.type_url),
+            });
+        }
+        let base = proto::auth::BaseAccount::decode(any.value.as_slice()).map_err(|e| {
+            QueryError::BadResponse {
+                what: WHAT,
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Account {
+            account_number: base.account_number,
+            sequence: base.sequence,
+        })
+    }
+
+    /// `cosmos.bank.v1beta1.Query/Balance`, as an integer amount of `denom`.
+    pub async fn balance(&self, address: &str, denom: &str) -> Result<u128, QueryError> {
+        const WHAT: &str = "balance query";
+        let req = proto::bank::QueryBalanceRequest {
+            address: address.to_string(),
+            denom: denom.to_string(),
+        };
+        let res = self
+            .with_retries(WHAT, |ch| {
+                let req = req.clone();
+                async move {
+                    proto::bank::query_client::QueryClient::new(ch)
+                        .balance(req)
+                        .await
+                }
+            })
+            .await?;
+        let coin = res.into_inner().balance.unwrap_or_default();
+        if coin.amount.is_empty() {
+            return Ok(0);
+        }
+        coin.amount.parse().map_err(|_| QueryError::BadResponse {
+            what: WHAT,
+            reason: format!("amount {:?} is not an integer", coin.amount),
+        })
+    }
+}
