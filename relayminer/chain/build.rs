@@ -2,7 +2,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["cosmos/query.proto", "cosmos/bank.proto"], ["proto"])?;
+    let fds = protox::compile(
+        ["cosmos/query.proto", "cosmos/bank.proto", "cosmos/tx.proto"],
+        ["proto"],
+    )?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

@@ -18,6 +18,9 @@ pub mod proto {
     pub mod bank {
         tonic::include_proto!("cosmos.bank.v1beta1");
     }
+    pub mod tx {
+        tonic::include_proto!("cosmos.tx.v1beta1");
+    }
 }
 
 /// The type URL of a plain account.
@@ -181,5 +184,53 @@ impl ChainGrpc {
             what: WHAT,
             reason: format!("amount {:?} is not an integer", coin.amount),
         })
+    }
+}
+
+impl ChainGrpc {
+    /// `cosmos.tx.v1beta1.Service/Simulate`: the gas a signed transaction uses. Simulation
+    /// failures (a claim outside its window, say) come back as the node's status.
+    pub async fn simulate(&self, tx_bytes: &[u8]) -> Result<u64, QueryError> {
+        const WHAT: &str = "simulation";
+        let req = proto::tx::SimulateRequest {
+            tx_bytes: tx_bytes.to_vec(),
+        };
+        let res = self
+            .with_retries(WHAT, |ch| {
+                let req = req.clone();
+                async move {
+                    proto::tx::service_client::ServiceClient::new(ch)
+                        .simulate(req)
+                        .await
+                }
+            })
+            .await?;
+        let info = res.into_inner().gas_info.ok_or(QueryError::BadResponse {
+            what: WHAT,
+            reason: "no gas info".into(),
+        })?;
+        Ok(info.gas_used)
+    }
+}
+
+/// The gas limit to sign with: simulated gas × adjustment, rounded up (Cosmos clients'
+/// `--gas auto --gas-adjustment`).
+pub fn gas_limit(simulated: u64, adjustment: f64) -> u64 {
+    let adjusted = (simulated as f64 * adjustment.max(1.0)).ceil();
+    if adjusted >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        adjusted as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gas_limit_rounds_up_and_never_shrinks() {
+        assert_eq!(super::gas_limit(100_000, 1.5), 150_000);
+        assert_eq!(super::gas_limit(3, 1.5), 5);
+        assert_eq!(super::gas_limit(1000, 0.5), 1000);
+        assert_eq!(super::gas_limit(u64::MAX, 2.0), u64::MAX);
     }
 }

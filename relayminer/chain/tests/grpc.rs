@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use lode_chain::grpc::proto::{auth, bank};
+use lode_chain::grpc::proto::{auth, bank, tx};
 use lode_chain::grpc::{BASE_ACCOUNT_TYPE_URL, ChainGrpc, QueryError};
 use lode_chain::{Account, RetryPolicy};
 use prost::Message as _;
@@ -75,6 +75,27 @@ impl bank::query_server::Query for Svc {
     }
 }
 
+#[tonic::async_trait]
+impl tx::service_server::Service for Svc {
+    async fn simulate(
+        &self,
+        req: Request<tx::SimulateRequest>,
+    ) -> Result<Response<tx::SimulateResponse>, Status> {
+        let bytes = req.into_inner().tx_bytes;
+        if bytes.is_empty() {
+            return Err(Status::invalid_argument("empty tx"));
+        }
+        // Gas proportional to the size, as a real node's would roughly be.
+        let used = 50_000 + 10 * bytes.len() as u64;
+        Ok(Response::new(tx::SimulateResponse {
+            gas_info: Some(tx::GasInfo {
+                gas_wanted: 0,
+                gas_used: used,
+            }),
+        }))
+    }
+}
+
 async fn start(node: Arc<Node>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -83,7 +104,8 @@ async fn start(node: Arc<Node>) -> String {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(auth::query_server::QueryServer::new(Svc(node.clone())))
-            .add_service(bank::query_server::QueryServer::new(Svc(node)))
+            .add_service(bank::query_server::QueryServer::new(Svc(node.clone())))
+            .add_service(tx::service_server::ServiceServer::new(Svc(node)))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
     });
@@ -131,6 +153,16 @@ async fn accounts_and_balances() {
             .await
             .expect("balance"),
         0
+    );
+
+    // Simulation: the gas used, then the adjusted limit to sign with.
+    let used = client.simulate(&[7; 300]).await.expect("simulate");
+    assert_eq!(used, 53_000);
+    assert_eq!(lode_chain::grpc::gas_limit(used, 1.5), 79_500);
+    let e = client.simulate(&[]).await.expect_err("invalid");
+    assert!(
+        matches!(&e, QueryError::Status { status, .. } if status.code() == tonic::Code::InvalidArgument),
+        "{e}"
     );
 
     // A node that answers UNAVAILABLE twice is retried; more than the attempts is an error.
