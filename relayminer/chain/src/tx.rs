@@ -1,0 +1,167 @@
+//! Sending a transaction the way a supplier's jobs need it: read the account, simulate
+//! for gas, sign with the adjusted gas limit and its fee, broadcast, and wait for
+//! inclusion before the timeout height.
+
+use std::time::Duration;
+
+use lode_kernels::crypto::SecretKey;
+use lode_kernels::proto::Message;
+use lode_kernels::proto::cosmos::{self, Any, Coin, TxParams};
+
+use crate::comet::{CometRpc, RpcError};
+use crate::grpc::{ChainGrpc, QueryError, gas_limit};
+
+/// What every transaction of one signer shares.
+#[derive(Clone, Debug)]
+pub struct SendConfig {
+    pub chain_id: String,
+    /// Multiplies the simulated gas (`--gas-adjustment`).
+    pub gas_adjustment: f64,
+    /// Fee per unit of gas, in `fee_denom` (`--gas-prices`).
+    pub gas_price: f64,
+    pub fee_denom: String,
+    /// How often inclusion is checked.
+    pub poll: Duration,
+}
+
+impl SendConfig {
+    /// poktroll's relayminer defaults: gas adjustment 1.5, 0.0001 upokt per gas.
+    pub fn pocket(chain_id: &str) -> Self {
+        Self {
+            chain_id: chain_id.to_string(),
+            gas_adjustment: 1.5,
+            gas_price: 0.0001,
+            fee_denom: "upokt".into(),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a transaction did not make it.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error("the node refused the transaction (CheckTx code {code} {codespace}): {log}")]
+    CheckTx {
+        code: u32,
+        codespace: String,
+        log: String,
+    },
+    #[error("transaction {hash} failed in block {height} (code {code} {codespace}): {log}")]
+    DeliverTx {
+        hash: String,
+        height: i64,
+        code: u32,
+        codespace: String,
+        log: String,
+    },
+    #[error("the node reports hash {node} for a transaction whose hash is {ours}")]
+    HashMismatch { ours: String, node: String },
+}
+
+/// A transaction in a block, successfully executed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub hash: String,
+    pub height: i64,
+    pub gas_limit: u64,
+    pub fee: u128,
+}
+
+/// Signs and sends transactions for one key.
+#[derive(Debug)]
+pub struct TxSender {
+    rpc: CometRpc,
+    grpc: ChainGrpc,
+    key: SecretKey,
+    address: String,
+    config: SendConfig,
+}
+
+impl TxSender {
+    pub fn new(rpc: CometRpc, grpc: ChainGrpc, key: SecretKey, config: SendConfig) -> Self {
+        let address = key.public_key().address().to_bech32("pokt");
+        Self {
+            rpc,
+            grpc,
+            key,
+            address,
+            config,
+        }
+    }
+
+    /// The signer's address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Sends `messages` in one transaction that is only valid up to `timeout_height`, and
+    /// waits until it is in a block.
+    pub async fn send(
+        &self,
+        messages: Vec<Any>,
+        memo: &str,
+        timeout_height: u64,
+    ) -> Result<Sent, SendError> {
+        let account = self.grpc.account(&self.address).await?;
+        let mut params = TxParams {
+            chain_id: self.config.chain_id.clone(),
+            account_number: account.account_number,
+            sequence: account.sequence,
+            fee: Vec::new(),
+            gas_limit: 0,
+            memo: memo.to_string(),
+            timeout_height,
+        };
+        let simulated = self
+            .grpc
+            .simulate(&cosmos::sign_tx(messages.clone(), &params, &self.key).encode())
+            .await?;
+        params.gas_limit = gas_limit(simulated, self.config.gas_adjustment);
+        let fee = (params.gas_limit as f64 * self.config.gas_price).ceil() as u128;
+        if fee > 0 {
+            params.fee = vec![Coin {
+                denom: self.config.fee_denom.clone(),
+                amount: fee.to_string(),
+            }];
+        }
+        let tx = cosmos::sign_tx(messages, &params, &self.key).encode();
+        let ours = cosmos::tx_hash(&tx);
+        let checked = self.rpc.broadcast_tx_sync(&tx).await?;
+        if checked.code != 0 {
+            return Err(SendError::CheckTx {
+                code: checked.code,
+                codespace: checked.codespace,
+                log: checked.log,
+            });
+        }
+        if !checked.hash.eq_ignore_ascii_case(&ours) {
+            return Err(SendError::HashMismatch {
+                ours,
+                node: checked.hash,
+            });
+        }
+        let included = self
+            .rpc
+            .wait_for_inclusion(&ours, timeout_height as i64, self.config.poll)
+            .await?;
+        if included.code != 0 {
+            return Err(SendError::DeliverTx {
+                hash: ours,
+                height: included.height,
+                code: included.code,
+                codespace: included.codespace,
+                log: included.log,
+            });
+        }
+        Ok(Sent {
+            hash: ours,
+            height: included.height,
+            gas_limit: params.gas_limit,
+            fee,
+        })
+    }
+}
