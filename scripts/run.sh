@@ -1,15 +1,10 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine and runs lode's main job. Until the local devnet lands, that is
-# the kernels' benchmark report: SMST roots and proofs of 100k and 1M-leaf sessions
-# against the SHA-256 lower bound and the Go reference figures (--quick: 100k only), then
-# ring and supplier signatures and relay hashing against ECDSA and SHA-256 baselines,
-# and the session store's ingest, root, proof, memory and space reclamation.
+# Sets up a fresh machine and runs lode's main job: the local devnet. Today that is the
+# in-process POKT chain (gRPC on 127.0.0.1:9090, CometBFT RPC and websocket on
+# 127.0.0.1:26657, a block every 2 s); the operator, relayminers and gateway join it with
+# their issues. Arguments go to `devnet` (see `--help`). Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-cargo bench -p lode-kernels --bench smst --locked -- "$@"
-cargo bench -p lode-kernels --bench relay --locked
-# The session store as a real process over loopback gRPC (the dev profile reuses the
-# test build of RocksDB).
-cargo bench -p lode-relayminer --bench store --profile dev --locked
+cargo run -p lode-devnet --bin devnet --locked -- "$@"

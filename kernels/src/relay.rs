@@ -63,6 +63,16 @@ pub fn verify_response(res: &RelayResponse, supplier_key: &PublicKey) -> bool {
     )
 }
 
+/// Verifies the supplier signature of a response inside a mined relay, whose payload was
+/// cleared and only its hash kept: what the chain checks when it validates a proof.
+pub fn verify_mined_response(res: &RelayResponse, supplier_key: &PublicKey) -> bool {
+    supplier::verify_key(
+        supplier_key,
+        &response_signable_hash(res),
+        &res.meta.supplier_operator_signature,
+    )
+}
+
 /// The serialized relay stored in the trie: `Relay{req, res}` with the response payload
 /// cleared (its hash stays).
 pub fn mined_relay_bytes(req: &RelayRequest, res: &RelayResponse) -> Vec<u8> {

@@ -326,6 +326,17 @@ fn request_and_response_signatures() {
         relay::mine(&req, &res, &relay::BASE_TARGET, 7).expect("base target mines everything");
     let decoded = Relay::decode(&mined.bytes).expect("relay bytes decode");
     assert!(decoded.res.as_ref().expect("res").payload.is_empty());
+    // Inside a proof only the signature over the hash can be checked (the chain's view).
+    let mined_res = decoded.res.as_ref().expect("res");
+    assert!(relay::verify_mined_response(
+        mined_res,
+        &supplier.public_key()
+    ));
+    assert!(!relay::verify_mined_response(mined_res, &app.public_key()));
+    assert!(
+        !relay::verify_response(mined_res, &supplier.public_key()),
+        "no payload to match its hash"
+    );
     assert_eq!(
         decoded.res.as_ref().expect("res").payload_hash,
         res.payload_hash

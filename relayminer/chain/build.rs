@@ -3,7 +3,17 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(
-        ["cosmos/query.proto", "cosmos/bank.proto", "cosmos/tx.proto"],
+        [
+            "cosmos/query.proto",
+            "cosmos/bank.proto",
+            "cosmos/tx.proto",
+            "pocket/shared.proto",
+            "pocket/application.proto",
+            "pocket/session.proto",
+            "pocket/service.proto",
+            "pocket/supplier.proto",
+            "pocket/proof.proto",
+        ],
         ["proto"],
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;

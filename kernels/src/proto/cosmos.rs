@@ -108,6 +108,65 @@ pub const SIGN_MODE_DIRECT: i32 = 1;
 pub const SECP256K1_PUBKEY_TYPE_URL: &str = "/cosmos.crypto.secp256k1.PubKey";
 pub const MSG_CREATE_CLAIM_TYPE_URL: &str = "/pocket.proof.MsgCreateClaim";
 pub const MSG_SUBMIT_PROOF_TYPE_URL: &str = "/pocket.proof.MsgSubmitProof";
+pub const MSG_STAKE_SUPPLIER_TYPE_URL: &str = "/pocket.supplier.MsgStakeSupplier";
+pub const MSG_UNSTAKE_SUPPLIER_TYPE_URL: &str = "/pocket.supplier.MsgUnstakeSupplier";
+
+proto_message! {
+    /// `pocket.shared.ServiceRevenueShare`: who receives which percentage of a service's
+    /// rewards. (Field 2 is reserved upstream.)
+    ServiceRevenueShare = "ServiceRevenueShare" {
+        1 address: string<String>,
+        3 rev_share_percentage: uint64<u64>,
+    }
+}
+
+proto_message! {
+    /// `pocket.shared.ConfigOption`.
+    ConfigOption = "ConfigOption" {
+        /// `ConfigOptions`: 1 is TIMEOUT.
+        1 key: int32<i32>,
+        2 value: string<String>,
+    }
+}
+
+proto_message! {
+    /// `pocket.shared.SupplierEndpoint`: where a supplier serves a service.
+    SupplierEndpoint = "SupplierEndpoint" {
+        1 url: string<String>,
+        /// `RPCType`: 1 gRPC, 2 websocket, 3 JSON-RPC, 4 REST.
+        2 rpc_type: int32<i32>,
+        3 configs: messages<Vec<ConfigOption>>,
+    }
+}
+
+proto_message! {
+    /// `pocket.shared.SupplierServiceConfig`: one service a supplier stakes for.
+    SupplierServiceConfig = "SupplierServiceConfig" {
+        1 service_id: string<String>,
+        2 endpoints: messages<Vec<SupplierEndpoint>>,
+        3 rev_share: messages<Vec<ServiceRevenueShare>>,
+    }
+}
+
+proto_message! {
+    /// `pocket.supplier.MsgStakeSupplier`: stake (or update the stake and services of) a
+    /// supplier. The signer is the owner or the operator.
+    MsgStakeSupplier = "MsgStakeSupplier" {
+        1 signer: string<String>,
+        2 owner_address: string<String>,
+        3 operator_address: string<String>,
+        4 stake: optional<Option<Coin>>,
+        5 services: messages<Vec<SupplierServiceConfig>>,
+    }
+}
+
+proto_message! {
+    /// `pocket.supplier.MsgUnstakeSupplier`: begin unbonding at the end of the session.
+    MsgUnstakeSupplier = "MsgUnstakeSupplier" {
+        1 signer: string<String>,
+        2 operator_address: string<String>,
+    }
+}
 
 impl Any {
     /// Packs a message under its type URL.

@@ -45,9 +45,9 @@ mod stream;
 mod verify;
 
 pub use hash::{
-    DIGEST_LEN, Digest, EMPTY, MAX_DEPTH, PATH_LEN, Path, bit, digest_of_encoding,
+    DIGEST_LEN, Digest, EMPTY, MAX_DEPTH, PATH_LEN, Path, bit, count_of, digest_of_encoding,
     hash_serialization, inner_digest, leaf_digest, leaf_digest_parts, leaf_value_hash, path_of,
-    sha256, wrap,
+    sha256, sum_of, wrap,
 };
 pub use memory::{KeyNotFound, MemTrie};
 pub use proof::{
@@ -76,12 +76,12 @@ impl Root {
 
     /// Total weight (compute units in poktroll), modulo 2^64.
     pub fn sum(&self) -> u64 {
-        hash::sum_of(&self.0)
+        sum_of(&self.0)
     }
 
     /// Number of leaves (relays in poktroll).
     pub fn count(&self) -> u64 {
-        hash::count_of(&self.0)
+        count_of(&self.0)
     }
 
     pub fn as_bytes(&self) -> &[u8; DIGEST_LEN] {

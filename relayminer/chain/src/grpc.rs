@@ -9,18 +9,12 @@ use tonic::{Code, Status};
 
 use crate::comet::RetryPolicy;
 
-/// Messages and clients generated from `proto/cosmos/*.proto`.
-#[allow(clippy::all, missing_debug_implementations, unused_qualifications)]
+/// The Cosmos SDK's generated messages and clients, under short names.
 pub mod proto {
-    pub mod auth {
-        tonic::include_proto!("cosmos.auth.v1beta1");
-    }
-    pub mod bank {
-        tonic::include_proto!("cosmos.bank.v1beta1");
-    }
-    pub mod tx {
-        tonic::include_proto!("cosmos.tx.v1beta1");
-    }
+    pub use crate::proto::cosmos::auth::v1beta1 as auth;
+    pub use crate::proto::cosmos::bank::v1beta1 as bank;
+    pub use crate::proto::cosmos::base::v1beta1 as base;
+    pub use crate::proto::cosmos::tx::v1beta1 as tx;
 }
 
 /// The type URL of a plain account.
@@ -80,7 +74,7 @@ impl ChainGrpc {
     }
 
     /// Runs `call` with the retry policy.
-    async fn with_retries<T, F, Fut>(
+    pub(crate) async fn with_retries<T, F, Fut>(
         &self,
         what: &'static str,
         mut call: F,

@@ -11,6 +11,16 @@ use lode_kernels::proto::cosmos::{self, Any, Coin, TxParams};
 use crate::comet::{CometRpc, RpcError};
 use crate::grpc::{ChainGrpc, QueryError, gas_limit};
 
+/// Blocks without inclusion after which the identical bytes are broadcast again (a node
+/// that restarted or evicted its mempool has forgotten them).
+pub const REBROADCAST_AFTER_BLOCKS: i64 = 3;
+/// At most this many re-broadcasts per transaction (poktroll's relayminer does 2).
+pub const MAX_REBROADCASTS: u32 = 2;
+
+/// How many blocks [`TxSender::send`] waits for a transaction sent without a timeout
+/// height before reporting it as not included.
+pub const UNBOUNDED_WAIT_BLOCKS: i64 = 20;
+
 /// What every transaction of one signer shares.
 #[derive(Clone, Debug)]
 pub struct SendConfig {
@@ -144,9 +154,16 @@ impl TxSender {
                 node: checked.hash,
             });
         }
+        // A transaction without a timeout height (0) stays valid forever; waiting for it
+        // still has to end, so it is bounded by `UNBOUNDED_WAIT_BLOCKS` from now.
+        let broadcast_height = self.rpc.status().await?.latest_height;
+        let wait_until = if timeout_height == 0 {
+            broadcast_height + UNBOUNDED_WAIT_BLOCKS
+        } else {
+            timeout_height as i64
+        };
         let included = self
-            .rpc
-            .wait_for_inclusion(&ours, timeout_height as i64, self.config.poll)
+            .await_inclusion(&tx, &ours, broadcast_height, wait_until)
             .await?;
         if included.code != 0 {
             return Err(SendError::DeliverTx {
@@ -163,5 +180,49 @@ impl TxSender {
             gas_limit: params.gas_limit,
             fee,
         })
+    }
+
+    /// Polls until the transaction is in a block, re-broadcasting the same bytes when
+    /// [`REBROADCAST_AFTER_BLOCKS`] pass without it, until the chain passes `wait_until`.
+    async fn await_inclusion(
+        &self,
+        tx: &[u8],
+        hash: &str,
+        mut last_broadcast: i64,
+        wait_until: i64,
+    ) -> Result<crate::comet::TxResult, SendError> {
+        let mut rebroadcasts = 0;
+        loop {
+            if let Some(r) = self.rpc.tx(hash).await? {
+                return Ok(r);
+            }
+            let height = self.rpc.status().await?.latest_height;
+            if height > wait_until {
+                return Err(RpcError::NotIncluded {
+                    hash: hash.to_string(),
+                    timeout_height: wait_until,
+                    height,
+                }
+                .into());
+            }
+            if height >= last_broadcast + REBROADCAST_AFTER_BLOCKS
+                && rebroadcasts < MAX_REBROADCASTS
+            {
+                rebroadcasts += 1;
+                last_broadcast = height;
+                let again = self.rpc.broadcast_tx_sync(tx).await?;
+                tracing::warn!(
+                    hash,
+                    height,
+                    attempt = rebroadcasts,
+                    code = again.code,
+                    "transaction not included yet; broadcast again"
+                );
+                // 19: the node still has it (tx already in mempool/cache). Anything else
+                // means the bytes can no longer be included (e.g. the sequence moved on
+                // because it *was* included): the next `tx` lookup tells.
+            }
+            tokio::time::sleep(self.config.poll).await;
+        }
     }
 }

@@ -62,32 +62,13 @@ pub async fn block(
     }}))
 }
 
-pub fn unbase64(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        _ => 63,
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::new();
-    for chunk in bytes.chunks(4) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &c)| n | (val(c) as u32) << (18 - 6 * i));
-        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    out
-}
-
 /// JSON-RPC over POST: `broadcast_tx_sync` only. Transactions starting with 0xff fail
 /// CheckTx; others are included in the next block.
 pub async fn json_rpc(State(n): State<Node>, Json(req): Json<Value>) -> Json<Value> {
     use sha2::Digest;
     assert_eq!(req["method"], "broadcast_tx_sync");
-    let tx = unbase64(req["params"]["tx"].as_str().expect("tx"));
+    let tx =
+        lode_chain::comet::unbase64(req["params"]["tx"].as_str().expect("tx")).expect("base64");
     let hash: String = sha2::Sha256::digest(&tx)
         .iter()
         .map(|b| format!("{b:02X}"))

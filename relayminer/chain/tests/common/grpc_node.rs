@@ -68,7 +68,7 @@ impl bank::query_server::Query for Svc {
             ""
         };
         Ok(Response::new(bank::QueryBalanceResponse {
-            balance: Some(bank::Coin {
+            balance: Some(lode_chain::grpc::proto::base::Coin {
                 denom: r.denom,
                 amount: amount.into(),
             }),

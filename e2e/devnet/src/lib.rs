@@ -1,0 +1,307 @@
+//! An in-process POKT chain for tests and the local fleet: the gRPC query services and
+//! CometBFT RPC/websocket of a real node on loopback, blocks on a timer or on demand,
+//! and claim/proof transactions verified and settled with poktroll's rules.
+//!
+//! Deterministic: the same seed gives the same keys, addresses, block hashes and
+//! sessions. What is simplified is listed in the README next to this crate.
+
+pub mod chain;
+pub mod grpc;
+pub mod rpc;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lode_kernels::claim::ProofParams;
+use lode_kernels::crypto::SecretKey;
+use lode_kernels::mining::Pricing;
+use lode_kernels::session::SharedParams;
+use tokio::sync::{broadcast, oneshot};
+
+pub use chain::{Chain, Genesis, HRP, ServiceDef, Settlement, TxError};
+
+/// Genesis start time: 2026-01-01T00:00:00Z; block `h` is stamped `h` block times later.
+const GENESIS_UNIX_MS: u64 = 1_767_225_600_000;
+
+/// What to build the chain with. [`DevnetConfig::new`] gives poktroll's code defaults
+/// (sessions of 10 blocks) with one service, one application delegating to one gateway,
+/// and `suppliers` funded (not yet staked) operator accounts.
+#[derive(Clone, Debug)]
+pub struct DevnetConfig {
+    pub seed: u64,
+    pub chain_id: String,
+    pub shared: SharedParams,
+    pub pricing: Pricing,
+    pub proof: ProofParams,
+    pub proof_missing_penalty: u128,
+    pub proof_submission_fee: u128,
+    pub num_suppliers_per_session: u64,
+    pub services: Vec<ServiceDef>,
+    pub applications: usize,
+    pub application_stake: u128,
+    pub gateways: usize,
+    pub suppliers: usize,
+    pub supplier_balance: u128,
+    /// Blocks are produced every `block_time` when set; otherwise only on demand.
+    pub block_time: Option<Duration>,
+}
+
+impl DevnetConfig {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            chain_id: "pocket-devnet".into(),
+            shared: SharedParams::default(),
+            pricing: Pricing {
+                compute_units_to_tokens_multiplier: 42_000_000,
+                compute_unit_cost_granularity: 1_000_000,
+            },
+            proof: ProofParams {
+                proof_request_probability: 0.25,
+                proof_requirement_threshold: 20_000_000,
+            },
+            proof_missing_penalty: 320_000_000,
+            proof_submission_fee: 1_000_000,
+            num_suppliers_per_session: 15,
+            services: vec![ServiceDef {
+                id: "llm".into(),
+                name: "OpenAI-compatible LLM inference".into(),
+                compute_units_per_relay: 100,
+                target_num_relays: 10_000,
+                owner: String::new(),
+            }],
+            applications: 1,
+            application_stake: 100_000_000_000,
+            gateways: 1,
+            suppliers: 2,
+            supplier_balance: 10_000_000_000,
+            block_time: None,
+        }
+    }
+}
+
+/// A role's deterministic key: `SHA-256(seed ‖ role ‖ index)` as a Cosmos secret.
+pub fn devnet_key(seed: u64, role: &str, index: usize) -> SecretKey {
+    SecretKey::from_secret(format!("lode-devnet/{seed}/{role}/{index}").as_bytes())
+}
+
+/// The keys the devnet created, by role.
+#[derive(Clone, Debug)]
+pub struct DevnetKeys {
+    pub applications: Vec<SecretKey>,
+    pub gateways: Vec<SecretKey>,
+    /// Funded supplier operator accounts (owner = operator: custodial staking).
+    pub suppliers: Vec<SecretKey>,
+}
+
+/// A running (or ready to run) devnet. Cheap to clone: every clone is the same chain.
+#[derive(Clone, Debug)]
+pub struct Devnet {
+    chain: Arc<Mutex<Chain>>,
+    events: broadcast::Sender<Option<i64>>,
+    keys: DevnetKeys,
+    block_time: Duration,
+}
+
+impl Devnet {
+    pub fn new(config: &DevnetConfig) -> Self {
+        let key = |role: &str, i| devnet_key(config.seed, role, i);
+        let keys = DevnetKeys {
+            applications: (0..config.applications)
+                .map(|i| key("application", i))
+                .collect(),
+            gateways: (0..config.gateways).map(|i| key("gateway", i)).collect(),
+            suppliers: (0..config.suppliers).map(|i| key("supplier", i)).collect(),
+        };
+        let addr = |k: &SecretKey| k.public_key().address().to_bech32(HRP);
+        let gateway_addresses: Vec<String> = keys.gateways.iter().map(addr).collect();
+        let first_service = config
+            .services
+            .first()
+            .map(|s| s.id.clone())
+            .unwrap_or_default();
+        let genesis = Genesis {
+            chain_id: config.chain_id.clone(),
+            seed: config.seed,
+            shared: config.shared,
+            pricing: config.pricing,
+            proof: config.proof,
+            proof_missing_penalty: config.proof_missing_penalty,
+            proof_submission_fee: config.proof_submission_fee,
+            num_suppliers_per_session: config.num_suppliers_per_session,
+            supplier_min_stake: 1_000_000,
+            supplier_unbonding_period_sessions: 1,
+            services: config.services.clone(),
+            applications: keys
+                .applications
+                .iter()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        config.application_stake,
+                        first_service.clone(),
+                        gateway_addresses.clone(),
+                    )
+                })
+                .collect(),
+            gateways: keys
+                .gateways
+                .iter()
+                .map(|k| (k.clone(), 1_000_000_000))
+                .collect(),
+            accounts: keys
+                .suppliers
+                .iter()
+                .map(|k| (k.clone(), config.supplier_balance))
+                .collect(),
+        };
+        let mut chain = Chain::new(genesis);
+        let block_time = config.block_time.unwrap_or(Duration::from_secs(1));
+        // The genesis block carries the genesis time.
+        if let Some(b) = chain.blocks.first_mut() {
+            b.time_unix_ms = GENESIS_UNIX_MS;
+        }
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            chain: Arc::new(Mutex::new(chain)),
+            events,
+            keys,
+            block_time,
+        }
+    }
+
+    pub fn keys(&self) -> &DevnetKeys {
+        &self.keys
+    }
+
+    /// The chain's state (held briefly: the servers need it too).
+    pub fn chain(&self) -> MutexGuard<'_, Chain> {
+        self.chain.lock().expect("chain lock")
+    }
+
+    pub fn height(&self) -> i64 {
+        self.chain().height()
+    }
+
+    /// Produces `n` blocks now and announces each; returns the new height.
+    pub fn advance(&self, n: u32) -> i64 {
+        let mut height = 0;
+        for _ in 0..n {
+            height = {
+                let mut c = self.chain();
+                let h = c.height() + 1;
+                c.produce_block(
+                    GENESIS_UNIX_MS + (h as u64 - 1) * self.block_time.as_millis() as u64,
+                )
+            };
+            let _ = self.events.send(Some(height));
+        }
+        if n == 0 { self.height() } else { height }
+    }
+
+    /// Forgets every pending transaction, as a node that restarts loses its mempool.
+    /// Returns how many were dropped.
+    pub fn drop_mempool(&self) -> usize {
+        let mut c = self.chain();
+        let n = c.mempool.len();
+        c.mempool.clear();
+        c.forget_pending();
+        n
+    }
+
+    /// Every claim settled or expired so far.
+    pub fn settlements(&self) -> Vec<Settlement> {
+        self.chain().settlements.clone()
+    }
+
+    /// Serves gRPC and CometBFT RPC on the given addresses (port 0 picks a free one) and,
+    /// with a block time, produces blocks on a timer. Stops when the handle is dropped or
+    /// [`Running::shutdown`] is called.
+    pub async fn serve(
+        &self,
+        rpc_addr: SocketAddr,
+        grpc_addr: SocketAddr,
+        block_time: Option<Duration>,
+    ) -> std::io::Result<Running> {
+        let rpc_listener = tokio::net::TcpListener::bind(rpc_addr).await?;
+        let grpc_listener = tokio::net::TcpListener::bind(grpc_addr).await?;
+        let rpc_url = format!("http://{}", rpc_listener.local_addr()?);
+        let grpc_url = format!("http://{}", grpc_listener.local_addr()?);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let stop = futures_util::future::FutureExt::shared(async move {
+            let _ = stop_rx.await;
+        });
+        let mut tasks = Vec::new();
+        let app = rpc::router(self.clone());
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(rpc_listener, app)
+                .with_graceful_shutdown(s)
+                .await;
+        }));
+        let node = grpc::Node {
+            chain: self.chain.clone(),
+        };
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            let _ = grpc::router(node)
+                .serve_with_incoming_shutdown(incoming, s)
+                .await;
+        }));
+        if let Some(every) = block_time {
+            let d = self.clone();
+            let s = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => { d.advance(1); }
+                        _ = s.clone() => return,
+                    }
+                }
+            }));
+        }
+        Ok(Running {
+            rpc_url,
+            grpc_url,
+            stop: Some(stop_tx),
+            events: self.events.clone(),
+            tasks,
+        })
+    }
+}
+
+/// The servers of a running devnet.
+#[derive(Debug)]
+pub struct Running {
+    pub rpc_url: String,
+    pub grpc_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    events: broadcast::Sender<Option<i64>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Closes websockets, stops the servers and the block timer, and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.events.send(None);
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.events.send(None);
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
