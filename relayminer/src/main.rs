@@ -25,6 +25,30 @@ enum Command {
     /// ship mined relays to it in batches (acknowledged once durable); claim and prove jobs
     /// freeze sessions, read roots and closest proofs, and delete settled sessions.
     Store(StoreArgs),
+    /// Serve relays: the proxy in front of an LLM engine (the sidecar of every GPU pod).
+    ///
+    /// Accepts RelayRequests on the relay port (HTTP/1.1 and HTTP/2), checks the session
+    /// on chain, the supplier, the ring signature and the application's budget, proxies
+    /// to the engine (OpenAI HTTP; SSE streams are answered as signed batches separated
+    /// by ||POKT_STREAM||), signs the response, mines the relay and ships it to the
+    /// store. Reads lode's serve YAML or poktroll's relayminer YAML (with --keys-dir).
+    /// SIGTERM/Ctrl-C: stop accepting, finish in-flight relays and streams, flush mined
+    /// relays, exit.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Configuration file: lode's serve YAML, or poktroll's relayminer config.yaml.
+    #[arg(long, env = "LODE_SERVE_CONFIG")]
+    config: PathBuf,
+    /// With a poktroll config: directory holding one key file per signing key name
+    /// (hex, or `pocketd keys export` armor with LODE_KEY_PASSPHRASE).
+    #[arg(long, env = "LODE_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
+    /// Print the configuration as lode understood it and exit.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,11 +154,24 @@ async fn store(args: StoreArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(e))
 }
 
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = lode_relayminer::serve::ServeConfig::load(&args.config, args.keys_dir.as_deref())?;
+    if args.check {
+        println!("{config:#?}");
+        return Ok(());
+    }
+    let handle = lode_relayminer::serve::start(config).await?;
+    tracing::info!(relay = %handle.relay_addr, admin = %handle.admin_addr, "serving relays");
+    shutdown_signal().await;
+    handle.shutdown().await
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
     match cli.command {
         Command::Store(args) => store(args).await,
+        Command::Serve(args) => serve(args).await,
     }
 }

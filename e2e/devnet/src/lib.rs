@@ -210,6 +210,20 @@ impl Devnet {
         n
     }
 
+    /// Produces a block whenever a transaction waits in the mempool (so each lands in
+    /// the very next block), until the task is aborted.
+    pub fn produce_on_demand(&self) -> tokio::task::JoinHandle<()> {
+        let d = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if !d.chain().mempool.is_empty() {
+                    d.advance(1);
+                }
+            }
+        })
+    }
+
     /// Every claim settled or expired so far.
     pub fn settlements(&self) -> Vec<Settlement> {
         self.chain().settlements.clone()
@@ -304,4 +318,40 @@ impl Drop for Running {
             let _ = s.send(());
         }
     }
+}
+
+/// A `MsgStakeSupplier` for a custodial supplier (owner = operator = `key`) of one
+/// service with one endpoint.
+pub fn stake_supplier_msg(
+    key: &SecretKey,
+    upokt: u128,
+    service_id: &str,
+    url: &str,
+) -> lode_kernels::proto::cosmos::Any {
+    use lode_kernels::proto::cosmos::{
+        Any, Coin, MSG_STAKE_SUPPLIER_TYPE_URL, MsgStakeSupplier, SupplierEndpoint,
+        SupplierServiceConfig,
+    };
+    let a = key.public_key().address().to_bech32(HRP);
+    Any::pack(
+        MSG_STAKE_SUPPLIER_TYPE_URL,
+        &MsgStakeSupplier {
+            signer: a.clone(),
+            owner_address: a.clone(),
+            operator_address: a,
+            stake: Some(Coin {
+                denom: chain::DENOM.into(),
+                amount: upokt.to_string(),
+            }),
+            services: vec![SupplierServiceConfig {
+                service_id: service_id.into(),
+                endpoints: vec![SupplierEndpoint {
+                    url: url.into(),
+                    rpc_type: 4,
+                    configs: Vec::new(),
+                }],
+                rev_share: Vec::new(),
+            }],
+        },
+    )
 }

@@ -12,9 +12,8 @@ use lode_devnet::{Devnet, DevnetConfig, HRP, Running};
 use lode_kernels::crypto::SecretKey;
 use lode_kernels::mining::claimed_upokt;
 use lode_kernels::proto::cosmos::{
-    Any, Coin, MSG_CREATE_CLAIM_TYPE_URL, MSG_STAKE_SUPPLIER_TYPE_URL, MSG_SUBMIT_PROOF_TYPE_URL,
-    MSG_UNSTAKE_SUPPLIER_TYPE_URL, MsgStakeSupplier, MsgUnstakeSupplier, SupplierEndpoint,
-    SupplierServiceConfig,
+    Any, MSG_CREATE_CLAIM_TYPE_URL, MSG_SUBMIT_PROOF_TYPE_URL, MSG_UNSTAKE_SUPPLIER_TYPE_URL,
+    MsgUnstakeSupplier,
 };
 use lode_kernels::proto::{
     Message, MsgCreateClaim, MsgSubmitProof, PoktHttpRequest, PoktHttpResponse, Relay,
@@ -87,15 +86,7 @@ impl Net {
     /// Runs `send` while producing a block as soon as the transaction reaches the
     /// mempool, so it lands in exactly the next block.
     async fn include<T>(&self, send: impl Future<Output = T>) -> T {
-        let devnet = self.devnet.clone();
-        let producer = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                if !devnet.chain().mempool.is_empty() {
-                    devnet.advance(1);
-                }
-            }
-        });
+        let producer = self.devnet.produce_on_demand();
         let out = tokio::time::timeout(Duration::from_secs(30), send)
             .await
             .expect("the transaction finished");
@@ -152,28 +143,7 @@ async fn get(url: &str) -> String {
 }
 
 fn stake_msg(key: &SecretKey, amount: u128) -> Any {
-    let a = address(key);
-    Any::pack(
-        MSG_STAKE_SUPPLIER_TYPE_URL,
-        &MsgStakeSupplier {
-            signer: a.clone(),
-            owner_address: a.clone(),
-            operator_address: a,
-            stake: Some(Coin {
-                denom: "upokt".into(),
-                amount: amount.to_string(),
-            }),
-            services: vec![SupplierServiceConfig {
-                service_id: SERVICE.into(),
-                endpoints: vec![SupplierEndpoint {
-                    url: "http://relayminer.local:8545".into(),
-                    rpc_type: 3,
-                    configs: Vec::new(),
-                }],
-                rev_share: Vec::new(),
-            }],
-        },
-    )
+    lode_devnet::stake_supplier_msg(key, amount, SERVICE, "http://relayminer.local:8545")
 }
 
 /// Stakes `key` as a supplier and moves to the session where it serves; returns the

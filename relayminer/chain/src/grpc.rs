@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use lode_kernels::crypto::PublicKey;
+use lode_kernels::proto::Message as _;
+use lode_kernels::proto::cosmos::SECP256K1_PUBKEY_TYPE_URL;
 use prost::Message as _;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -45,6 +48,8 @@ pub enum QueryError {
 pub struct Account {
     pub account_number: u64,
     pub sequence: u64,
+    /// Known once the account has signed a transaction (ring members need it).
+    pub public_key: Option<PublicKey>,
 }
 
 /// A client of a node's Cosmos gRPC port (`http://node:9090`).
@@ -150,6 +155,26 @@ impl ChainGrpc {
         Ok(Account {
             account_number: base.account_number,
             sequence: base.sequence,
+            public_key: match base.pub_key {
+                None => None,
+                Some(pk) if pk.type_url == SECP256K1_PUBKEY_TYPE_URL => {
+                    let key =
+                        lode_kernels::proto::cosmos::Secp256k1PubKey::decode(pk.value.as_slice())
+                            .ok()
+                            .and_then(|k| PublicKey::from_sec1(&k.key).ok())
+                            .ok_or(QueryError::BadResponse {
+                                what: WHAT,
+                                reason: "malformed secp256k1 public key".into(),
+                            })?;
+                    Some(key)
+                }
+                Some(pk) => {
+                    return Err(QueryError::BadResponse {
+                        what: WHAT,
+                        reason: format!("unsupported public key type {}", pk.type_url),
+                    });
+                }
+            },
         })
     }
 

@@ -18,7 +18,8 @@ async fn accounts_and_balances() {
         client.account("pokt1supplier").await.expect("account"),
         Account {
             account_number: 42,
-            sequence: 7
+            sequence: 7,
+            public_key: None,
         }
     );
     assert!(

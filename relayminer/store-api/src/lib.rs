@@ -43,19 +43,43 @@ pub type Client = SessionStoreClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
 >;
 
+fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .tcp_nodelay(true))
+}
+
+fn client(
+    channel: tonic::transport::Channel,
+    token: &str,
+) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(
+        SessionStoreClient::with_interceptor(channel, BearerToken::new(token)?)
+            .max_decoding_message_size(64 << 20),
+    )
+}
+
 /// Connects to a store at `url` (e.g. `http://store:7070`) with the windows above.
 pub async fn connect(
     url: &str,
     token: &str,
 ) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    Ok(
-        SessionStoreClient::with_interceptor(channel, BearerToken::new(token)?)
-            .max_decoding_message_size(64 << 20),
+    client(endpoint(url)?.connect().await?, token)
+}
+
+/// A client that connects on first use (and reconnects after the store restarts): for
+/// callers that must start while the store is down.
+pub fn connect_lazy(
+    url: &str,
+    token: &str,
+    timeout: std::time::Duration,
+) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
+    client(
+        endpoint(url)?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect_lazy(),
+        token,
     )
 }

@@ -30,9 +30,18 @@ pub struct StoreProcess {
 
 impl StoreProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let token_file: PathBuf = data_dir.with_extension("token");
+        Self::start_on(data_dir, free_port(), free_port(), extra)
+    }
+
+    /// The token file `start` writes next to the data directory.
+    pub fn token_file(data_dir: &Path) -> PathBuf {
+        data_dir.with_extension("token")
+    }
+
+    /// Starts on given ports (a restart on the same address).
+    pub fn start_on(data_dir: &Path, grpc: SocketAddr, admin: SocketAddr, extra: &[&str]) -> Self {
+        let token_file = Self::token_file(data_dir);
         std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
-        let (grpc, admin) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_relayminer"))
             .arg("store")
             .arg("--data-dir")

@@ -1,0 +1,58 @@
+//! `engine-sim`: a vLLM-like OpenAI-compatible engine without a GPU.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use lode_engine_sim::{EngineSim, SimConfig};
+
+/// Serves `/v1/chat/completions`, `/v1/completions` (streaming or not, with `usage`),
+/// `/v1/models`, vLLM-style `/metrics` and `/health`, generating `max_tokens` words at
+/// `--tokens-per-second` after `--ttft-ms`. `POST /sim/mode?mode=error500|hang|ok` switches
+/// failure modes at run time.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:8000", env = "ENGINE_SIM_LISTEN")]
+    listen: SocketAddr,
+    /// Model name served.
+    #[arg(long, default_value = "sim-model", env = "ENGINE_SIM_MODEL")]
+    model: String,
+    /// Time to first token, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    ttft_ms: u64,
+    /// Tokens per second per request after the first (0: all at once).
+    #[arg(long, default_value_t = 200.0)]
+    tokens_per_second: f64,
+    /// Completion length when a request names no `max_tokens`.
+    #[arg(long, default_value_t = 16)]
+    max_tokens: u64,
+    /// Requests generating at once; the rest wait (and show as waiting in /metrics).
+    #[arg(long, default_value_t = 256)]
+    max_num_seqs: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let a = Args::parse();
+    let sim = EngineSim::new(SimConfig {
+        model: a.model,
+        ttft: Duration::from_millis(a.ttft_ms),
+        tokens_per_second: a.tokens_per_second,
+        default_max_tokens: a.max_tokens,
+        max_num_seqs: a.max_num_seqs,
+    });
+    let (addr, task) = sim
+        .serve(a.listen, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    eprintln!("engine-sim listening on http://{addr}");
+    task.await?;
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! Counters for `/metrics` and the demand signals (`/demand`) the autoscaler reads.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Per-service counters.
+#[derive(Debug, Default)]
+pub struct ServiceMetrics {
+    pub in_flight: AtomicU64,
+    /// Relays answered by the backend (any status).
+    pub relays: AtomicU64,
+    pub mined: AtomicU64,
+    /// Served but not mined: backend 5xx, past the claim window, or above the target.
+    pub not_mined: AtomicU64,
+    /// Streams the gateway (or the backend) abandoned before the end.
+    pub aborted: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+}
+
+/// Latency buckets (seconds) of served relays.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+/// One sample of the per-service counters, for rates.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    at: Instant,
+    relays: u64,
+    prompt: u64,
+    completion: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub requests: AtomicU64,
+    refused: Mutex<BTreeMap<u32, u64>>,
+    services: Mutex<BTreeMap<String, Arc<ServiceMetrics>>>,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    samples: Mutex<BTreeMap<String, VecDeque<Sample>>>,
+}
+
+/// The demand of one service, as the autoscaler reads it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Demand {
+    pub service_id: String,
+    pub in_flight: u64,
+    pub queued: u64,
+    pub relays_per_second: f64,
+    pub prompt_tokens_per_second: f64,
+    pub completion_tokens_per_second: f64,
+}
+
+/// The window rates are averaged over.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+impl Metrics {
+    pub fn service(&self, id: &str) -> Arc<ServiceMetrics> {
+        self.services
+            .lock()
+            .expect("lock")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn refused(&self, code: u32) {
+        *self.refused.lock().expect("lock").entry(code).or_default() += 1;
+    }
+
+    pub fn refused_count(&self, code: u32) -> u64 {
+        self.refused
+            .lock()
+            .expect("lock")
+            .get(&code)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn observe_latency(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Records the counters now; rates compare against the oldest sample in the window.
+    pub fn sample(&self) {
+        let now = Instant::now();
+        let services = self.services.lock().expect("lock").clone();
+        let mut samples = self.samples.lock().expect("lock");
+        for (id, m) in services {
+            let q = samples.entry(id).or_default();
+            q.push_back(Sample {
+                at: now,
+                relays: m.relays.load(Ordering::Relaxed),
+                prompt: m.prompt_tokens.load(Ordering::Relaxed),
+                completion: m.completion_tokens.load(Ordering::Relaxed),
+            });
+            while q.len() > 2 && now.duration_since(q[0].at) > RATE_WINDOW {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// Demand per service (`queued` is the store queue, shared by all services).
+    pub fn demand(&self, queued: u64) -> Vec<Demand> {
+        let services = self.services.lock().expect("lock").clone();
+        let samples = self.samples.lock().expect("lock");
+        services
+            .into_iter()
+            .map(|(id, m)| {
+                let now = Sample {
+                    at: Instant::now(),
+                    relays: m.relays.load(Ordering::Relaxed),
+                    prompt: m.prompt_tokens.load(Ordering::Relaxed),
+                    completion: m.completion_tokens.load(Ordering::Relaxed),
+                };
+                let rate = |f: fn(&Sample) -> u64| -> f64 {
+                    match samples.get(&id).and_then(|q| q.front()) {
+                        Some(old) => {
+                            let secs = now.at.duration_since(old.at).as_secs_f64();
+                            if secs < 0.05 {
+                                0.0
+                            } else {
+                                (f(&now) - f(old)) as f64 / secs
+                            }
+                        }
+                        None => 0.0,
+                    }
+                };
+                Demand {
+                    in_flight: m.in_flight.load(Ordering::Relaxed),
+                    queued,
+                    relays_per_second: rate(|s| s.relays),
+                    prompt_tokens_per_second: rate(|s| s.prompt),
+                    completion_tokens_per_second: rate(|s| s.completion),
+                    service_id: id,
+                }
+            })
+            .collect()
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(
+        &self,
+        queued: u64,
+        acknowledged: u64,
+        append_failures: u64,
+        height: i64,
+    ) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# HELP lode_serve_requests_total Relay requests received.\n# TYPE lode_serve_requests_total counter\nlode_serve_requests_total {}",
+            self.requests.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP lode_serve_refused_total Relays refused, by relayer_proxy error code.\n# TYPE lode_serve_refused_total counter"
+        );
+        for (code, n) in self.refused.lock().expect("lock").iter() {
+            let _ = writeln!(o, "lode_serve_refused_total{{code=\"{code}\"}} {n}");
+        }
+        let services = self.services.lock().expect("lock").clone();
+        for (name, help, get) in [
+            (
+                "lode_serve_in_flight",
+                "Relays being served.",
+                (|m: &ServiceMetrics| m.in_flight.load(Ordering::Relaxed))
+                    as fn(&ServiceMetrics) -> u64,
+            ),
+            (
+                "lode_serve_relays_total",
+                "Relays answered by the backend.",
+                |m| m.relays.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_mined_total",
+                "Relays mined and shipped to the store.",
+                |m| m.mined.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_not_mined_total",
+                "Relays served but not mined (backend 5xx, late, above target).",
+                |m| m.not_mined.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_aborted_streams_total",
+                "Streams abandoned before the end (not mined).",
+                |m| m.aborted.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_prompt_tokens_total",
+                "Prompt tokens reported by the engine's usage.",
+                |m| m.prompt_tokens.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_completion_tokens_total",
+                "Completion tokens reported by the engine's usage.",
+                |m| m.completion_tokens.load(Ordering::Relaxed),
+            ),
+        ] {
+            let kind = if name == "lode_serve_in_flight" {
+                "gauge"
+            } else {
+                "counter"
+            };
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (id, m) in &services {
+                let _ = writeln!(o, "{name}{{service=\"{id}\"}} {}", get(m));
+            }
+        }
+        for (name, kind, help, v) in [
+            (
+                "lode_serve_store_queue",
+                "gauge",
+                "Mined relays waiting for the store's acknowledgement (and reserved slots).",
+                queued as i64,
+            ),
+            (
+                "lode_serve_store_acknowledged_total",
+                "counter",
+                "Mined relays the store acknowledged.",
+                acknowledged as i64,
+            ),
+            (
+                "lode_serve_store_refused_total",
+                "counter",
+                "Mined relays the store refused for good (logged as errors).",
+                append_failures as i64,
+            ),
+            (
+                "lode_serve_chain_height",
+                "gauge",
+                "Latest block height seen.",
+                height,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP lode_serve_relay_seconds Time from request to the last byte of a served relay.\n# TYPE lode_serve_relay_seconds histogram"
+        );
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "lode_serve_relay_seconds_bucket{{le=\"{b}\"}} {}",
+                self.latency_buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(o, "lode_serve_relay_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            o,
+            "lode_serve_relay_seconds_sum {}",
+            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(o, "lode_serve_relay_seconds_count {count}");
+        o
+    }
+}

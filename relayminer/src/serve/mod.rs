@@ -1,0 +1,261 @@
+//! `relayminer serve`: the relay proxy in front of an LLM engine.
+//!
+//! Relay port: `RelayRequest`s over HTTP/1.1 or HTTP/2, validated (session on chain,
+//! supplier, ring signature, over-servicing), proxied to the engine, answered with a
+//! signed `RelayResponse` or a stream of signed batches; finished relays are mined and
+//! shipped to the session store. Admin port: `/metrics`, `/healthz`, `/readyz` (chain,
+//! store and engine), `/demand` (the autoscaler's signals).
+
+pub mod config;
+pub mod metrics;
+pub mod relay;
+pub mod session;
+pub mod ship;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use lode_chain::pocket::PocketQuery;
+use lode_chain::{ChainGrpc, CometRpc, RetryPolicy};
+use tokio::sync::oneshot;
+
+pub use config::{ServeConfig, StorePolicy};
+use metrics::Metrics;
+use relay::RelayState;
+use session::Sessions;
+use ship::Shipper;
+
+/// A running `serve`.
+#[derive(Debug)]
+pub struct ServeHandle {
+    pub relay_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<RelayState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServeHandle {
+    /// Graceful shutdown: stop accepting, finish in-flight relays and streams, flush
+    /// mined relays to the store (up to `flush_timeout`), then return.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.context("serve task")?
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Admin {
+    state: Arc<RelayState>,
+    engines_ok: Arc<AtomicBool>,
+}
+
+/// How long shutdown waits for the store to take the last mined relays.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts serving: binds both ports, starts height tracking, the store shipper, the
+/// engine probe and the rate sampler.
+pub async fn start(config: ServeConfig) -> anyhow::Result<ServeHandle> {
+    let passphrase = std::env::var("LODE_KEY_PASSPHRASE")
+        .ok()
+        .or_else(|| config.key_passphrase.clone());
+    let mut keys = HashMap::new();
+    for f in &config.signing_key_files {
+        let k = lode_chain::keys::load_key(f, passphrase.as_deref())?;
+        keys.insert(k.public_key().address().to_bech32("pokt"), k);
+    }
+    let retry = RetryPolicy {
+        attempts: 3,
+        first_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+        timeout: Duration::from_secs(5),
+    };
+    let query = PocketQuery::new(ChainGrpc::new(&config.chain.grpc_url, retry)?);
+    let rpc = CometRpc::new(&config.chain.rpc_url, retry);
+    let sessions = Sessions::new(query);
+    let height_task = sessions.track_height(rpc);
+    let token = std::fs::read_to_string(&config.store.token_file).with_context(|| {
+        format!(
+            "reading the store token {}",
+            config.store.token_file.display()
+        )
+    })?;
+    let store =
+        lode_store_api::connect_lazy(&config.store.url, token.trim(), Duration::from_secs(10))
+            .map_err(|e| anyhow::anyhow!("store URL {}: {e}", config.store.url))?;
+    let (shipper, ship_task) = Shipper::start(store, config.store.queue_capacity);
+    let metrics = Arc::new(Metrics::default());
+    let config = Arc::new(config);
+    let state = Arc::new(
+        RelayState::new(
+            config.clone(),
+            keys,
+            sessions.clone(),
+            shipper,
+            metrics.clone(),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
+
+    let relay_listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding the relay port {}", config.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(&config.admin)
+        .await
+        .with_context(|| format!("binding the admin port {}", config.admin))?;
+    let relay_addr = relay_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let s = state.clone();
+    let relay_app = Router::new().fallback(move |headers, body| {
+        let s = s.clone();
+        async move { relay::handle(s, headers, body).await }
+    });
+    let engines_ok = Arc::new(AtomicBool::new(false));
+    let admin = Admin {
+        state: state.clone(),
+        engines_ok: engines_ok.clone(),
+    };
+    let admin_app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/demand", get(demand))
+        .with_state(admin);
+
+    let background = {
+        let s = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut n = 0u64;
+            loop {
+                tick.tick().await;
+                s.metrics.sample();
+                if n.is_multiple_of(5) {
+                    let mut all = true;
+                    for svc in s.services.values() {
+                        all &= s.backend_reachable(svc).await;
+                    }
+                    engines_ok.store(all, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        })
+    };
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task_state = state.clone();
+    let task = tokio::spawn(async move {
+        let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
+        let admin_task = tokio::spawn(async move {
+            let _ = axum::serve(admin_listener, admin_app)
+                .with_graceful_shutdown(async {
+                    let _ = admin_stop_rx.await;
+                })
+                .await;
+        });
+        axum::serve(relay_listener, relay_app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .context("relay server")?;
+        // Every connection is closed and every stream finished, so every mined relay
+        // is with the shipper: wait until the store acknowledged them all.
+        tracing::info!(
+            queued = task_state.shipper.queued(),
+            "relay port closed; flushing mined relays"
+        );
+        background.abort();
+        height_task.abort();
+        let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
+        while task_state.shipper.queued() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = task_state.shipper.queued();
+        ship_task.abort();
+        let _ = admin_stop_tx.send(());
+        let _ = admin_task.await;
+        if left > 0 {
+            anyhow::bail!(
+                "{left} mined relays were not acknowledged by the store within {FLUSH_TIMEOUT:?}"
+            );
+        }
+        Ok(())
+    });
+    Ok(ServeHandle {
+        relay_addr,
+        admin_addr,
+        state,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+async fn metrics_page(State(a): State<Admin>) -> Response {
+    let s = &a.state;
+    let stats = &s.shipper.stats;
+    let body = s.metrics.render(
+        s.shipper.queued() as u64,
+        stats.acknowledged.load(Ordering::Relaxed),
+        stats.append_failures.load(Ordering::Relaxed),
+        s.sessions.height(),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Ready when the chain's blocks arrive, the store took the last append (or none was
+/// needed yet) and every engine answers.
+async fn readyz(State(a): State<Admin>) -> Response {
+    let s = &a.state;
+    let mut problems = Vec::new();
+    match s.sessions.since_last_block() {
+        None => problems.push("no block seen from the chain yet".to_string()),
+        Some(d) if d > Duration::from_secs(120) => {
+            problems.push(format!("no block for {}s", d.as_secs()))
+        }
+        Some(_) => {}
+    }
+    let stats = &s.shipper.stats;
+    if s.shipper.queued() > 0
+        && !stats.store_ok.load(Ordering::Relaxed)
+        && stats.acknowledged.load(Ordering::Relaxed) + (s.shipper.queued() as u64) > 0
+    {
+        problems.push("the store is not acknowledging mined relays".into());
+    }
+    if !a.engines_ok.load(Ordering::Relaxed) {
+        problems.push("an engine does not answer".into());
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("; ")).into_response()
+    }
+}
+
+async fn demand(State(a): State<Admin>) -> Response {
+    let s = &a.state;
+    axum::Json(serde_json::json!({
+        "height": s.sessions.height(),
+        "services": s.metrics.demand(s.shipper.queued() as u64),
+    }))
+    .into_response()
+}

@@ -1,0 +1,981 @@
+//! The relay port: `RelayRequest` in, signed `RelayResponse` (or a stream of signed
+//! batches) out, the finished relay mined and shipped to the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use lode_kernels::crypto::SecretKey;
+use lode_kernels::proto::{
+    Header, Message, PoktHttpRequest, PoktHttpResponse, RelayMinerError, RelayRequest,
+    RelayResponse, SessionHeader,
+};
+use lode_kernels::relay::{STREAM_DELIMITER, mine, sign_response, verify_request};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+
+use super::config::{ServeConfig, ServiceConfig, StorePolicy};
+use super::metrics::{Metrics, ServiceMetrics};
+use super::session::{SessionEntry, SessionError, Sessions};
+use super::ship::{Shipment, Shipper};
+
+/// poktroll's `relayer_proxy` codespace and the codes lode answers with (1, 3, 5, 7, 9,
+/// 10, 11 and 14 are poktroll's; 2 and 4 are lode's own).
+pub mod codes {
+    pub const CODESPACE: &str = "relayer_proxy";
+    pub const INVALID_SESSION: u32 = 1;
+    pub const INVALID_REQUEST: u32 = 2;
+    pub const SERVICE_NOT_HANDLED: u32 = 3;
+    pub const SUPPLIER_NOT_HANDLED: u32 = 4;
+    pub const INTERNAL: u32 = 5;
+    pub const RATE_LIMITED: u32 = 7;
+    pub const BACKEND_UNREACHABLE: u32 = 9;
+    pub const TIMEOUT: u32 = 10;
+    pub const MAX_BODY: u32 = 11;
+    pub const UNMARSHAL: u32 = 14;
+}
+
+/// A refused or failed relay: HTTP status, poktroll code, message.
+#[derive(Debug)]
+pub struct RelayFailure {
+    pub status: StatusCode,
+    pub code: u32,
+    pub message: String,
+}
+
+fn fail(status: StatusCode, code: u32, message: impl Into<String>) -> RelayFailure {
+    RelayFailure {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+fn describe(code: u32) -> &'static str {
+    match code {
+        codes::INVALID_SESSION => "invalid session",
+        codes::INVALID_REQUEST => "invalid relay request",
+        codes::SERVICE_NOT_HANDLED => "service endpoint not handled by relayer proxy",
+        codes::SUPPLIER_NOT_HANDLED => "supplier not handled by this relayminer",
+        codes::RATE_LIMITED => "offchain rate limit exceeded by relay",
+        codes::BACKEND_UNREACHABLE => "supplier service not reachable",
+        codes::TIMEOUT => "relay request timed out",
+        codes::MAX_BODY => "max body size exceeded",
+        codes::UNMARSHAL => "failed to unmarshal relay request",
+        _ => "internal error",
+    }
+}
+
+type Backend = HttpClient<HttpConnector, Full<Bytes>>;
+
+/// One configured service, ready to proxy.
+#[derive(Debug)]
+pub struct Service {
+    pub config: ServiceConfig,
+    base: Uri,
+    pub metrics: Arc<ServiceMetrics>,
+}
+
+/// Everything the relay handler shares.
+#[derive(Debug)]
+pub struct RelayState {
+    pub config: Arc<ServeConfig>,
+    pub keys: HashMap<String, SecretKey>,
+    pub services: HashMap<String, Service>,
+    pub sessions: Arc<Sessions>,
+    pub shipper: Shipper,
+    pub metrics: Arc<Metrics>,
+    backend: Backend,
+    max_body: usize,
+}
+
+impl RelayState {
+    pub fn new(
+        config: Arc<ServeConfig>,
+        keys: HashMap<String, SecretKey>,
+        sessions: Arc<Sessions>,
+        shipper: Shipper,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let mut services = HashMap::new();
+        for s in &config.services {
+            let base: Uri = s.backend_url.parse().map_err(|e| {
+                format!(
+                    "service {}: backend_url {:?}: {e}",
+                    s.service_id, s.backend_url
+                )
+            })?;
+            services.insert(
+                s.service_id.clone(),
+                Service {
+                    config: s.clone(),
+                    base,
+                    metrics: metrics.service(&s.service_id),
+                },
+            );
+        }
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let backend = HttpClient::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(http);
+        let max_body = config
+            .services
+            .iter()
+            .map(|s| s.max_body_bytes)
+            .max()
+            .unwrap_or(20 << 20);
+        Ok(Self {
+            config,
+            keys,
+            services,
+            sessions,
+            shipper,
+            metrics,
+            backend,
+            max_body,
+        })
+    }
+
+    /// Whether a backend answers (`GET /v1/models`, any status but a connection error).
+    pub async fn backend_reachable(&self, service: &Service) -> bool {
+        let Ok(uri) = join_uri(&service.base, "/v1/models") else {
+            return false;
+        };
+        let req = Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .expect("static request");
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.backend.request(req)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// An error reply: an unsigned (or, once the supplier is known, signed) `RelayResponse`
+/// carrying `RelayMinerError`, with a meaningful HTTP status.
+fn error_reply(
+    f: &RelayFailure,
+    header: Option<&SessionHeader>,
+    key: Option<&SecretKey>,
+) -> Response {
+    let mut res = RelayResponse {
+        payload: f.message.clone().into_bytes(),
+        relay_miner_error: Some(RelayMinerError {
+            codespace: codes::CODESPACE.into(),
+            code: f.code,
+            description: describe(f.code).into(),
+            message: f.message.clone(),
+        }),
+        ..Default::default()
+    };
+    res.meta.session_header = header.cloned();
+    if let Some(k) = key {
+        sign_response(&mut res, k);
+    }
+    (
+        f.status,
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        res.encode(),
+    )
+        .into_response()
+}
+
+/// The relay endpoint (any path: routing is by the request's service and supplier).
+pub async fn handle(state: Arc<RelayState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let m = &state.metrics;
+    m.requests.fetch_add(1, Ordering::Relaxed);
+    // 1. The body, within the largest configured limit.
+    let bytes = match Limited::new(body, state.max_body).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return refuse(
+                m,
+                fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    codes::MAX_BODY,
+                    format!("relay request body exceeds {} bytes", state.max_body),
+                ),
+                None,
+                None,
+            );
+        }
+        Err(e) => {
+            return refuse(
+                m,
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    codes::INVALID_REQUEST,
+                    format!("reading the request body: {e}"),
+                ),
+                None,
+                None,
+            );
+        }
+    };
+    // 2. The protobuf.
+    let req = match RelayRequest::decode(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                m,
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    codes::UNMARSHAL,
+                    format!("relay request is not a RelayRequest: {e}"),
+                ),
+                None,
+                None,
+            );
+        }
+    };
+    let Some(session_header) = req.meta.session_header.clone() else {
+        return refuse(
+            m,
+            fail(
+                StatusCode::BAD_REQUEST,
+                codes::INVALID_REQUEST,
+                "relay request has no session header",
+            ),
+            None,
+            None,
+        );
+    };
+    let hdr = Some(&session_header);
+    if req.meta.signature.is_empty() {
+        return refuse(
+            m,
+            fail(
+                StatusCode::BAD_REQUEST,
+                codes::INVALID_REQUEST,
+                "relay request is not signed",
+            ),
+            hdr,
+            None,
+        );
+    }
+    // 3. Ours: the supplier and the service.
+    let supplier = req.meta.supplier_operator_address.clone();
+    let Some(key) = state.keys.get(&supplier) else {
+        return refuse(
+            m,
+            fail(
+                StatusCode::FORBIDDEN,
+                codes::SUPPLIER_NOT_HANDLED,
+                format!("supplier {supplier:?} is not served by this relayminer"),
+            ),
+            hdr,
+            None,
+        );
+    };
+    let Some(service) = state.services.get(&session_header.service_id) else {
+        return refuse(
+            m,
+            fail(
+                StatusCode::NOT_FOUND,
+                codes::SERVICE_NOT_HANDLED,
+                format!(
+                    "service {:?} is not served by this relayminer",
+                    session_header.service_id
+                ),
+            ),
+            hdr,
+            Some(key),
+        );
+    };
+    if bytes.len() > service.config.max_body_bytes {
+        return refuse(
+            m,
+            fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::MAX_BODY,
+                format!(
+                    "relay request body exceeds {} bytes",
+                    service.config.max_body_bytes
+                ),
+            ),
+            hdr,
+            Some(key),
+        );
+    }
+    // 4. The session, on chain.
+    let session = match state.sessions.validate(&session_header, &supplier).await {
+        Ok(s) => s,
+        Err(e) => {
+            let status = if e.is_unavailable() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let code = if e.is_unavailable() {
+                codes::INTERNAL
+            } else {
+                codes::INVALID_SESSION
+            };
+            if let SessionError::Chain(ref q) = e {
+                tracing::warn!(error = %q, "session validation needs the chain");
+            }
+            return refuse(m, fail(status, code, e.to_string()), hdr, Some(key));
+        }
+    };
+    // 5. The application's (or its gateway's) ring signature.
+    match verify_request(&req, &session.ring) {
+        Ok(true) => {}
+        Ok(false) => {
+            return refuse(
+                m,
+                fail(
+                    StatusCode::UNAUTHORIZED,
+                    codes::INVALID_REQUEST,
+                    "invalid ring signature",
+                ),
+                hdr,
+                Some(key),
+            );
+        }
+        Err(e) => {
+            return refuse(
+                m,
+                fail(
+                    StatusCode::UNAUTHORIZED,
+                    codes::INVALID_REQUEST,
+                    format!("invalid ring signature: {e}"),
+                ),
+                hdr,
+                Some(key),
+            );
+        }
+    }
+    // 6. Over-servicing.
+    if !session.charge() && !state.config.enable_over_servicing {
+        return refuse(
+            m,
+            fail(
+                StatusCode::TOO_MANY_REQUESTS,
+                codes::RATE_LIMITED,
+                "the application's stake for this session is spent",
+            ),
+            hdr,
+            Some(key),
+        );
+    }
+    // 7. A place in the store queue, reserved before any work is done.
+    let Some(slot) = state.shipper.reserve() else {
+        return refuse(
+            m,
+            fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::INTERNAL,
+                "the session store is not keeping up; try again",
+            ),
+            hdr,
+            Some(key),
+        );
+    };
+    let http_req = match PoktHttpRequest::decode(&req.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                m,
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    codes::UNMARSHAL,
+                    format!("relay payload is not a POKTHTTPRequest: {e}"),
+                ),
+                hdr,
+                Some(key),
+            );
+        }
+    };
+    let _ = headers;
+    let guard = InFlight::new(service.metrics.clone());
+    let ctx = Ctx {
+        state: state.clone(),
+        req,
+        session,
+        supplier,
+        key: key.clone(),
+        slot,
+        started,
+        _guard: guard,
+    };
+    ctx.proxy(service, http_req).await
+}
+
+fn refuse(
+    m: &Metrics,
+    f: RelayFailure,
+    header: Option<&SessionHeader>,
+    key: Option<&SecretKey>,
+) -> Response {
+    m.refused(f.code);
+    tracing::debug!(code = f.code, message = %f.message, "relay refused");
+    error_reply(&f, header, key)
+}
+
+/// Counts a relay in flight for its service while alive.
+#[derive(Debug)]
+struct InFlight(Arc<ServiceMetrics>);
+
+impl InFlight {
+    fn new(m: Arc<ServiceMetrics>) -> Self {
+        m.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(m)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A validated relay on its way through the backend.
+struct Ctx {
+    state: Arc<RelayState>,
+    req: RelayRequest,
+    session: Arc<SessionEntry>,
+    supplier: String,
+    key: SecretKey,
+    slot: OwnedSemaphorePermit,
+    started: Instant,
+    _guard: InFlight,
+}
+
+/// Joins the backend base URL with the relay's path and query (spec §2.2).
+fn join_uri(base: &Uri, request_url: &str) -> Result<Uri, String> {
+    // The gateway's URL may be absolute or just a path.
+    let path_and_query = match if request_url.is_empty() {
+        Ok(Uri::from_static("/"))
+    } else {
+        request_url.parse::<Uri>()
+    } {
+        Ok(u) => u
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into()),
+        Err(_) => return Err(format!("relay URL {request_url:?} is not a URL")),
+    };
+    let (req_path, req_query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (path_and_query, None),
+    };
+    let base_path = base.path().trim_end_matches('/');
+    let mut out = format!("{base_path}{req_path}");
+    if out.is_empty() {
+        out.push('/');
+    }
+    let queries: Vec<&str> = [base.query(), req_query.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter(|q| !q.is_empty())
+        .collect();
+    if !queries.is_empty() {
+        out.push('?');
+        out.push_str(&queries.join("&"));
+    }
+    let authority = base.authority().ok_or("backend URL has no host")?;
+    Uri::builder()
+        .scheme(base.scheme_str().unwrap_or("http"))
+        .authority(authority.as_str())
+        .path_and_query(out)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+fn skip_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    HOP_BY_HOP.contains(&n.as_str()) || n == "content-length"
+}
+
+fn response_headers(h: &HeaderMap) -> BTreeMap<String, Header> {
+    let mut out: BTreeMap<String, Header> = BTreeMap::new();
+    for (name, value) in h {
+        if skip_header(name.as_str()) {
+            continue;
+        }
+        let e = out
+            .entry(name.as_str().to_string())
+            .or_insert_with(|| Header {
+                key: name.as_str().to_string(),
+                values: Vec::new(),
+            });
+        e.values
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    out
+}
+
+/// A supplier-signed response carrying an HTTP response.
+fn signed(
+    status: u32,
+    header: BTreeMap<String, Header>,
+    body: Vec<u8>,
+    session: &SessionHeader,
+    key: &SecretKey,
+) -> RelayResponse {
+    let payload = PoktHttpResponse {
+        status_code: status,
+        header,
+        body_bz: body,
+    };
+    let mut res = RelayResponse {
+        payload: payload.encode(),
+        ..Default::default()
+    };
+    res.meta.session_header = Some(session.clone());
+    sign_response(&mut res, key);
+    res
+}
+
+/// `usage` of an OpenAI response body (or of the last SSE event carrying one).
+fn usage_of(body: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let json_text = if text.trim_start().starts_with('{') {
+        text
+    } else {
+        text.rsplit("data: ")
+            .find(|e| e.contains("\"usage\"") && e.trim_start().starts_with('{'))?
+    };
+    let v: serde_json::Value = serde_json::from_str(json_text.trim()).ok()?;
+    let u = v.get("usage")?;
+    Some((
+        u["prompt_tokens"].as_u64().unwrap_or(0),
+        u["completion_tokens"].as_u64().unwrap_or(0),
+    ))
+}
+
+impl Ctx {
+    fn fail(&self, f: RelayFailure) -> Response {
+        refuse(
+            &self.state.metrics,
+            f,
+            self.req.meta.session_header.as_ref(),
+            Some(&self.key),
+        )
+    }
+
+    fn backend_request(
+        &self,
+        service: &Service,
+        http_req: &PoktHttpRequest,
+    ) -> Result<Request<Full<Bytes>>, RelayFailure> {
+        let uri = join_uri(&service.base, &http_req.url)
+            .map_err(|e| fail(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST, e))?;
+        let method = Method::from_bytes(if http_req.method.is_empty() {
+            b"POST"
+        } else {
+            http_req.method.as_bytes()
+        })
+        .map_err(|_| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                codes::INVALID_REQUEST,
+                format!("bad HTTP method {:?}", http_req.method),
+            )
+        })?;
+        let mut b = Request::builder().method(method).uri(uri);
+        let h = b.headers_mut().expect("fresh builder");
+        for (name, hv) in &http_req.header {
+            if skip_header(name) {
+                continue;
+            }
+            for v in &hv.values {
+                if let (Ok(n), Ok(v)) = (
+                    header::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    h.append(n, v);
+                }
+            }
+        }
+        let c = &service.config;
+        if c.forward_pocket_headers {
+            let s = &self.session.header;
+            for (n, v) in [
+                ("pocket-supplier", self.supplier.clone()),
+                ("pocket-service", s.service_id.clone()),
+                ("pocket-session-id", s.session_id.clone()),
+                ("pocket-application", s.application_address.clone()),
+                (
+                    "pocket-session-start-height",
+                    s.session_start_block_height.to_string(),
+                ),
+                (
+                    "pocket-session-end-height",
+                    s.session_end_block_height.to_string(),
+                ),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(n, v);
+                }
+            }
+        }
+        if let Some(a) = &c.basic_auth {
+            let token =
+                lode_chain::comet::base64(format!("{}:{}", a.username, a.password).as_bytes());
+            if let Ok(v) = HeaderValue::from_str(&format!("Basic {token}")) {
+                h.insert(header::AUTHORIZATION, v);
+            }
+        }
+        for (n, v) in &c.headers {
+            if let (Ok(n), Ok(v)) = (
+                header::HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                h.insert(n, v);
+            }
+        }
+        b.body(Full::new(Bytes::from(http_req.body_bz.clone())))
+            .map_err(|e| {
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    codes::INVALID_REQUEST,
+                    e.to_string(),
+                )
+            })
+    }
+
+    async fn proxy(self, service: &Service, http_req: PoktHttpRequest) -> Response {
+        let backend_req = match self.backend_request(service, &http_req) {
+            Ok(r) => r,
+            Err(f) => return self.fail(f),
+        };
+        let timeout = Duration::from_secs(service.config.request_timeout_seconds);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let res = match tokio::time::timeout_at(deadline, self.state.backend.request(backend_req))
+            .await
+        {
+            Err(_) => {
+                return self.fail(fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    codes::TIMEOUT,
+                    format!("the backend did not answer within {timeout:?}"),
+                ));
+            }
+            Ok(Err(e)) => {
+                return self.fail(fail(
+                    StatusCode::BAD_GATEWAY,
+                    codes::BACKEND_UNREACHABLE,
+                    format!("backend {} unreachable: {e}", service.config.backend_url),
+                ));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (parts, body) = res.into_parts();
+        let streaming = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                ct.starts_with("text/event-stream") || ct.starts_with("application/x-ndjson")
+            });
+        let status = parts.status.as_u16() as u32;
+        let headers = response_headers(&parts.headers);
+        if streaming {
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("text/event-stream"));
+            return self
+                .stream(service, status, headers, body, deadline, content_type)
+                .await;
+        }
+        let body = match tokio::time::timeout_at(
+            deadline,
+            Limited::new(body, service.config.max_body_bytes).collect(),
+        )
+        .await
+        {
+            Err(_) => {
+                return self.fail(fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    codes::TIMEOUT,
+                    format!("the backend's response did not finish within {timeout:?}"),
+                ));
+            }
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return self.fail(fail(
+                    StatusCode::BAD_GATEWAY,
+                    codes::MAX_BODY,
+                    format!(
+                        "the backend's response exceeds {} bytes",
+                        service.config.max_body_bytes
+                    ),
+                ));
+            }
+            Ok(Err(e)) => {
+                return self.fail(fail(
+                    StatusCode::BAD_GATEWAY,
+                    codes::BACKEND_UNREACHABLE,
+                    format!("reading the backend's response: {e}"),
+                ));
+            }
+            Ok(Ok(c)) => c.to_bytes(),
+        };
+        if let Some((p, c)) = usage_of(&body) {
+            service
+                .metrics
+                .prompt_tokens
+                .fetch_add(p, Ordering::Relaxed);
+            service
+                .metrics
+                .completion_tokens
+                .fetch_add(c, Ordering::Relaxed);
+        }
+        let res = signed(
+            status,
+            headers,
+            body.to_vec(),
+            &self.session.header,
+            &self.key,
+        );
+        let reply = res.encode();
+        let service_metrics = service.metrics.clone();
+        let policy = self.state.config.store.policy;
+        let (state, session, key) = (self.state.clone(), self.session.clone(), self.key.clone());
+        let ack = self.finish(&service_metrics, status, &res);
+        if let (StorePolicy::Hold, Some(ack)) = (policy, ack)
+            && ack.await.is_err()
+        {
+            let f = fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::INTERNAL,
+                "the store did not acknowledge the relay",
+            );
+            return refuse(&state.metrics, f, Some(&session.header), Some(&key));
+        }
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            reply,
+        )
+            .into_response()
+    }
+
+    /// Mines a finished relay and ships it; returns the acknowledgement to wait for
+    /// when it was mined. Consumes the queue slot either way.
+    fn finish(
+        self,
+        service: &ServiceMetrics,
+        backend_status: u32,
+        res: &RelayResponse,
+    ) -> Option<oneshot::Receiver<()>> {
+        service.relays.fetch_add(1, Ordering::Relaxed);
+        self.state.metrics.observe_latency(self.started.elapsed());
+        // Backend errors are not mined; nor are relays served after the claim window
+        // opened (they could never be claimed).
+        if backend_status >= 500 {
+            service.not_mined.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if self.state.sessions.height() >= self.session.claim_window_open {
+            service.not_mined.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let Some(relay) = mine(
+            &self.req,
+            res,
+            &self.session.target,
+            self.session.compute_units_per_relay,
+        ) else {
+            service.not_mined.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        service.mined.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.state.shipper.send(Shipment {
+            supplier: self.supplier.clone(),
+            header: self.session.header.clone(),
+            relay,
+            ack: Some(tx),
+            slot: self.slot,
+        });
+        Some(rx)
+    }
+
+    /// Streams the backend's chunks as signed batches: the first at once, later ones
+    /// every `stream_batch_ms` or `stream_batch_bytes`; the relay mined from the whole
+    /// body once the backend finishes.
+    async fn stream(
+        self,
+        service: &Service,
+        status: u32,
+        headers: BTreeMap<String, Header>,
+        mut body: hyper::body::Incoming,
+        deadline: tokio::time::Instant,
+        content_type: HeaderValue,
+    ) -> Response {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let metrics = service.metrics.clone();
+        let interval = self.state.config.stream_batch_interval();
+        let max_pending = self.state.config.stream_batch_bytes;
+        let header_for_batches = self.session.header.clone();
+        let key = self.key.clone();
+        let policy = self.state.config.store.policy;
+        let batch = move |first: bool,
+                          status: u32,
+                          headers: &BTreeMap<String, Header>,
+                          chunk: &[u8]|
+              -> Bytes {
+            let batch_headers = if first {
+                headers.clone()
+            } else {
+                BTreeMap::new()
+            };
+            let res = signed(
+                status,
+                batch_headers,
+                chunk.to_vec(),
+                &header_for_batches,
+                &key,
+            );
+            let mut out = Vec::with_capacity(res.encoded_len() + STREAM_DELIMITER.len());
+            if !first {
+                out.extend_from_slice(STREAM_DELIMITER);
+            }
+            res.encode_to(&mut out);
+            Bytes::from(out)
+        };
+        tokio::spawn(async move {
+            let mut full: Vec<u8> = Vec::new();
+            let mut pending: Vec<u8> = Vec::new();
+            let mut sent_first = false;
+            let mut aborted = false;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    frame = body.frame() => match frame {
+                        Some(Ok(f)) => {
+                            let Ok(data) = f.into_data() else { continue };
+                            full.extend_from_slice(&data);
+                            if !sent_first {
+                                sent_first = true;
+                                if tx.send(Ok(batch(true, status, &headers, &data))).await.is_err() { aborted = true; break; }
+                            } else {
+                                pending.extend_from_slice(&data);
+                                if pending.len() >= max_pending {
+                                    let b = batch(false, status, &headers, &pending);
+                                    pending.clear();
+                                    if tx.send(Ok(b)).await.is_err() { aborted = true; break; }
+                                }
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "backend stream broke");
+                            aborted = true;
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = tick.tick(), if !pending.is_empty() => {
+                        let b = batch(false, status, &headers, &pending);
+                        pending.clear();
+                        if tx.send(Ok(b)).await.is_err() { aborted = true; break; }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        tracing::warn!("stream exceeded the request timeout");
+                        aborted = true;
+                        break;
+                    }
+                    _ = tx.closed() => { aborted = true; break; }
+                }
+            }
+            if aborted {
+                // The gateway did not get the whole response: nothing to mine.
+                metrics.aborted.fetch_add(1, Ordering::Relaxed);
+                drop(self);
+                return;
+            }
+            if !sent_first {
+                // An empty stream: one batch with the status and headers.
+                let _ = tx.send(Ok(batch(true, status, &headers, &[]))).await;
+            } else if !pending.is_empty() {
+                let b = batch(false, status, &headers, &pending);
+                if tx.send(Ok(b)).await.is_err() {
+                    metrics.aborted.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            if let Some((p, c)) = usage_of(&full) {
+                metrics.prompt_tokens.fetch_add(p, Ordering::Relaxed);
+                metrics.completion_tokens.fetch_add(c, Ordering::Relaxed);
+            }
+            // The relay that is mined: the whole response, signed.
+            let res = signed(status, headers, full, &self.session.header, &self.key);
+            let ack = self.finish(&metrics, status, &res);
+            if let (StorePolicy::Hold, Some(ack)) = (policy, ack) {
+                // The stream ends only once the store has the relay.
+                let _ = ack.await;
+            }
+            drop(tx);
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(Body::from_stream(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .expect("static response")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_urls_join_like_poktroll() {
+        let base: Uri = "http://vllm:8000/prefix?key=1".parse().expect("uri");
+        assert_eq!(
+            join_uri(&base, "https://gateway.example/v1/chat/completions?x=2")
+                .expect("join")
+                .to_string(),
+            "http://vllm:8000/prefix/v1/chat/completions?key=1&x=2"
+        );
+        let base: Uri = "http://vllm:8000".parse().expect("uri");
+        assert_eq!(
+            join_uri(&base, "/v1/models").expect("join").to_string(),
+            "http://vllm:8000/v1/models"
+        );
+        assert_eq!(
+            join_uri(&base, "").expect("join").to_string(),
+            "http://vllm:8000/"
+        );
+    }
+
+    #[test]
+    fn usage_is_read_from_bodies_and_streams() {
+        assert_eq!(
+            usage_of(br#"{"usage":{"prompt_tokens":3,"completion_tokens":5}}"#),
+            Some((3, 5))
+        );
+        let sse = b"data: {\"choices\":[]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n";
+        assert_eq!(usage_of(sse), Some((2, 4)));
+        assert_eq!(usage_of(b"data: [DONE]\n\n"), None);
+    }
+}

@@ -1,0 +1,330 @@
+//! Session validation against the chain (spec §5.3), cached per session: the on-chain
+//! header, the session's suppliers, the application's ring, the difficulty and compute
+//! units at session start, and the over-servicing budget.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lode_chain::pocket::{ChainParams, PocketQuery, header_of};
+use lode_chain::{CometRpc, QueryError};
+use lode_kernels::crypto::PublicKey;
+use lode_kernels::crypto::ring::{AppRing, placeholder_address, placeholder_key, ring_addresses};
+use lode_kernels::mining::relay_cost_upokt;
+use lode_kernels::proto::SessionHeader;
+
+/// Why a relay's session was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("the chain height is not known yet")]
+    NoHeight,
+    #[error(
+        "session expired: it ended at height {end}, its grace period at {grace_end}, the chain is at {height}"
+    )]
+    Expired {
+        end: i64,
+        grace_end: i64,
+        height: i64,
+    },
+    #[error("session header does not match the on-chain session: {0}")]
+    Mismatch(String),
+    #[error("supplier {0} is not in this session")]
+    SupplierNotInSession(String),
+    #[error("chain query failed: {0}")]
+    Chain(#[from] QueryError),
+    #[error("application ring: {0}")]
+    Ring(String),
+}
+
+impl SessionError {
+    /// A chain outage rather than a bad relay.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::NoHeight | Self::Chain(_))
+    }
+}
+
+/// What serving a session's relays needs, fetched once per session.
+#[derive(Debug)]
+pub struct SessionEntry {
+    pub header: SessionHeader,
+    pub suppliers: Vec<String>,
+    pub ring: AppRing,
+    pub target: [u8; 32],
+    pub compute_units_per_relay: u64,
+    pub grace_end: i64,
+    pub claim_window_open: i64,
+    /// uPOKT one relay costs the application.
+    pub relay_cost: u64,
+    /// uPOKT the application may still spend with this supplier this session.
+    pub budget_left: AtomicU64,
+}
+
+impl SessionEntry {
+    /// Charges one relay; `false` when the budget is spent.
+    pub fn charge(&self) -> bool {
+        self.budget_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                b.checked_sub(self.relay_cost)
+            })
+            .is_ok()
+    }
+}
+
+type Key = (String, String, String);
+
+/// Validates session headers with the chain and caches the answers.
+#[derive(Debug)]
+pub struct Sessions {
+    query: PocketQuery,
+    height: Arc<AtomicI64>,
+    last_block: Mutex<Option<Instant>>,
+    cache: Mutex<HashMap<Key, Arc<SessionEntry>>>,
+    keys: Mutex<HashMap<String, PublicKey>>,
+    num_suppliers: Mutex<Option<u64>>,
+}
+
+impl Sessions {
+    pub fn new(query: PocketQuery) -> Arc<Self> {
+        Arc::new(Self {
+            query,
+            height: Arc::new(AtomicI64::new(0)),
+            last_block: Mutex::new(None),
+            cache: Mutex::default(),
+            keys: Mutex::default(),
+            num_suppliers: Mutex::new(None),
+        })
+    }
+
+    pub fn height(&self) -> i64 {
+        self.height.load(Ordering::Acquire)
+    }
+
+    /// How long ago the last block arrived (`None` before the first).
+    pub fn since_last_block(&self) -> Option<Duration> {
+        self.last_block.lock().expect("lock").map(|t| t.elapsed())
+    }
+
+    pub fn cached_sessions(&self) -> usize {
+        self.cache.lock().expect("lock").len()
+    }
+
+    /// Follows the chain's blocks (websocket with gap filling and reconnects) and keeps
+    /// the height current, until the task is aborted.
+    pub fn track_height(self: &Arc<Self>, rpc: CometRpc) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let start = match rpc.status().await {
+                    Ok(s) => s.latest_height,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "chain RPC unreachable; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                me.set_height(start);
+                let mut blocks = rpc.follow(start + 1, 64);
+                while let Some(b) = blocks.recv().await {
+                    match b {
+                        Ok(b) => me.set_height(b.height),
+                        Err(e) => tracing::warn!(error = %e, "following blocks"),
+                    }
+                }
+            }
+        })
+    }
+
+    /// Sets the chain height (also used by tests and by `run`).
+    pub fn set_height(&self, h: i64) {
+        self.height.fetch_max(h, Ordering::AcqRel);
+        *self.last_block.lock().expect("lock") = Some(Instant::now());
+        // Sessions past their grace period are useless for serving.
+        self.cache
+            .lock()
+            .expect("lock")
+            .retain(|_, e| e.grace_end >= h);
+    }
+
+    /// Validates a relay's session header for `supplier` (spec §5.3) and returns the
+    /// cached session.
+    pub async fn validate(
+        &self,
+        header: &SessionHeader,
+        supplier: &str,
+    ) -> Result<Arc<SessionEntry>, SessionError> {
+        let height = self.height();
+        if height == 0 {
+            return Err(SessionError::NoHeight);
+        }
+        let key = (
+            header.application_address.clone(),
+            header.service_id.clone(),
+            header.session_id.clone(),
+        );
+        let cached = self.cache.lock().expect("lock").get(&key).cloned();
+        let entry = match cached {
+            Some(e) => e,
+            None => {
+                let e = Arc::new(self.fetch(header, height).await?);
+                self.cache.lock().expect("lock").insert(key, e.clone());
+                e
+            }
+        };
+        if height > entry.grace_end {
+            return Err(SessionError::Expired {
+                end: entry.header.session_end_block_height,
+                grace_end: entry.grace_end,
+                height,
+            });
+        }
+        if entry.header != *header {
+            return Err(SessionError::Mismatch(format!(
+                "on chain {}..{} id {}",
+                entry.header.session_start_block_height,
+                entry.header.session_end_block_height,
+                entry.header.session_id
+            )));
+        }
+        if !entry.suppliers.iter().any(|s| s == supplier) {
+            return Err(SessionError::SupplierNotInSession(supplier.to_string()));
+        }
+        Ok(entry)
+    }
+
+    async fn params_at(&self, h: i64) -> Result<ChainParams, SessionError> {
+        Ok(self.query.shared_params_at(h).await?)
+    }
+
+    async fn fetch(
+        &self,
+        header: &SessionHeader,
+        height: i64,
+    ) -> Result<SessionEntry, SessionError> {
+        let end = header.session_end_block_height;
+        let params = self.params_at(height).await?;
+        let grace_end = end + params.shared.grace_period_end_offset_blocks;
+        let query_height = if end >= height {
+            height
+        } else if height <= grace_end {
+            end
+        } else {
+            return Err(SessionError::Expired {
+                end,
+                grace_end,
+                height,
+            });
+        };
+        let session = self
+            .query
+            .session(
+                &header.application_address,
+                &header.service_id,
+                query_height,
+            )
+            .await
+            .map_err(|e| match e {
+                QueryError::Status { status, .. }
+                    if status.code() == tonic::Code::InvalidArgument =>
+                {
+                    SessionError::Mismatch(status.message().to_string())
+                }
+                other => SessionError::Chain(other),
+            })?;
+        let onchain = header_of(session.header.as_ref().expect("checked by the client"));
+        let start = onchain.session_start_block_height;
+        let start_params = self.params_at(start).await?;
+        // Timing uses params at the session end; before the end is committed the chain
+        // can only tell the params in effect now.
+        let end_params = self
+            .params_at(onchain.session_end_block_height.min(height))
+            .await?;
+        let w = end_params.shared.windows(onchain.session_end_block_height);
+        let target = self.query.difficulty_at(&onchain.service_id, start).await?;
+        let cupr = self
+            .query
+            .compute_units_per_relay_at(&onchain.service_id, start)
+            .await?;
+        let app = session.application.clone().unwrap_or_default();
+        let pending: Vec<(i64, &str)> = app
+            .pending_undelegations
+            .iter()
+            .flat_map(|(h, l)| {
+                l.gateway_addresses
+                    .iter()
+                    .map(move |g| (*h as i64, g.as_str()))
+            })
+            .collect();
+        let members = ring_addresses(
+            &app.address,
+            app.delegatee_gateway_addresses.iter().map(String::as_str),
+            pending,
+            onchain.session_end_block_height,
+        );
+        let mut keys = Vec::with_capacity(members.len());
+        for m in &members {
+            keys.push(self.public_key(m).await?);
+        }
+        let ring = AppRing::new(&keys).map_err(|e| SessionError::Ring(e.to_string()))?;
+        // Over-servicing budget (spec §5.3).
+        let num_suppliers = self.num_suppliers().await?.max(1);
+        let s = end_params.shared;
+        let windows_blocks = s.claim_window_open_offset_blocks
+            + s.claim_window_close_offset_blocks
+            + s.proof_window_open_offset_blocks
+            + s.proof_window_close_offset_blocks;
+        let pending_sessions =
+            (windows_blocks + s.num_blocks_per_session - 1) / s.num_blocks_per_session + 1;
+        let stake: u128 = app
+            .stake
+            .as_ref()
+            .and_then(|c| c.amount.parse().ok())
+            .unwrap_or(0);
+        let budget = stake / num_suppliers as u128 / pending_sessions.max(1) as u128;
+        let relay_cost = relay_cost_upokt(cupr, start_params.pricing).unwrap_or(0);
+        Ok(SessionEntry {
+            suppliers: session
+                .suppliers
+                .iter()
+                .map(|s| s.operator_address.clone())
+                .collect(),
+            header: onchain,
+            ring,
+            target,
+            compute_units_per_relay: cupr,
+            grace_end: end + end_params.shared.grace_period_end_offset_blocks,
+            claim_window_open: w.claim_window_open_height,
+            relay_cost: relay_cost.min(u64::MAX as u128) as u64,
+            budget_left: AtomicU64::new(budget.min(u64::MAX as u128) as u64),
+        })
+    }
+
+    async fn num_suppliers(&self) -> Result<u64, SessionError> {
+        if let Some(n) = *self.num_suppliers.lock().expect("lock") {
+            return Ok(n);
+        }
+        let n = self.query.num_suppliers_per_session().await?;
+        *self.num_suppliers.lock().expect("lock") = Some(n);
+        Ok(n)
+    }
+
+    async fn public_key(&self, address: &str) -> Result<PublicKey, SessionError> {
+        if address == placeholder_address() {
+            return Ok(placeholder_key());
+        }
+        if let Some(k) = self.keys.lock().expect("lock").get(address) {
+            return Ok(*k);
+        }
+        let acc = self.query.cosmos().account(address).await?;
+        let k = acc.public_key.ok_or_else(|| {
+            SessionError::Ring(format!(
+                "ring member {address} has no public key on chain (it never signed a transaction)"
+            ))
+        })?;
+        self.keys
+            .lock()
+            .expect("lock")
+            .insert(address.to_string(), k);
+        Ok(k)
+    }
+}

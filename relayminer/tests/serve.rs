@@ -1,0 +1,571 @@
+//! `relayminer serve` end to end: the devnet chain, engine-sim, a real store process and
+//! serve on loopback; a gateway's relays served, signed, streamed and mined; every kind
+//! of bad relay refused with its reason; nothing acknowledged lost.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::StoreProcess;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use lode_chain::{ChainGrpc, CometRpc, RetryPolicy, SendConfig, TxSender};
+use lode_devnet::{Devnet, DevnetConfig, HRP, Running};
+use lode_engine_sim::{EngineSim, Mode, SimConfig};
+use lode_kernels::crypto::SecretKey;
+use lode_kernels::proto::{
+    Header, Message, PoktHttpRequest, PoktHttpResponse, RelayRequest, RelayResponse, SessionHeader,
+};
+use lode_kernels::relay::{decode_stream, join_stream_payloads, sign_request, verify_response};
+use lode_relayminer::serve::{self, ServeConfig, ServeHandle};
+
+const SERVICE: &str = "llm";
+
+fn address(k: &SecretKey) -> String {
+    k.public_key().address().to_bech32(HRP)
+}
+
+struct Fleet {
+    devnet: Devnet,
+    _chain: Running,
+    sim: EngineSim,
+    sim_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    store: StoreProcess,
+    store_dir: tempfile::TempDir,
+    serve: Option<ServeHandle>,
+    supplier: SecretKey,
+    header: SessionHeader,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+fn quick() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 3,
+        first_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        timeout: Duration::from_secs(5),
+    }
+}
+
+/// Starts everything; `tune` adjusts serve's config (policy, limits, timeouts).
+async fn fleet(tune: impl FnOnce(&mut String)) -> Fleet {
+    let devnet = Devnet::new(&DevnetConfig::new(11));
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let chain = devnet.serve(any, any, None).await.expect("devnet");
+    let supplier = devnet.keys().suppliers[0].clone();
+    // Stake, producing a block as soon as the transaction is in the mempool.
+    let mut cfg = SendConfig::pocket("pocket-devnet");
+    cfg.poll = Duration::from_millis(20);
+    let sender = TxSender::new(
+        CometRpc::new(&chain.rpc_url, quick()),
+        ChainGrpc::new(&chain.grpc_url, quick()).expect("grpc"),
+        supplier.clone(),
+        cfg,
+    );
+    let producer = devnet.produce_on_demand();
+    sender
+        .send(
+            vec![lode_devnet::stake_supplier_msg(
+                &supplier,
+                100_000_000,
+                SERVICE,
+                "http://127.0.0.1:8545",
+            )],
+            "stake",
+            0,
+        )
+        .await
+        .expect("staked");
+    producer.abort();
+    // Into the next session, where the supplier serves.
+    let h = devnet.height();
+    let next = devnet.chain().shared().session_end_height(h) + 1;
+    devnet.advance((next - h) as u32);
+    let app = address(&devnet.keys().applications[0]);
+    let s = devnet
+        .chain()
+        .session(&app, SERVICE, next)
+        .expect("session");
+    assert!(s.suppliers.contains(&address(&supplier)));
+    let header = s.header.clone();
+
+    let sim = EngineSim::new(SimConfig {
+        ttft: Duration::from_millis(5),
+        tokens_per_second: 2000.0,
+        ..SimConfig::default()
+    });
+    let (sim_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (sim_addr, _) = sim
+        .serve(any, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .expect("engine-sim");
+
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let data = store_dir.path().join("store");
+    let store = StoreProcess::start(&data, &[]);
+    store.client().await;
+    let key_file = store_dir.path().join("supplier.key");
+    std::fs::write(&key_file, lode_kernels::hex::encode(&supplier.to_bytes())).expect("key");
+    // A second key the relayminer holds but that is not staked in the session.
+    let other_file = store_dir.path().join("other.key");
+    std::fs::write(
+        &other_file,
+        lode_kernels::hex::encode(&devnet.keys().suppliers[1].to_bytes()),
+    )
+    .expect("key");
+    let mut yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n\
+         chain: {{grpc_url: '{}', rpc_url: '{}'}}\n\
+         store: {{url: 'http://{}', token_file: '{}', policy: hold}}\n\
+         signing_key_files: ['{}', '{}']\n\
+         stream_batch_ms: 5\n\
+         services:\n  - service_id: {SERVICE}\n    backend_url: http://{sim_addr}\n    max_body_bytes: 65536\n    request_timeout_seconds: 2\n",
+        chain.grpc_url,
+        chain.rpc_url,
+        store.grpc,
+        StoreProcess::token_file(&data).display(),
+        key_file.display(),
+        other_file.display(),
+    );
+    tune(&mut yaml);
+    let config = ServeConfig::parse(&yaml, None).expect("config");
+    let handle = serve::start(config).await.expect("serve");
+    // Ready once the first block arrived.
+    for _ in 0..200 {
+        if handle.state.sessions.height() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        handle.state.sessions.height() > 0,
+        "serve follows the chain"
+    );
+    Fleet {
+        devnet,
+        _chain: chain,
+        sim,
+        sim_stop: Some(sim_stop),
+        store,
+        store_dir,
+        serve: Some(handle),
+        supplier,
+        header,
+        http: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+    }
+}
+
+impl Fleet {
+    fn serve(&self) -> &ServeHandle {
+        self.serve.as_ref().expect("running")
+    }
+
+    /// A relay as a gateway builds it: the OpenAI request inside a POKTHTTPRequest,
+    /// ring-signed with the gateway's key for the application.
+    fn relay(&self, body: &str) -> RelayRequest {
+        self.relay_for(&self.header, &address(&self.supplier), body)
+    }
+
+    fn relay_for(&self, header: &SessionHeader, supplier: &str, body: &str) -> RelayRequest {
+        let keys = self.devnet.keys();
+        let (app, gateway) = (&keys.applications[0], &keys.gateways[0]);
+        let mut header_map = std::collections::BTreeMap::new();
+        header_map.insert(
+            "Content-Type".to_string(),
+            Header {
+                key: "Content-Type".into(),
+                values: vec!["application/json".into()],
+            },
+        );
+        let mut req = RelayRequest {
+            payload: PoktHttpRequest {
+                method: "POST".into(),
+                header: header_map,
+                url: "https://gateway.local/v1/chat/completions".into(),
+                body_bz: body.as_bytes().to_vec(),
+            }
+            .encode(),
+            ..Default::default()
+        };
+        req.meta.session_header = Some(header.clone());
+        req.meta.supplier_operator_address = supplier.to_string();
+        sign_request(
+            &mut req,
+            &[app.public_key(), gateway.public_key()],
+            gateway,
+            &mut rand_core::OsRng,
+        )
+        .expect("sign");
+        req
+    }
+
+    async fn post(&self, bytes: Vec<u8>) -> (u16, String, Bytes) {
+        let uri = format!("http://{}/relay", self.serve().relay_addr);
+        let req = hyper::Request::post(uri)
+            .header("Rpc-Type", "4")
+            .body(Full::new(Bytes::from(bytes)))
+            .expect("request");
+        let res = self.http.request(req).await.expect("serve answers");
+        let status = res.status().as_u16();
+        let ct = res
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        (
+            status,
+            ct,
+            res.into_body().collect().await.expect("body").to_bytes(),
+        )
+    }
+
+    /// Posts a relay and decodes the (single) RelayResponse.
+    async fn send(&self, req: &RelayRequest) -> (u16, RelayResponse) {
+        let (status, _, body) = self.post(req.encode()).await;
+        (
+            status,
+            RelayResponse::decode(&body).expect("a RelayResponse"),
+        )
+    }
+
+    async fn leaves(&self) -> u64 {
+        let mut c = self.store.client().await;
+        match c
+            .get_session(lode_store_api::SessionKey {
+                supplier_operator_address: address(&self.supplier),
+                session_id: self.header.session_id.clone(),
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().leaves,
+            Err(s) if s.code() == tonic::Code::NotFound => 0,
+            Err(s) => panic!("store: {s}"),
+        }
+    }
+
+    fn mined(&self) -> u64 {
+        let m = self.serve().state.metrics.service(SERVICE);
+        m.mined.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn error_code(res: &RelayResponse) -> u32 {
+    res.relay_miner_error.as_ref().map_or(0, |e| e.code)
+}
+
+const CHAT: &str = r#"{"model":"sim-model","messages":[{"role":"user","content":"say something nice"}],"max_tokens":12}"#;
+const CHAT_STREAM: &str = r#"{"model":"sim-model","messages":[{"role":"user","content":"say something nice"}],"max_tokens":12,"stream":true,"stream_options":{"include_usage":true}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_are_served_signed_streamed_and_mined() {
+    let f = fleet(|_| {}).await;
+    let supplier_key = f.supplier.public_key();
+
+    // Non-streaming: a signed response carrying the engine's answer.
+    let (status, res) = f.send(&f.relay(CHAT)).await;
+    assert_eq!(status, 200, "{:?}", res.relay_miner_error);
+    assert!(
+        verify_response(&res, &supplier_key),
+        "signed by the supplier"
+    );
+    assert_eq!(res.meta.session_header.as_ref(), Some(&f.header));
+    let http = PoktHttpResponse::decode(&res.payload).expect("payload");
+    assert_eq!(http.status_code, 200);
+    let body: serde_json::Value = serde_json::from_slice(&http.body_bz).expect("json");
+    assert_eq!(body["usage"]["completion_tokens"], 12);
+    assert_eq!(body["usage"]["prompt_tokens"], 3);
+
+    // Streaming: signed batches separated by ||POKT_STREAM||, the SSE intact once joined.
+    let (status, ct, raw) = f.post(f.relay(CHAT_STREAM).encode()).await;
+    assert_eq!(status, 200);
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    let batches = decode_stream(&raw).expect("batches");
+    assert!(
+        batches.len() >= 2,
+        "the first chunk is sent alone: {} batches",
+        batches.len()
+    );
+    assert!(
+        batches.iter().all(|b| verify_response(b, &supplier_key)),
+        "every batch is signed"
+    );
+    let joined = join_stream_payloads(batches.iter().map(|b| b.payload.as_slice())).expect("join");
+    let text = String::from_utf8(joined.body_bz).expect("utf8");
+    assert_eq!(
+        text.matches("data: ").count(),
+        12 + 3,
+        "12 tokens, finish, usage, [DONE]"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"));
+
+    // Over HTTP/2 (cleartext, prior knowledge) as well.
+    let h2: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = hyper::Request::post(format!("http://{}/", f.serve().relay_addr))
+        .body(Full::new(Bytes::from(f.relay(CHAT).encode())))
+        .expect("req");
+    let res = h2.request(req).await.expect("h2");
+    assert_eq!(res.version(), hyper::Version::HTTP_2);
+    let res = RelayResponse::decode(&res.into_body().collect().await.expect("body").to_bytes())
+        .expect("decode");
+    assert!(verify_response(&res, &supplier_key));
+
+    // Mined and acknowledged by the store (policy hold: before each answer).
+    assert_eq!(f.mined(), 3);
+    assert_eq!(f.leaves().await, 3, "every mined relay is in the store");
+    let m = f.serve().state.metrics.service(SERVICE);
+    assert_eq!(
+        m.completion_tokens
+            .load(std::sync::atomic::Ordering::Relaxed),
+        36,
+        "usage of all three"
+    );
+
+    // The admin port.
+    let admin = f.serve().admin_addr;
+    let get = |path: &'static str| {
+        let http = f.http.clone();
+        async move {
+            let res = http
+                .get(format!("http://{admin}{path}").parse().expect("uri"))
+                .await
+                .expect("admin");
+            (
+                res.status().as_u16(),
+                String::from_utf8(
+                    res.into_body()
+                        .collect()
+                        .await
+                        .expect("b")
+                        .to_bytes()
+                        .to_vec(),
+                )
+                .expect("utf8"),
+            )
+        }
+    };
+    let (_, metrics) = get("/metrics").await;
+    assert!(
+        metrics.contains("lode_serve_mined_total{service=\"llm\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lode_serve_store_acknowledged_total 3"),
+        "{metrics}"
+    );
+    let (_, demand) = get("/demand").await;
+    let demand: serde_json::Value = serde_json::from_str(&demand).expect("json");
+    assert_eq!(demand["services"][0]["service_id"], SERVICE);
+    assert_eq!(demand["services"][0]["in_flight"], 0);
+    assert_eq!(get("/healthz").await.0, 200);
+    f.serve
+        .expect("running")
+        .shutdown()
+        .await
+        .expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_relays_get_the_right_errors() {
+    let mut f = fleet(|_| {}).await;
+    let me = address(&f.supplier);
+
+    // Malformed protobuf.
+    let (status, _, body) = f.post(b"\xff\xff not a relay".to_vec()).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        error_code(&RelayResponse::decode(&body).expect("decodes")),
+        14
+    );
+    // Oversize body (the service allows 64 KiB).
+    let big = format!(
+        r#"{{"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(100_000)
+    );
+    let (status, res) = f.send(&f.relay(&big)).await;
+    assert_eq!((status, error_code(&res)), (413, 11));
+    // Bad ring signature.
+    let mut req = f.relay(CHAT);
+    let n = req.meta.signature.len();
+    req.meta.signature[n - 40] ^= 1;
+    let (status, res) = f.send(&req).await;
+    assert_eq!(
+        (status, error_code(&res)),
+        (401, 2),
+        "{:?}",
+        res.relay_miner_error
+    );
+    // Tampered after signing: the signature no longer covers the payload.
+    let mut req = f.relay(CHAT);
+    req.payload.push(b' ');
+    assert_eq!(f.send(&req).await.0, 401);
+    // Wrong session id.
+    let mut h = f.header.clone();
+    h.session_id = "00".repeat(32);
+    let (status, res) = f.send(&f.relay_for(&h, &me, CHAT)).await;
+    assert_eq!((status, error_code(&res)), (400, 1));
+    assert!(
+        res.relay_miner_error
+            .expect("error")
+            .message
+            .contains("does not match")
+    );
+    // A supplier this relayminer does not hold.
+    let stranger = address(&SecretKey::from_secret(b"stranger"));
+    let (status, res) = f.send(&f.relay_for(&f.header, &stranger, CHAT)).await;
+    assert_eq!((status, error_code(&res)), (403, 4));
+    // A supplier it holds that is not in the session.
+    let other = address(&f.devnet.keys().suppliers[1]);
+    let (status, res) = f.send(&f.relay_for(&f.header, &other, CHAT)).await;
+    assert_eq!((status, error_code(&res)), (400, 1));
+    assert!(
+        res.relay_miner_error
+            .expect("error")
+            .message
+            .contains("not in this session")
+    );
+    // Unknown service.
+    let mut h = f.header.clone();
+    h.service_id = "other-model".into();
+    let (status, res) = f.send(&f.relay_for(&h, &me, CHAT)).await;
+    assert_eq!((status, error_code(&res)), (404, 3));
+    assert_eq!(f.mined(), 0, "nothing refused was mined");
+
+    // Engine 5xx: served (signed, status inside), not mined.
+    f.sim.set_mode(Mode::Error500);
+    let (status, res) = f.send(&f.relay(CHAT)).await;
+    assert_eq!(status, 200);
+    assert!(verify_response(&res, &f.supplier.public_key()));
+    assert_eq!(
+        PoktHttpResponse::decode(&res.payload)
+            .expect("payload")
+            .status_code,
+        500
+    );
+    assert_eq!(f.mined(), 0);
+    // Engine hangs: the request timeout (2 s) answers 504.
+    f.sim.set_mode(Mode::Hang);
+    let (status, res) = f.send(&f.relay(CHAT)).await;
+    assert_eq!((status, error_code(&res)), (504, 10));
+    f.sim.set_mode(Mode::Ok);
+
+    // The gateway walks away mid-stream: no panic, not mined, serve keeps serving.
+    let slow = r#"{"messages":[{"role":"user","content":"long"}],"max_tokens":400,"stream":true}"#;
+    let uri = format!("http://{}/", f.serve().relay_addr);
+    let res = f
+        .http
+        .request(
+            hyper::Request::post(uri)
+                .body(Full::new(Bytes::from(f.relay(slow).encode())))
+                .expect("req"),
+        )
+        .await
+        .expect("stream");
+    let mut body = res.into_body();
+    let first = body.frame().await.expect("a frame").expect("ok");
+    assert!(first.is_data());
+    drop(body);
+    let m = f.serve().state.metrics.service(SERVICE);
+    for _ in 0..200 {
+        if m.aborted.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        m.aborted.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the abandoned stream is counted"
+    );
+    let (status, _) = f.send(&f.relay(CHAT)).await;
+    assert_eq!(status, 200);
+    assert_eq!(f.mined(), 1);
+
+    // Engine down.
+    let _ = f.sim_stop.take().expect("running").send(());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, res) = f.send(&f.relay(CHAT)).await;
+    assert_eq!(
+        (status, error_code(&res)),
+        (502, 9),
+        "{:?}",
+        res.relay_miner_error
+    );
+
+    // Expired: past the session's grace period.
+    let grace_end = f.header.session_end_block_height
+        + f.devnet.chain().shared().grace_period_end_offset_blocks;
+    f.devnet.advance((grace_end + 1 - f.devnet.height()) as u32);
+    for _ in 0..200 {
+        if f.serve().state.sessions.height() > grace_end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, res) = f.send(&f.relay(CHAT)).await;
+    assert_eq!((status, error_code(&res)), (400, 1));
+    assert!(
+        res.relay_miner_error
+            .expect("error")
+            .message
+            .contains("expired")
+    );
+    assert_eq!(f.leaves().await, 1, "the one mined relay is in the store");
+    f.serve
+        .take()
+        .expect("running")
+        .shutdown()
+        .await
+        .expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_loses_nothing() {
+    let mut f =
+        fleet(|y| *y = y.replace("policy: hold", "policy: queue, queue_capacity: 50")).await;
+    let grpc = f.store.grpc;
+    let admin = f.store.admin;
+    f.store.kill();
+    // Served while the store is down: queued, not acknowledged.
+    for _ in 0..10 {
+        let (status, res) = f.send(&f.relay(CHAT)).await;
+        assert_eq!(status, 200, "{:?}", res.relay_miner_error);
+    }
+    assert_eq!(f.mined(), 10);
+    assert_eq!(f.serve().state.shipper.queued(), 10);
+    // The store comes back on the same address with the same data: the queue drains.
+    let data = f.store_dir.path().join("store");
+    f.store = StoreProcess::start_on(&data, grpc, admin, &[]);
+    f.store.client().await;
+    for _ in 0..300 {
+        if f.serve().state.shipper.queued() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.serve().state.shipper.queued(), 0, "the queue drained");
+    assert_eq!(f.leaves().await, 10, "every mined relay reached the store");
+    // A full queue refuses new relays instead of dropping mined ones.
+    f.store.kill();
+    let mut refused = 0;
+    for _ in 0..60 {
+        let (status, res) = f.send(&f.relay(CHAT)).await;
+        if status == 503 {
+            assert_eq!(error_code(&res), 5);
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 10, "50 queued, the rest refused");
+    assert_eq!(f.mined(), 60);
+    let handle = f.serve.take().expect("running");
+    f.store = StoreProcess::start_on(&data, grpc, admin, &[]);
+    handle.shutdown().await.expect("shutdown flushes the queue");
+    assert_eq!(f.leaves().await, 60, "flushed at shutdown");
+}
