@@ -2,8 +2,8 @@
 # Sets up a fresh machine and runs the benchmark report: SMST roots and proofs of 100k
 # and 1M-leaf sessions against the SHA-256 lower bound and the Go reference figures
 # (--quick: 100k only), then ring and supplier signatures and relay hashing against ECDSA
-# and SHA-256 baselines, and the session store's ingest, root, proof, memory and space
-# reclamation.
+# and SHA-256 baselines, the session store's ingest, root, proof, memory and space
+# reclamation, and serve's added latency, throughput and memory per stream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -13,3 +13,6 @@ cargo bench -p lode-kernels --bench relay --locked
 # The session store as a real process over loopback gRPC (the dev profile reuses the
 # test build of RocksDB).
 cargo bench -p lode-relayminer --bench store --profile dev --locked
+# serve as a real process between a client and engine-sim, against calling engine-sim
+# directly, with the devnet and a real store.
+cargo bench -p lode-relayminer --bench serve --profile dev --locked

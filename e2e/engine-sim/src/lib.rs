@@ -285,7 +285,9 @@ impl EngineSim {
             "text_completion"
         };
         let events = async_stream(move |tx| async move {
-            tokio::time::sleep(ttft).await;
+            if !ttft.is_zero() {
+                tokio::time::sleep(ttft).await;
+            }
             for i in 0..n {
                 if i > 0 && !per_token.is_zero() {
                     tokio::time::sleep(per_token).await;
@@ -322,7 +324,8 @@ impl EngineSim {
             me.counters.running.fetch_sub(1, Ordering::Relaxed);
             me.counters.success.fetch_add(1, Ordering::Relaxed);
             drop(permit);
-        });
+        })
+        .await;
         Response::builder()
             .header(header::CONTENT_TYPE, "text/event-stream")
             .header(header::CACHE_CONTROL, "no-cache")
@@ -331,19 +334,24 @@ impl EngineSim {
     }
 }
 
-/// A stream fed by a task through a small channel.
-fn async_stream<F, Fut>(
+/// A stream fed by a task through a small channel. It resolves once the first item is
+/// ready, so the response head and the first event leave together (as engines that
+/// prefill before answering do).
+async fn async_stream<F, Fut>(
     f: F,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<String>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel::<String>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(8);
     tokio::spawn(f(tx));
-    futures_util::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |s| {
-        Ok(bytes::Bytes::from(s))
-    })
+    let first = rx.recv().await;
+    let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+    futures_util::StreamExt::map(
+        futures_util::StreamExt::chain(futures_util::stream::iter(first), rest),
+        |s| Ok(bytes::Bytes::from(s)),
+    )
 }
 
 async fn chat(State(s): State<EngineSim>, body: axum::body::Bytes) -> Response {

@@ -165,6 +165,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServeHandle> {
                 })
                 .await;
         });
+        // No Nagle: a stream's first batch and small replies leave at once.
+        let relay_listener = axum::serve::ListenerExt::tap_io(relay_listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(relay_listener, relay_app)
             .with_graceful_shutdown(async {
                 let _ = stop_rx.await;
