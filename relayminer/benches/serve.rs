@@ -20,7 +20,6 @@ use common::{StoreProcess, cpu_seconds, free_port};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use lode_chain::{ChainGrpc, CometRpc, RetryPolicy, SendConfig, TxSender};
 use lode_devnet::{Devnet, DevnetConfig, HRP};
 use lode_engine_sim::{EngineSim, SimConfig};
 use lode_kernels::proto::{Message, PoktHttpRequest, RelayRequest};
@@ -119,45 +118,13 @@ async fn main() {
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let chain = devnet.serve(any, any, None).await.expect("devnet");
     let supplier = devnet.keys().suppliers[0].clone();
-    let retry = RetryPolicy {
-        attempts: 3,
-        first_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(100),
-        timeout: Duration::from_secs(5),
-    };
-    let mut cfg = SendConfig::pocket("pocket-devnet");
-    cfg.poll = Duration::from_millis(20);
-    let sender = TxSender::new(
-        CometRpc::new(&chain.rpc_url, retry),
-        ChainGrpc::new(&chain.grpc_url, retry).expect("grpc"),
-        supplier.clone(),
-        cfg,
-    );
-    let producer = devnet.produce_on_demand();
-    sender
-        .send(
-            vec![lode_devnet::stake_supplier_msg(
-                &supplier,
-                100_000_000,
-                SERVICE,
-                "http://127.0.0.1:8545",
-            )],
-            "stake",
-            0,
-        )
+    let header = devnet
+        .stake_into_next_session(&chain, 0, SERVICE)
         .await
-        .expect("staked");
-    producer.abort();
-    let h = devnet.height();
-    let next = devnet.chain().shared().session_end_height(h) + 1;
-    devnet.advance((next - h) as u32);
+        .expect("staked")
+        .header;
     let app = devnet.keys().applications[0].clone();
     let gateway = devnet.keys().gateways[0].clone();
-    let header = devnet
-        .chain()
-        .session(&app.public_key().address().to_bech32(HRP), SERVICE, next)
-        .expect("session")
-        .header;
 
     // engine-sim answering at once (the engine's own time is not what is measured).
     let sim = EngineSim::new(SimConfig {

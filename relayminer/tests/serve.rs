@@ -12,7 +12,6 @@ use common::StoreProcess;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use lode_chain::{ChainGrpc, CometRpc, RetryPolicy, SendConfig, TxSender};
 use lode_devnet::{Devnet, DevnetConfig, HRP, Running};
 use lode_engine_sim::{EngineSim, Mode, SimConfig};
 use lode_kernels::crypto::SecretKey;
@@ -41,54 +40,16 @@ struct Fleet {
     http: Client<HttpConnector, Full<Bytes>>,
 }
 
-fn quick() -> RetryPolicy {
-    RetryPolicy {
-        attempts: 3,
-        first_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(100),
-        timeout: Duration::from_secs(5),
-    }
-}
-
 /// Starts everything; `tune` adjusts serve's config (policy, limits, timeouts).
 async fn fleet(tune: impl FnOnce(&mut String)) -> Fleet {
     let devnet = Devnet::new(&DevnetConfig::new(11));
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let chain = devnet.serve(any, any, None).await.expect("devnet");
     let supplier = devnet.keys().suppliers[0].clone();
-    // Stake, producing a block as soon as the transaction is in the mempool.
-    let mut cfg = SendConfig::pocket("pocket-devnet");
-    cfg.poll = Duration::from_millis(20);
-    let sender = TxSender::new(
-        CometRpc::new(&chain.rpc_url, quick()),
-        ChainGrpc::new(&chain.grpc_url, quick()).expect("grpc"),
-        supplier.clone(),
-        cfg,
-    );
-    let producer = devnet.produce_on_demand();
-    sender
-        .send(
-            vec![lode_devnet::stake_supplier_msg(
-                &supplier,
-                100_000_000,
-                SERVICE,
-                "http://127.0.0.1:8545",
-            )],
-            "stake",
-            0,
-        )
+    let s = devnet
+        .stake_into_next_session(&chain, 0, SERVICE)
         .await
         .expect("staked");
-    producer.abort();
-    // Into the next session, where the supplier serves.
-    let h = devnet.height();
-    let next = devnet.chain().shared().session_end_height(h) + 1;
-    devnet.advance((next - h) as u32);
-    let app = address(&devnet.keys().applications[0]);
-    let s = devnet
-        .chain()
-        .session(&app, SERVICE, next)
-        .expect("session");
     assert!(s.suppliers.contains(&address(&supplier)));
     let header = s.header.clone();
 

@@ -224,6 +224,50 @@ impl Devnet {
         })
     }
 
+    /// Stakes supplier `index` (custodial, 100 POKT) for `service_id` through a real
+    /// `TxSender` against `running`, then produces blocks into the next session, where it
+    /// serves; returns that session's header for the first application.
+    pub async fn stake_into_next_session(
+        &self,
+        running: &Running,
+        index: usize,
+        service_id: &str,
+    ) -> Result<chain::HydratedSession, String> {
+        let retry = lode_chain::RetryPolicy {
+            attempts: 3,
+            first_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(100),
+            timeout: Duration::from_secs(5),
+        };
+        let key = self
+            .keys
+            .suppliers
+            .get(index)
+            .ok_or("no such supplier")?
+            .clone();
+        let mut cfg = lode_chain::SendConfig::pocket(&self.chain().genesis.chain_id);
+        cfg.poll = Duration::from_millis(20);
+        let grpc =
+            lode_chain::ChainGrpc::new(&running.grpc_url, retry).map_err(|e| e.to_string())?;
+        let sender = lode_chain::TxSender::new(
+            lode_chain::CometRpc::new(&running.rpc_url, retry),
+            grpc,
+            key.clone(),
+            cfg,
+        );
+        let producer = self.produce_on_demand();
+        let msg = stake_supplier_msg(&key, 100_000_000, service_id, "http://127.0.0.1:8545");
+        let sent = sender.send(vec![msg], "stake", 0).await;
+        producer.abort();
+        sent.map_err(|e| e.to_string())?;
+        let h = self.height();
+        let next = self.chain().shared().session_end_height(h) + 1;
+        self.advance((next - h) as u32);
+        let app = self.keys.applications.first().ok_or("no application")?;
+        self.chain()
+            .session(&app.public_key().address().to_bech32(HRP), service_id, next)
+    }
+
     /// Every claim settled or expired so far.
     pub fn settlements(&self) -> Vec<Settlement> {
         self.chain().settlements.clone()
