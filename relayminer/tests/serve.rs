@@ -59,6 +59,10 @@ async fn fleet(tune: impl FnOnce(&mut String)) -> Fleet {
         ..SimConfig::default()
     });
     let (sim_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (triton_addr, _) = sim
+        .serve_triton(any, std::future::pending())
+        .await
+        .expect("triton");
     let (sim_addr, _) = sim
         .serve(any, async {
             let _ = stop_rx.await;
@@ -85,7 +89,7 @@ async fn fleet(tune: impl FnOnce(&mut String)) -> Fleet {
          store: {{url: 'http://{}', token_file: '{}', policy: hold}}\n\
          signing_key_files: ['{}', '{}']\n\
          stream_batch_ms: 5\n\
-         services:\n  - service_id: {SERVICE}\n    backend_url: http://{sim_addr}\n    max_body_bytes: 65536\n    request_timeout_seconds: 2\n",
+         services:\n  - service_id: {SERVICE}\n    backend_url: http://{sim_addr}\n    triton_model: sim-model\n    max_body_bytes: 65536\n    request_timeout_seconds: 2\n",
         chain.grpc_url,
         chain.rpc_url,
         store.grpc,
@@ -94,6 +98,7 @@ async fn fleet(tune: impl FnOnce(&mut String)) -> Fleet {
         other_file.display(),
     );
     tune(&mut yaml);
+    let yaml = yaml.replace("{triton}", &triton_addr.to_string());
     let config = ServeConfig::parse(&yaml, None).expect("config");
     let handle = serve::start(config).await.expect("serve");
     // Ready once the first block arrived.
@@ -529,4 +534,67 @@ async fn a_store_outage_loses_nothing() {
     f.store = StoreProcess::start_on(&data, grpc, admin, &[]);
     handle.shutdown().await.expect("shutdown flushes the queue");
     assert_eq!(f.leaves().await, 60, "flushed at shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_backends_answer_openai_requests() {
+    let f = fleet(|y| {
+        let http = y
+            .split("backend_url: ")
+            .nth(1)
+            .expect("url")
+            .split('\n')
+            .next()
+            .expect("line")
+            .to_string();
+        *y = y.replace(
+            &format!("backend_url: {http}"),
+            "backend_url: http://{triton}\n    backend: triton",
+        );
+    })
+    .await;
+    let key = f.supplier.public_key();
+    let (status, res) = f.send(&f.relay(CHAT)).await;
+    assert_eq!(status, 200, "{:?}", res.relay_miner_error);
+    assert!(verify_response(&res, &key));
+    let http = PoktHttpResponse::decode(&res.payload).expect("payload");
+    let body: serde_json::Value = serde_json::from_slice(&http.body_bz).expect("json");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["usage"]["completion_tokens"], 12, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("text")
+            .split_whitespace()
+            .count(),
+        12
+    );
+
+    let (status, ct, raw) = f.post(f.relay(CHAT_STREAM).encode()).await;
+    assert_eq!(status, 200);
+    assert!(ct.starts_with("text/event-stream"));
+    let batches = decode_stream(&raw).expect("batches");
+    assert!(batches.iter().all(|b| verify_response(b, &key)));
+    let joined = join_stream_payloads(batches.iter().map(|b| b.payload.as_slice())).expect("join");
+    let text = String::from_utf8(joined.body_bz).expect("utf8");
+    assert_eq!(text.matches("data: ").count(), 12 + 3, "{text}");
+    assert!(text.contains("\"usage\""));
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(f.mined(), 2);
+    assert_eq!(f.leaves().await, 2);
+
+    // Triton failing: served (signed, HTTP 500 inside), not mined.
+    f.sim.set_mode(Mode::Error500);
+    let (status, res) = f.send(&f.relay(CHAT)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        PoktHttpResponse::decode(&res.payload)
+            .expect("payload")
+            .status_code,
+        500
+    );
+    assert_eq!(f.mined(), 2);
+    f.sim.set_mode(Mode::Ok);
+    let (status, res) = f.send(&f.relay("not json")).await;
+    assert_eq!((status, error_code(&res)), (400, 2));
 }

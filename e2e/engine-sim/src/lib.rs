@@ -427,3 +427,167 @@ async fn set_mode(
         None => error(StatusCode::BAD_REQUEST, "mode must be ok, error500 or hang"),
     }
 }
+
+/// The same engine behind Triton's KServe v2 gRPC API, as TensorRT-LLM's text models
+/// answer it: `text_input`, `max_tokens`, `stream` in; `text_output` out; streamed
+/// responses flagged `triton_final_response` at the end.
+mod triton {
+    use std::pin::Pin;
+    use std::sync::atomic::Ordering;
+
+    use lode_kserve_api as kserve;
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::{EngineSim, Mode, word};
+
+    fn text_response(model: &str, text: &str, last: Option<bool>) -> kserve::ModelInferResponse {
+        let mut parameters = std::collections::HashMap::new();
+        if let Some(f) = last {
+            parameters.insert(
+                "triton_final_response".to_string(),
+                kserve::InferParameter {
+                    parameter_choice: Some(kserve::infer_parameter::ParameterChoice::BoolParam(f)),
+                },
+            );
+        }
+        kserve::ModelInferResponse {
+            model_name: model.into(),
+            parameters,
+            outputs: vec![kserve::model_infer_response::InferOutputTensor {
+                name: "text_output".into(),
+                datatype: "BYTES".into(),
+                shape: vec![1, 1],
+                contents: Some(kserve::InferTensorContents {
+                    bytes_contents: vec![text.as_bytes().to_vec()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    impl EngineSim {
+        async fn triton_gate(&self, req: &kserve::ModelInferRequest) -> Result<(u64, u64), Status> {
+            match self.mode() {
+                Mode::Ok => {}
+                Mode::Error500 => return Err(Status::internal("simulated engine failure")),
+                Mode::Hang => std::future::pending::<()>().await,
+            }
+            let prompt = kserve::input_bytes(req, "text_input")
+                .ok_or_else(|| Status::invalid_argument("input 'text_input' is required"))?;
+            let prompt_tokens = String::from_utf8_lossy(prompt).split_whitespace().count() as u64;
+            let n = kserve::input_int(req, "max_tokens")
+                .map_or(self.config.default_max_tokens, |v| v.max(0) as u64);
+            self.counters
+                .prompt_tokens
+                .fetch_add(prompt_tokens, Ordering::Relaxed);
+            Ok((prompt_tokens, n))
+        }
+    }
+
+    type InferStream = Pin<
+        Box<
+            dyn futures_util::Stream<Item = Result<kserve::ModelStreamInferResponse, Status>>
+                + Send,
+        >,
+    >;
+
+    #[tonic::async_trait]
+    impl kserve::GrpcInferenceService for EngineSim {
+        async fn server_ready(
+            &self,
+            _: Request<kserve::ServerReadyRequest>,
+        ) -> Result<Response<kserve::ServerReadyResponse>, Status> {
+            Ok(Response::new(kserve::ServerReadyResponse { ready: true }))
+        }
+
+        async fn model_infer(
+            &self,
+            req: Request<kserve::ModelInferRequest>,
+        ) -> Result<Response<kserve::ModelInferResponse>, Status> {
+            let req = req.into_inner();
+            let (_, n) = self.triton_gate(&req).await?;
+            tokio::time::sleep(self.config.ttft + self.per_token() * n.saturating_sub(1) as u32)
+                .await;
+            let text: String = (0..n).map(word).collect();
+            self.counters
+                .generation_tokens
+                .fetch_add(n, Ordering::Relaxed);
+            self.counters.success.fetch_add(1, Ordering::Relaxed);
+            Ok(Response::new(text_response(&req.model_name, &text, None)))
+        }
+
+        type ModelStreamInferStream = InferStream;
+
+        async fn model_stream_infer(
+            &self,
+            req: Request<Streaming<kserve::ModelInferRequest>>,
+        ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+            let mut incoming = req.into_inner();
+            let first = incoming
+                .message()
+                .await?
+                .ok_or_else(|| Status::invalid_argument("no request on the stream"))?;
+            let (_, n) = self.triton_gate(&first).await?;
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            let me = self.clone();
+            let (ttft, per_token) = (self.config.ttft, self.per_token());
+            tokio::spawn(async move {
+                if !ttft.is_zero() {
+                    tokio::time::sleep(ttft).await;
+                }
+                for i in 0..n {
+                    if i > 0 && !per_token.is_zero() {
+                        tokio::time::sleep(per_token).await;
+                    }
+                    me.counters
+                        .generation_tokens
+                        .fetch_add(1, Ordering::Relaxed);
+                    let r = kserve::ModelStreamInferResponse {
+                        infer_response: Some(text_response(
+                            &first.model_name,
+                            &word(i),
+                            Some(false),
+                        )),
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx
+                    .send(Ok(kserve::ModelStreamInferResponse {
+                        infer_response: Some(text_response(&first.model_name, "", Some(true))),
+                        ..Default::default()
+                    }))
+                    .await;
+                me.counters.success.fetch_add(1, Ordering::Relaxed);
+            });
+            Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )))
+        }
+    }
+}
+
+impl EngineSim {
+    /// Serves the KServe v2 gRPC API (Triton) on `addr` until `shutdown` resolves.
+    pub async fn serve_triton(
+        &self,
+        addr: SocketAddr,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let svc = lode_kserve_api::GrpcInferenceServiceServer::new(self.clone());
+        let task = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await;
+        });
+        Ok((bound, task))
+    }
+}

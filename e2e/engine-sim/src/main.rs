@@ -8,7 +8,8 @@ use lode_engine_sim::{EngineSim, SimConfig};
 
 /// Serves `/v1/chat/completions`, `/v1/completions` (streaming or not, with `usage`),
 /// `/v1/models`, vLLM-style `/metrics` and `/health`, generating `max_tokens` words at
-/// `--tokens-per-second` after `--ttft-ms`. `POST /sim/mode?mode=error500|hang|ok` switches
+/// `--tokens-per-second` after `--ttft-ms`; with `--triton-listen`, the same engine over
+/// Triton's KServe v2 gRPC (`ModelInfer`, `ModelStreamInfer`). `POST /sim/mode?mode=error500|hang|ok` switches
 /// failure modes at run time.
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -28,6 +29,9 @@ struct Args {
     /// Completion length when a request names no `max_tokens`.
     #[arg(long, default_value_t = 16)]
     max_tokens: u64,
+    /// Also serve Triton's KServe v2 gRPC API (TensorRT-LLM text tensors) here.
+    #[arg(long)]
+    triton_listen: Option<SocketAddr>,
     /// Requests generating at once; the rest wait (and show as waiting in /metrics).
     #[arg(long, default_value_t = 256)]
     max_num_seqs: usize,
@@ -47,6 +51,14 @@ async fn main() -> anyhow::Result<()> {
         default_max_tokens: a.max_tokens,
         max_num_seqs: a.max_num_seqs,
     });
+    if let Some(t) = a.triton_listen {
+        let (addr, _) = sim
+            .serve_triton(t, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        eprintln!("engine-sim Triton gRPC on http://{addr}");
+    }
     let (addr, task) = sim
         .serve(a.listen, async {
             let _ = tokio::signal::ctrl_c().await;

@@ -19,13 +19,31 @@ pub enum StorePolicy {
     Queue,
 }
 
+/// The API the engine speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// OpenAI-compatible HTTP: vLLM, TensorRT-LLM `trtllm-serve`, SGLang, llama.cpp.
+    #[default]
+    Openai,
+    /// Triton's KServe v2 gRPC (`ModelInfer`, `ModelStreamInfer`) with TensorRT-LLM's
+    /// text tensors; gateways still send OpenAI requests, serve translates.
+    Triton,
+}
+
 /// One service this relayminer serves.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub service_id: String,
-    /// The engine's base URL, e.g. `http://127.0.0.1:8000` (vLLM's OpenAI server).
+    /// The engine's base URL, e.g. `http://127.0.0.1:8000` (vLLM's OpenAI server), or
+    /// Triton's gRPC port (`http://127.0.0.1:8001`) with `backend: triton`.
     pub backend_url: String,
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// The Triton model to call (TensorRT-LLM's `ensemble` by default).
+    #[serde(default = "default_triton_model")]
+    pub triton_model: String,
     /// Headers added to every backend request (overriding the gateway's).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -50,6 +68,9 @@ pub struct BasicAuth {
     pub password: String,
 }
 
+fn default_triton_model() -> String {
+    "ensemble".into()
+}
 fn default_timeout() -> u64 {
     600
 }
@@ -338,6 +359,8 @@ fn from_poktroll(p: PoktrollConfig, keys_dir: Option<&Path>) -> Result<ServeConf
             Ok(ServiceConfig {
                 service_id: s.service_id.clone(),
                 backend_url: s.service_config.backend_url.clone(),
+                backend: BackendKind::Openai,
+                triton_model: default_triton_model(),
                 headers: s.service_config.headers.clone(),
                 basic_auth: s.service_config.authentication.clone(),
                 forward_pocket_headers: s.service_config.forward_pocket_headers,

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod relay;
 pub mod session;
 pub mod ship;
+mod triton;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

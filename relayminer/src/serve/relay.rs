@@ -49,7 +49,7 @@ pub struct RelayFailure {
     pub message: String,
 }
 
-fn fail(status: StatusCode, code: u32, message: impl Into<String>) -> RelayFailure {
+pub(super) fn fail(status: StatusCode, code: u32, message: impl Into<String>) -> RelayFailure {
     RelayFailure {
         status,
         code,
@@ -74,12 +74,18 @@ fn describe(code: u32) -> &'static str {
 
 type Backend = HttpClient<HttpConnector, Full<Bytes>>;
 
+/// A backend's response body as it arrives.
+pub(super) type ChunkStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, String>> + Send>>;
+
 /// One configured service, ready to proxy.
 #[derive(Debug)]
 pub struct Service {
     pub config: ServiceConfig,
     base: Uri,
     pub metrics: Arc<ServiceMetrics>,
+    /// Triton's gRPC client, for `backend: triton`.
+    triton: Option<super::triton::Triton>,
 }
 
 /// Everything the relay handler shares.
@@ -114,6 +120,10 @@ impl RelayState {
             services.insert(
                 s.service_id.clone(),
                 Service {
+                    triton: match s.backend {
+                        super::config::BackendKind::Openai => None,
+                        super::config::BackendKind::Triton => Some(super::triton::Triton::new(s)?),
+                    },
                     config: s.clone(),
                     base,
                     metrics: metrics.service(&s.service_id),
@@ -147,6 +157,9 @@ impl RelayState {
 
     /// Whether a backend answers (`GET /v1/models`, any status but a connection error).
     pub async fn backend_reachable(&self, service: &Service) -> bool {
+        if let Some(t) = &service.triton {
+            return t.ready().await;
+        }
         let Ok(uri) = join_uri(&service.base, "/v1/models") else {
             return false;
         };
@@ -411,7 +424,7 @@ pub async fn handle(state: Arc<RelayState>, headers: HeaderMap, body: Body) -> R
     ctx.proxy(service, http_req).await
 }
 
-fn refuse(
+pub(super) fn refuse(
     m: &Metrics,
     f: RelayFailure,
     header: Option<&SessionHeader>,
@@ -440,14 +453,14 @@ impl Drop for InFlight {
 }
 
 /// A validated relay on its way through the backend.
-struct Ctx {
-    state: Arc<RelayState>,
-    req: RelayRequest,
-    session: Arc<SessionEntry>,
-    supplier: String,
-    key: SecretKey,
-    slot: OwnedSemaphorePermit,
-    started: Instant,
+pub(super) struct Ctx {
+    pub(super) state: Arc<RelayState>,
+    pub(super) req: RelayRequest,
+    pub(super) session: Arc<SessionEntry>,
+    pub(super) supplier: String,
+    pub(super) key: SecretKey,
+    pub(super) slot: OwnedSemaphorePermit,
+    pub(super) started: Instant,
     _guard: InFlight,
 }
 
@@ -528,7 +541,7 @@ fn response_headers(h: &HeaderMap) -> BTreeMap<String, Header> {
 }
 
 /// A supplier-signed response carrying an HTTP response.
-fn signed(
+pub(super) fn signed(
     status: u32,
     header: BTreeMap<String, Header>,
     body: Vec<u8>,
@@ -567,7 +580,7 @@ fn usage_of(body: &[u8]) -> Option<(u64, u64)> {
 }
 
 impl Ctx {
-    fn fail(&self, f: RelayFailure) -> Response {
+    pub(super) fn fail(&self, f: RelayFailure) -> Response {
         refuse(
             &self.state.metrics,
             f,
@@ -658,6 +671,9 @@ impl Ctx {
     }
 
     async fn proxy(self, service: &Service, http_req: PoktHttpRequest) -> Response {
+        if let Some(triton) = &service.triton {
+            return self.proxy_triton(service, triton, http_req).await;
+        }
         let backend_req = match self.backend_request(service, &http_req) {
             Ok(r) => r,
             Err(f) => return self.fail(f),
@@ -699,8 +715,12 @@ impl Ctx {
                 .get(header::CONTENT_TYPE)
                 .cloned()
                 .unwrap_or(HeaderValue::from_static("text/event-stream"));
+            let chunks: ChunkStream = Box::pin(futures_util::TryStreamExt::map_err(
+                http_body_util::BodyDataStream::new(body),
+                |e| e.to_string(),
+            ));
             return self
-                .stream(service, status, headers, body, deadline, content_type)
+                .stream(service, status, headers, chunks, deadline, content_type)
                 .await;
         }
         let body = match tokio::time::timeout_at(
@@ -752,11 +772,21 @@ impl Ctx {
             &self.session.header,
             &self.key,
         );
+        self.answer(&service.metrics, status, res).await
+    }
+
+    /// Sends a finished non-streamed relay: mined and shipped (with `policy: hold`, only
+    /// once the store acknowledged it), then the signed response.
+    pub(super) async fn answer(
+        self,
+        metrics: &ServiceMetrics,
+        status: u32,
+        res: RelayResponse,
+    ) -> Response {
         let reply = res.encode();
-        let service_metrics = service.metrics.clone();
         let policy = self.state.config.store.policy;
         let (state, session, key) = (self.state.clone(), self.session.clone(), self.key.clone());
-        let ack = self.finish(&service_metrics, status, &res);
+        let ack = self.finish(metrics, status, &res);
         if let (StorePolicy::Hold, Some(ack)) = (policy, ack)
             && ack.await.is_err()
         {
@@ -777,7 +807,7 @@ impl Ctx {
 
     /// Mines a finished relay and ships it; returns the acknowledgement to wait for
     /// when it was mined. Consumes the queue slot either way.
-    fn finish(
+    pub(super) fn finish(
         self,
         service: &ServiceMetrics,
         backend_status: u32,
@@ -819,12 +849,12 @@ impl Ctx {
     /// Streams the backend's chunks as signed batches: the first at once, later ones
     /// every `stream_batch_ms` or `stream_batch_bytes`; the relay mined from the whole
     /// body once the backend finishes.
-    async fn stream(
+    pub(super) async fn stream(
         self,
         service: &Service,
         status: u32,
         headers: BTreeMap<String, Header>,
-        mut body: hyper::body::Incoming,
+        mut body: ChunkStream,
         deadline: tokio::time::Instant,
         content_type: HeaderValue,
     ) -> Response {
@@ -868,9 +898,8 @@ impl Ctx {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    frame = body.frame() => match frame {
-                        Some(Ok(f)) => {
-                            let Ok(data) = f.into_data() else { continue };
+                    frame = futures_util::StreamExt::next(&mut body) => match frame {
+                        Some(Ok(data)) => {
                             full.extend_from_slice(&data);
                             if !sent_first {
                                 sent_first = true;
