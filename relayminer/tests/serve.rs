@@ -42,7 +42,11 @@ struct Fleet {
 
 /// Starts everything; `tune` adjusts serve's config (policy, limits, timeouts).
 async fn fleet(tune: impl FnOnce(&mut String)) -> Fleet {
-    let devnet = Devnet::new(&DevnetConfig::new(11));
+    fleet_with(DevnetConfig::new(11), tune).await
+}
+
+async fn fleet_with(chain_config: DevnetConfig, tune: impl FnOnce(&mut String)) -> Fleet {
+    let devnet = Devnet::new(&chain_config);
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let chain = devnet.serve(any, any, None).await.expect("devnet");
     let supplier = devnet.keys().suppliers[0].clone();
@@ -597,4 +601,71 @@ async fn triton_backends_answer_openai_requests() {
     f.sim.set_mode(Mode::Ok);
     let (status, res) = f.send(&f.relay("not json")).await;
     assert_eq!((status, error_code(&res)), (400, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_servicing_is_refused_unless_enabled() {
+    // 100,000 uPOKT of stake: 3,333 per supplier and session, one relay costs 4,200.
+    let mut poor = DevnetConfig::new(11);
+    poor.application_stake = 100_000;
+    let f = fleet_with(poor.clone(), |_| {}).await;
+    let (status, res) = f.send(&f.relay(CHAT)).await;
+    assert_eq!(
+        (status, error_code(&res)),
+        (429, 7),
+        "{:?}",
+        res.relay_miner_error
+    );
+    assert_eq!(f.mined(), 0);
+    let g = fleet_with(poor, |y| y.push_str("enable_over_servicing: true\n")).await;
+    let (status, res) = g.send(&g.relay(CHAT)).await;
+    assert_eq!(status, 200, "{:?}", res.relay_miner_error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_streams_in_flight_and_flushes_them() {
+    let mut f = fleet(|_| {}).await;
+    // Ready: blocks arrive, the engine answers, the store has nothing pending.
+    let admin = f.serve().admin_addr;
+    let mut ready = 0;
+    for _ in 0..100 {
+        let res = f
+            .http
+            .get(format!("http://{admin}/readyz").parse().expect("uri"))
+            .await
+            .expect("readyz");
+        ready = res.status().as_u16();
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 200);
+    // A stream of 200 tokens at 2,000 tokens/s is under way when shutdown starts.
+    let long = r#"{"messages":[{"role":"user","content":"long"}],"max_tokens":200,"stream":true}"#;
+    let uri = format!("http://{}/", f.serve().relay_addr);
+    let req = hyper::Request::post(uri)
+        .body(Full::new(Bytes::from(f.relay(long).encode())))
+        .expect("req");
+    let res = f.http.request(req).await.expect("stream");
+    let mut body = res.into_body();
+    let mut raw = body
+        .frame()
+        .await
+        .expect("frame")
+        .expect("ok")
+        .into_data()
+        .expect("data")
+        .to_vec();
+    let handle = f.serve.take().expect("running");
+    let stopping = tokio::spawn(handle.shutdown());
+    while let Some(frame) = body.frame().await {
+        raw.extend_from_slice(&frame.expect("ok").into_data().unwrap_or_default());
+    }
+    stopping.await.expect("task").expect("clean shutdown");
+    let batches = decode_stream(&raw).expect("batches");
+    let joined = join_stream_payloads(batches.iter().map(|b| b.payload.as_slice())).expect("join");
+    let text = String::from_utf8(joined.body_bz).expect("utf8");
+    assert!(text.ends_with("data: [DONE]\n\n"), "the stream finished");
+    assert_eq!(f.leaves().await, 1, "and was mined and flushed before exit");
 }
