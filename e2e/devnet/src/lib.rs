@@ -303,7 +303,8 @@ impl Devnet {
         };
         let s = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             let _ = grpc::router(node)
                 .serve_with_incoming_shutdown(incoming, s)
                 .await;

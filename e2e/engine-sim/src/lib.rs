@@ -186,6 +186,10 @@ impl EngineSim {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let app = self.router();
+        // Like uvicorn (vLLM's server): no Nagle, so each SSE event leaves at once.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
@@ -324,8 +328,7 @@ impl EngineSim {
             me.counters.running.fetch_sub(1, Ordering::Relaxed);
             me.counters.success.fetch_add(1, Ordering::Relaxed);
             drop(permit);
-        })
-        .await;
+        });
         Response::builder()
             .header(header::CONTENT_TYPE, "text/event-stream")
             .header(header::CACHE_CONTROL, "no-cache")
@@ -334,24 +337,20 @@ impl EngineSim {
     }
 }
 
-/// A stream fed by a task through a small channel. It resolves once the first item is
-/// ready, so the response head and the first event leave together (as engines that
-/// prefill before answering do).
-async fn async_stream<F, Fut>(
+/// A stream fed by a task through a small channel. The response head leaves before
+/// the first event, as vLLM's does.
+fn async_stream<F, Fut>(
     f: F,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<String>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(8);
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(8);
     tokio::spawn(f(tx));
-    let first = rx.recv().await;
-    let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
-    futures_util::StreamExt::map(
-        futures_util::StreamExt::chain(futures_util::stream::iter(first), rest),
-        |s| Ok(bytes::Bytes::from(s)),
-    )
+    futures_util::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |s| {
+        Ok(bytes::Bytes::from(s))
+    })
 }
 
 async fn chat(State(s): State<EngineSim>, body: axum::body::Bytes) -> Response {
@@ -582,7 +581,8 @@ impl EngineSim {
         let bound = listener.local_addr()?;
         let svc = lode_kserve_api::GrpcInferenceServiceServer::new(self.clone());
         let task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, shutdown)

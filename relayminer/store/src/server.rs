@@ -8,7 +8,6 @@ use std::sync::atomic::AtomicBool;
 use lode_store_api::{CONNECTION_WINDOW, STREAM_WINDOW, SessionStoreServer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::admin::{Admin, router};
@@ -72,11 +71,14 @@ pub async fn run(
     tonic::transport::Server::builder()
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
-        .tcp_nodelay(true)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-            let _ = grpc_stop.wait_for(|s| *s).await;
-        })
+        // (`tcp_nodelay` on the builder only applies to addresses it binds itself.)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            async move {
+                let _ = grpc_stop.wait_for(|s| *s).await;
+            },
+        )
         .await?;
     admin_task.await??;
     Ok(())
