@@ -18,9 +18,10 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 # Python packages the tests use as independent references: cosmpy (PyPI) cross-checks
-# lode's Cosmos transactions.
-PIP_PACKAGES=(cosmpy==0.12.2)
-if ! python3 -c "import cosmpy" >/dev/null 2>&1; then
+# lode's Cosmos transactions; kubernetes-validate checks the CRDs against Kubernetes'
+# own schemas.
+PIP_PACKAGES=(cosmpy==0.12.2 kubernetes-validate==1.37.0)
+if ! python3 -c "import cosmpy, kubernetes_validate" >/dev/null 2>&1; then
   echo "setup: installing ${PIP_PACKAGES[*]}"
   python3 -m pip install --quiet --disable-pip-version-check "${PIP_PACKAGES[@]}"
 fi

@@ -1,0 +1,524 @@
+//! lode's custom resources, `lode.pokt.network/v1alpha1`:
+//!
+//! - [`Supplier`]: a supplier identity on chain (operator/owner, key Secret, stake, the
+//!   services it offers) and its session store.
+//! - [`ServiceModel`]: one model served for one POKT service on GPU pods (engine, model
+//!   source, GPUs, replicas and autoscaling).
+//! - [`GatewayPool`]: OpenAI-compatible gateways for applications.
+//!
+//! The CRD manifests under `crds/` are generated from these types (`cargo run -p
+//! lode-crds --bin crdgen`); a test fails when they drift.
+
+// kube's `printcolumn(...)` repeats `type_ = ...` in one attribute by design.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group.
+pub const GROUP: &str = "lode.pokt.network";
+
+/// A key of a Secret in the resource's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key inside the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Where the chain is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainEndpoints {
+    /// Cosmos/poktroll gRPC, e.g. `http://pocket-node:9090`.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub grpc_url: String,
+    /// CometBFT RPC, e.g. `http://pocket-node:26657`.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub rpc_url: String,
+    /// The chain id (`pocket` on mainnet).
+    #[serde(default = "default_chain_id")]
+    pub chain_id: String,
+}
+
+fn default_chain_id() -> String {
+    "pocket".into()
+}
+
+/// The supplier's session store (one per supplier, on a PersistentVolume).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreSpec {
+    /// Volume size, e.g. `20Gi`.
+    #[serde(default = "default_store_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(Mi|Gi|Ti)$"))]
+    pub size: String,
+    /// StorageClass; the cluster default when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_store_size() -> String {
+    "20Gi".into()
+}
+
+impl Default for StoreSpec {
+    fn default() -> Self {
+        Self {
+            size: default_store_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// A service the supplier stakes for, served by a ServiceModel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SupplierService {
+    /// The on-chain service id.
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9_-]{1,42}$"))]
+    pub service_id: String,
+    /// The ServiceModel (same namespace) that serves it.
+    #[schemars(length(min = 1, max = 253))]
+    pub service_model: String,
+    /// Revenue shares in percent by address; the rest goes to the owner.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rev_share_percent: BTreeMap<String, u8>,
+}
+
+/// Settings of the claim and proof Jobs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSettings {
+    /// Retries of a failed Job inside its window.
+    #[serde(default = "default_backoff")]
+    #[schemars(range(min = 0, max = 20))]
+    pub backoff_limit: i32,
+    /// Multiplies simulated gas (`--gas-adjustment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gas_adjustment: Option<String>,
+    /// uPOKT per unit of gas (`--gas-prices`), e.g. `0.0001`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gas_price: Option<String>,
+}
+
+fn default_backoff() -> i32 {
+    3
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            backoff_limit: default_backoff(),
+            gas_adjustment: None,
+            gas_price: None,
+        }
+    }
+}
+
+/// A POKT supplier run by lode.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "lode.pokt.network",
+    version = "v1alpha1",
+    kind = "Supplier",
+    doc = "A POKT supplier run by lode: its on-chain identity, stake and services, and its session store.",
+    namespaced,
+    status = "SupplierStatus",
+    shortname = "sup",
+    category = "lode",
+    printcolumn(
+        name = "Address",
+        type_ = "string",
+        json_path = ".spec.operatorAddress"
+    ),
+    printcolumn(name = "Staked", type_ = "string", json_path = ".status.stakedUpokt"),
+    printcolumn(name = "Services", type_ = "string", json_path = ".status.services"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Last claim",
+        type_ = "string",
+        json_path = ".status.lastClaim.outcome"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SupplierSpec {
+    /// The operator address: signs relays, claims and proofs.
+    #[schemars(regex(pattern = r"^pokt1[02-9ac-hj-np-z]{38}$"))]
+    pub operator_address: String,
+    /// The owner address (holds the stake, receives rewards); the operator when empty
+    /// (custodial staking).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^pokt1[02-9ac-hj-np-z]{38}$"))]
+    pub owner_address: Option<String>,
+    /// The operator's signing key: hex, or `pocketd keys export` armor (then
+    /// `keyPassphraseSecretRef` too). Mounted only into serve pods and jobs.
+    pub key_secret_ref: SecretKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_passphrase_secret_ref: Option<SecretKeyRef>,
+    /// The stake, in uPOKT (a decimal string).
+    #[schemars(regex(pattern = r"^[1-9][0-9]*$"))]
+    pub stake_upokt: String,
+    /// The services offered.
+    #[schemars(length(min = 1))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(s, self.exists_one(t, t.serviceId == s.serviceId))").message("each serviceId may appear once"))]
+    pub services: Vec<SupplierService>,
+    /// The public URL gateways reach this supplier's relay port at.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub public_endpoint: String,
+    pub chain: ChainEndpoints,
+    #[serde(default)]
+    pub store: StoreSpec,
+    #[serde(default)]
+    pub jobs: JobSettings,
+}
+
+/// A claim or proof outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowOutcome {
+    pub session_end_height: i64,
+    /// `included`, `skipped`, `failed: …`, `missed`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_hash: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SupplierStatus {
+    /// The stake on chain, in uPOKT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staked_upokt: Option<String>,
+    /// The services staked on chain, comma-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<String>,
+    /// Serve pods ready across the supplier's ServiceModels.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    #[serde(default)]
+    pub sessions_in_flight: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_claim: Option<WindowOutcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_proof: Option<WindowOutcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Staked`, `StoreReady`, `ClaimsHealthy`, `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The inference engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineKind {
+    #[default]
+    Vllm,
+    TensorrtLlm,
+    Triton,
+    Sglang,
+    Custom,
+}
+
+/// Where the model weights come from (exactly one).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSource {
+    /// A PersistentVolumeClaim holding the weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<String>,
+    /// An OCI image holding the weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A URI the engine loads (`hf://org/model`, `s3://…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineSpec {
+    pub kind: EngineKind,
+    /// The engine image (a sensible default per kind when empty; required for custom).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Extra engine arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// The engine's port.
+    #[serde(default = "default_engine_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+fn default_engine_port() -> i32 {
+    8000
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuSpec {
+    /// GPUs per pod.
+    #[schemars(range(min = 0, max = 16))]
+    pub count: i32,
+    /// `nvidia.com/gpu.product` to select, e.g. `NVIDIA-H100-80GB-HBM3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// The extended resource name (a MIG slice such as `nvidia.com/mig-3g.40gb`).
+    #[serde(default = "default_gpu_resource")]
+    pub resource_name: String,
+    /// Tolerations for GPU node taints, as `key[=value]:Effect`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<String>,
+}
+
+fn default_gpu_resource() -> String {
+    "nvidia.com/gpu".into()
+}
+
+impl Default for GpuSpec {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            product: None,
+            resource_name: default_gpu_resource(),
+            tolerations: Vec::new(),
+        }
+    }
+}
+
+/// How replicas follow relay demand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AutoscalingMode {
+    /// lode's demand autoscaler (reads serve pods' admin ports).
+    #[default]
+    Lode,
+    /// Emit a HorizontalPodAutoscaler instead.
+    Hpa,
+    /// Emit a KEDA ScaledObject instead.
+    Keda,
+    /// Replicas stay at `spec.replicas`.
+    Off,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    #[serde(default)]
+    pub mode: AutoscalingMode,
+    /// In-flight plus queued relays per replica to aim for.
+    #[serde(default = "default_target")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub target_in_flight_per_replica: i32,
+    /// Seconds of lower demand before scaling down.
+    #[serde(default = "default_window")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: i32,
+}
+
+fn default_target() -> i32 {
+    8
+}
+fn default_window() -> i32 {
+    300
+}
+
+impl Default for AutoscalingSpec {
+    fn default() -> Self {
+        Self {
+            mode: AutoscalingMode::Lode,
+            target_in_flight_per_replica: default_target(),
+            scale_down_stabilization_seconds: default_window(),
+        }
+    }
+}
+
+/// One model served for one POKT service on GPU pods.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "lode.pokt.network",
+    version = "v1alpha1",
+    kind = "ServiceModel",
+    doc = "One model served for one POKT service on GPU pods: engine, model source, GPUs, replicas and autoscaling.",
+    namespaced,
+    status = "ServiceModelStatus",
+    shortname = "sm",
+    category = "lode",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Service", type_ = "string", json_path = ".spec.serviceId"),
+    printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine.kind"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.replicas) || (self.replicas >= self.minReplicas && self.replicas <= self.maxReplicas)").message("replicas must be between minReplicas and maxReplicas"))]
+#[x_kube(validation = kube::core::Rule::new("(has(self.model.pvc) ? 1 : 0) + (has(self.model.image) ? 1 : 0) + (has(self.model.uri) ? 1 : 0) == 1").message("model needs exactly one of pvc, image or uri"))]
+#[x_kube(validation = kube::core::Rule::new("self.engine.kind != 'custom' || has(self.engine.image)").message("a custom engine needs an image"))]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceModelSpec {
+    /// The on-chain service id this model serves.
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9_-]{1,42}$"))]
+    pub service_id: String,
+    /// The model name the engine serves (OpenAI `model`).
+    #[schemars(length(min = 1))]
+    pub model_name: String,
+    pub model: ModelSource,
+    pub engine: EngineSpec,
+    #[serde(default)]
+    pub gpus: GpuSpec,
+    /// Replicas wanted now (the scale subresource; the autoscaler writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    #[serde(default)]
+    pub autoscaling: AutoscalingSpec,
+    /// Compute units per relay the supplier expects (checked against the chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub compute_units_per_relay: Option<u64>,
+}
+
+/// One scaling decision, kept in a bounded history.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleDecision {
+    pub time: String,
+    pub from: i32,
+    pub to: i32,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceModelStatus {
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Pods waiting for a GPU node.
+    #[serde(default)]
+    pub pending_replicas: i32,
+    /// The pods' label selector (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// In-flight plus queued relays across the pods, last observed.
+    #[serde(default)]
+    pub observed_demand: i64,
+    /// BLAKE3 of the model weights, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<ScaleDecision>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// How a gateway picks among a session's suppliers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutingPolicy {
+    /// Health and latency scores, failing over to another supplier on error.
+    #[default]
+    Scored,
+    RoundRobin,
+    Random,
+}
+
+/// OpenAI-compatible gateways for applications.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "lode.pokt.network",
+    version = "v1alpha1",
+    kind = "GatewayPool",
+    doc = "OpenAI-compatible gateways that relay applications' requests to POKT suppliers.",
+    namespaced,
+    status = "GatewayPoolStatus",
+    shortname = "gwp",
+    category = "lode",
+    printcolumn(name = "Gateway", type_ = "string", json_path = ".spec.gatewayAddress"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayPoolSpec {
+    #[schemars(regex(pattern = r"^pokt1[02-9ac-hj-np-z]{38}$"))]
+    pub gateway_address: String,
+    pub key_secret_ref: SecretKeyRef,
+    /// Applications that delegated to this gateway.
+    #[schemars(length(min = 1))]
+    pub applications: Vec<String>,
+    /// OpenAI model name → on-chain service id.
+    #[schemars(length(min = 1))]
+    pub services: BTreeMap<String, String>,
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    #[serde(default)]
+    pub routing: RoutingPolicy,
+    pub chain: ChainEndpoints,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayPoolStatus {
+    #[serde(default)]
+    pub ready_replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The three CRDs as YAML documents, file name first (what `crdgen` writes).
+pub fn manifests() -> Vec<(&'static str, String)> {
+    let yaml = |v: &serde_json::Value| serde_saphyr::to_string(v).expect("CRDs serialize");
+    vec![
+        (
+            "suppliers.yaml",
+            yaml(&serde_json::to_value(Supplier::crd()).expect("json")),
+        ),
+        (
+            "servicemodels.yaml",
+            yaml(&serde_json::to_value(ServiceModel::crd()).expect("json")),
+        ),
+        (
+            "gatewaypools.yaml",
+            yaml(&serde_json::to_value(GatewayPool::crd()).expect("json")),
+        ),
+    ]
+}
