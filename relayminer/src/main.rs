@@ -29,9 +29,9 @@ enum Command {
     ///
     /// Accepts RelayRequests on the relay port (HTTP/1.1 and HTTP/2), checks the session
     /// on chain, the supplier, the ring signature and the application's budget, proxies
-    /// to the engine (OpenAI HTTP; SSE streams are answered as signed batches separated
-    /// by ||POKT_STREAM||), signs the response, mines the relay and ships it to the
-    /// store. Reads lode's serve YAML or poktroll's relayminer YAML (with --keys-dir).
+    /// to the engine (OpenAI HTTP, or Triton's KServe v2 gRPC; SSE streams are answered
+    /// as signed batches separated by ||POKT_STREAM||), signs the response, mines the
+    /// relay and ships it to the store. Reads lode's serve YAML or poktroll's relayminer YAML (with --keys-dir).
     /// SIGTERM/Ctrl-C: stop accepting, finish in-flight relays and streams, flush mined
     /// relays, exit.
     Serve(ServeArgs),
@@ -157,7 +157,17 @@ async fn store(args: StoreArgs) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = lode_relayminer::serve::ServeConfig::load(&args.config, args.keys_dir.as_deref())?;
     if args.check {
-        println!("{config:#?}");
+        // Secrets stay out of the printout.
+        let mut shown = config.clone();
+        if shown.key_passphrase.is_some() {
+            shown.key_passphrase = Some("<redacted>".into());
+        }
+        for s in &mut shown.services {
+            if let Some(a) = &mut s.basic_auth {
+                a.password = "<redacted>".into();
+            }
+        }
+        println!("{shown:#?}");
         return Ok(());
     }
     let handle = lode_relayminer::serve::start(config).await?;
