@@ -405,6 +405,17 @@ async fn supplier_stakes_claims_proves_and_is_paid() {
         app_before.delegatee_gateway_addresses,
         vec![address(&net.devnet.keys().gateways[0])]
     );
+    // Ring members' public keys come from their accounts.
+    let gateway_account = net
+        .query
+        .cosmos()
+        .account(&address(&net.devnet.keys().gateways[0]))
+        .await
+        .expect("account");
+    assert_eq!(
+        gateway_account.public_key,
+        Some(net.devnet.keys().gateways[0].public_key())
+    );
     assert!(
         net.query
             .claim(&header.session_id, &me)
