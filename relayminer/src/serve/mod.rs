@@ -119,9 +119,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServeHandle> {
     let admin_addr = admin_listener.local_addr()?;
 
     let s = state.clone();
-    let relay_app = Router::new().fallback(move |headers, body| {
+    let relay_app = Router::new().fallback(move |body: axum::body::Body| {
         let s = s.clone();
-        async move { relay::handle(s, headers, body).await }
+        async move { relay::handle(s, body).await }
     });
     let engines_ok = Arc::new(AtomicBool::new(false));
     let admin = Admin {

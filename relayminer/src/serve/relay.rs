@@ -203,7 +203,9 @@ fn error_reply(
 }
 
 /// The relay endpoint (any path: routing is by the request's service and supplier).
-pub async fn handle(state: Arc<RelayState>, headers: HeaderMap, body: Body) -> Response {
+/// Routing is by the request's service and supplier; the `Rpc-Type` header is not
+/// needed (one backend per service).
+pub async fn handle(state: Arc<RelayState>, body: Body) -> Response {
     let started = Instant::now();
     let m = &state.metrics;
     m.requests.fetch_add(1, Ordering::Relaxed);
@@ -409,7 +411,6 @@ pub async fn handle(state: Arc<RelayState>, headers: HeaderMap, body: Body) -> R
             );
         }
     };
-    let _ = headers;
     let guard = InFlight::new(service.metrics.clone());
     let ctx = Ctx {
         state: state.clone(),
