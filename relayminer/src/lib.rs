@@ -1,4 +1,7 @@
-//! lode's relayminer as a library: `serve` (the relay proxy). The `relayminer` binary
-//! adds the command line and the session store.
+//! lode's relayminer as a library: `serve` (the relay proxy) and `lifecycle` (the claim
+//! and prove passes and their scheduler) and `run` (both plus the store, in one process).
+//! The `relayminer` binary adds the command line.
 
+pub mod lifecycle;
+pub mod run;
 pub mod serve;

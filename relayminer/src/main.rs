@@ -1,10 +1,12 @@
 //! `relayminer`: everything a POKT supplier runs.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use lode_relayminer::lifecycle::{Lifecycle, LifecycleConfig};
 use lode_store::{Durability, ServerConfig};
 
 #[derive(Parser, Debug)]
@@ -35,6 +37,115 @@ enum Command {
     /// SIGTERM/Ctrl-C: stop accepting, finish in-flight relays and streams, flush mined
     /// relays, exit.
     Serve(ServeArgs),
+    /// Claim the sessions whose claim window is open (a Kubernetes Job at claim-window
+    /// open).
+    ///
+    /// Freezes each session's trie in the store, drops sessions worth less than claiming
+    /// and (maybe) proving them costs, sends one MsgCreateClaim transaction per supplier
+    /// (most valuable first, valid until the window closes), waits for inclusion and
+    /// records the tx hash in the store. Idempotent: claims already on chain are recorded,
+    /// not sent again. Sessions whose window has not opened are left alone; a window that
+    /// closed unclaimed is reported as missed.
+    ///
+    /// Prints a JSON report (per session: relays, compute units, root, estimated
+    /// reward, tx hash, outcome) and exits 0 when every session in its window is done, 1
+    /// otherwise.
+    Claim(JobArgs),
+    /// Prove the claimed sessions whose proof window is open (a Kubernetes Job at
+    /// proof-window open).
+    ///
+    /// Reads the seed block (exactly proof-window-open − 1), decides per claim whether the
+    /// chain requires a proof (threshold, or sampled from the claim and seed hashes),
+    /// builds each compact closest proof from the store and checks it against the claimed
+    /// root, sends the certain proofs of a supplier in one transaction and each doubtful
+    /// one alone, waits for the chain's verdict, and deletes finished sessions from the
+    /// store. Same report and exit status as `claim`.
+    Prove(JobArgs),
+    /// Everything on one host: the store, serve, and a scheduler that runs the claim and
+    /// prove passes as blocks arrive.
+    ///
+    /// For suppliers without Kubernetes and for the devnet. Takes serve's configuration
+    /// (its `store` section is optional: run owns the store, on loopback, with a token it
+    /// creates in the data directory). Claim and proof counters join serve's /metrics.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct JobArgs {
+    /// serve's configuration file (lode or poktroll YAML): the chain endpoints, store and
+    /// keys are read from it; the flags below override it.
+    #[arg(long, env = "LODE_SERVE_CONFIG")]
+    config: Option<PathBuf>,
+    /// With a poktroll config: directory holding one key file per signing key name.
+    #[arg(long, env = "LODE_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
+    /// Cosmos/poktroll gRPC of a node, e.g. http://node:9090.
+    #[arg(long, env = "LODE_CHAIN_GRPC")]
+    chain_grpc: Option<String>,
+    /// CometBFT RPC of a node, e.g. http://node:26657.
+    #[arg(long, env = "LODE_CHAIN_RPC")]
+    chain_rpc: Option<String>,
+    /// Refuse to sign unless the node is on this chain (e.g. pocket).
+    #[arg(long, env = "LODE_CHAIN_ID")]
+    chain_id: Option<String>,
+    /// The store's gRPC URL, e.g. http://supplier-store:7070.
+    #[arg(long, env = "LODE_STORE_URL")]
+    store: Option<String>,
+    /// File holding the store's token (a mounted Secret).
+    #[arg(long, env = "LODE_STORE_TOKEN_FILE")]
+    store_token_file: Option<PathBuf>,
+    /// Supplier operator key file (hex, or `pocketd keys export` armor with
+    /// LODE_KEY_PASSPHRASE); repeat for several suppliers.
+    #[arg(long = "key-file", env = "LODE_KEY_FILES", value_delimiter = ',')]
+    key_files: Vec<PathBuf>,
+    #[command(flatten)]
+    tx: TxArgs,
+    /// Also write the JSON report to this file (e.g. /dev/termination-log, where
+    /// Kubernetes shows it in the pod's status).
+    #[arg(long, env = "LODE_REPORT_FILE")]
+    report_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct TxArgs {
+    /// Simulated gas is multiplied by this.
+    #[arg(long, default_value_t = 1.5, env = "LODE_GAS_ADJUSTMENT")]
+    gas_adjustment: f64,
+    /// Fee per unit of gas, in uPOKT.
+    #[arg(long, default_value_t = 0.0001, env = "LODE_GAS_PRICE")]
+    gas_price: f64,
+    /// How long a pass keeps retrying while the chain node or the store is unreachable.
+    #[arg(long, default_value_t = 300, env = "LODE_OUTAGE_BUDGET_SECONDS")]
+    outage_budget_seconds: u64,
+    /// Put SiblingData in proofs (bigger transactions; the chain accepts both).
+    #[arg(long)]
+    sibling_data: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// serve's configuration (lode or poktroll YAML); `store` may be left out.
+    #[arg(long, env = "LODE_SERVE_CONFIG")]
+    config: PathBuf,
+    /// With a poktroll config: directory holding one key file per signing key name.
+    #[arg(long, env = "LODE_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
+    /// The store's database and token.
+    #[arg(long, env = "LODE_DATA_DIR", default_value = "/var/lib/lode")]
+    data_dir: PathBuf,
+    /// The store's gRPC address (loopback: only this process uses it).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    store_listen: SocketAddr,
+    /// The store's admin address (/metrics, /healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    store_admin: SocketAddr,
+    /// Refuse to sign unless the node is on this chain.
+    #[arg(long, env = "LODE_CHAIN_ID")]
+    chain_id: Option<String>,
+    #[arg(long, value_enum, default_value_t = Fsync::Always, env = "LODE_STORE_FSYNC")]
+    fsync: Fsync,
+    #[command(flatten)]
+    tx: TxArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -122,15 +233,7 @@ async fn shutdown_signal() {
 }
 
 async fn store(args: StoreArgs) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("reading the store token from {}", args.token_file.display()))?
-        .trim()
-        .to_string();
-    anyhow::ensure!(
-        !token.is_empty(),
-        "the token file {} is empty",
-        args.token_file.display()
-    );
+    let token = read_token(&args.token_file)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let grpc = tokio::net::TcpListener::bind(args.listen)
@@ -176,6 +279,125 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     handle.shutdown().await
 }
 
+impl TxArgs {
+    fn apply(&self, c: &mut LifecycleConfig) {
+        c.gas_adjustment = self.gas_adjustment;
+        c.gas_price = self.gas_price;
+        c.outage_budget = Duration::from_secs(self.outage_budget_seconds);
+        c.sibling_data = self.sibling_data;
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the store token from {}", path.display()))?
+        .trim()
+        .to_string();
+    anyhow::ensure!(!t.is_empty(), "the token file {} is empty", path.display());
+    Ok(t)
+}
+
+/// The jobs' configuration: flags over the serve config.
+fn job_config(args: &JobArgs) -> anyhow::Result<LifecycleConfig> {
+    let serve = args
+        .config
+        .as_deref()
+        .map(|p| lode_relayminer::serve::ServeConfig::load(p, args.keys_dir.as_deref()))
+        .transpose()?;
+    let need = |flag: &str| {
+        anyhow::anyhow!("{flag} is required (or --config with a serve configuration that has it)")
+    };
+    let grpc = args
+        .chain_grpc
+        .clone()
+        .or_else(|| serve.as_ref().map(|s| s.chain.grpc_url.clone()))
+        .ok_or_else(|| need("--chain-grpc"))?;
+    let rpc = args
+        .chain_rpc
+        .clone()
+        .or_else(|| serve.as_ref().map(|s| s.chain.rpc_url.clone()))
+        .ok_or_else(|| need("--chain-rpc"))?;
+    let store = args
+        .store
+        .clone()
+        .or_else(|| serve.as_ref().map(|s| s.store.url.clone()))
+        .ok_or_else(|| need("--store"))?;
+    let token_file = args
+        .store_token_file
+        .clone()
+        .or_else(|| serve.as_ref().map(|s| s.store.token_file.clone()))
+        .ok_or_else(|| need("--store-token-file"))?;
+    let files = if args.key_files.is_empty() {
+        serve
+            .as_ref()
+            .map(|s| s.signing_key_files.clone())
+            .unwrap_or_default()
+    } else {
+        args.key_files.clone()
+    };
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no supplier key: give --key-file (or --config with signing_key_files)"
+    );
+    let passphrase = std::env::var("LODE_KEY_PASSPHRASE")
+        .ok()
+        .or_else(|| serve.as_ref().and_then(|s| s.key_passphrase.clone()));
+    let mut keys = Vec::new();
+    for f in &files {
+        keys.push(lode_chain::keys::load_key(f, passphrase.as_deref())?);
+    }
+    let mut c = LifecycleConfig::new(&grpc, &rpc, &store, &read_token(&token_file)?);
+    c.keys = keys;
+    c.chain_id = args.chain_id.clone();
+    args.tx.apply(&mut c);
+    Ok(c)
+}
+
+/// Runs one pass, prints its JSON report, and exits 0 or 1.
+async fn job(args: JobArgs, claim: bool) -> anyhow::Result<()> {
+    let lifecycle = Lifecycle::new(job_config(&args)?)?;
+    let report = if claim {
+        lifecycle.claim().await
+    } else {
+        lifecycle.prove().await
+    };
+    report.log();
+    let json = serde_json::to_string(&report)?;
+    println!("{json}");
+    if let Some(f) = &args.report_file {
+        std::fs::write(f, &json).with_context(|| format!("writing {}", f.display()))?;
+    }
+    tracing::info!("{}", report.summary());
+    if report.failed() {
+        eprintln!("{}", report.summary());
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Endpoints, store and keys come from the serve config; these are the rest.
+    let mut lifecycle = LifecycleConfig::new("", "", "", "");
+    lifecycle.chain_id = args.chain_id.clone();
+    args.tx.apply(&mut lifecycle);
+    let handle = lode_relayminer::run::start(lode_relayminer::run::RunOptions {
+        config: args.config,
+        keys_dir: args.keys_dir,
+        data_dir: args.data_dir,
+        store_listen: args.store_listen,
+        store_admin: args.store_admin,
+        store_durability: match args.fsync {
+            Fsync::Always => Durability::Fsync,
+            Fsync::Os => Durability::OsBuffered,
+        },
+        lifecycle,
+    })
+    .await?;
+    tracing::info!(relay = %handle.serve.relay_addr, admin = %handle.serve.admin_addr, store = %handle.store_addr, "running: serving relays, claiming and proving as blocks arrive");
+    shutdown_signal().await;
+    handle.shutdown().await
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -183,5 +405,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Store(args) => store(args).await,
         Command::Serve(args) => serve(args).await,
+        Command::Claim(args) => job(args, true).await,
+        Command::Prove(args) => job(args, false).await,
+        Command::Run(args) => run(args).await,
     }
 }

@@ -15,10 +15,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use lode_devnet::{Devnet, DevnetConfig, HRP, Running};
 use lode_engine_sim::{EngineSim, Mode, SimConfig};
 use lode_kernels::crypto::SecretKey;
-use lode_kernels::proto::{
-    Header, Message, PoktHttpRequest, PoktHttpResponse, RelayRequest, RelayResponse, SessionHeader,
-};
-use lode_kernels::relay::{decode_stream, join_stream_payloads, sign_request, verify_response};
+use lode_kernels::proto::{Message, PoktHttpResponse, RelayRequest, RelayResponse, SessionHeader};
+use lode_kernels::relay::{decode_stream, join_stream_payloads, verify_response};
 use lode_relayminer::serve::{self, ServeConfig, ServeHandle};
 
 const SERVICE: &str = "llm";
@@ -46,16 +44,8 @@ async fn fleet(tune: impl FnOnce(&mut String)) -> Fleet {
 }
 
 async fn fleet_with(chain_config: DevnetConfig, tune: impl FnOnce(&mut String)) -> Fleet {
-    let devnet = Devnet::new(&chain_config);
+    let (devnet, chain, supplier, header) = common::staked_devnet(&chain_config, SERVICE).await;
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let chain = devnet.serve(any, any, None).await.expect("devnet");
-    let supplier = devnet.keys().suppliers[0].clone();
-    let s = devnet
-        .stake_into_next_session(&chain, 0, SERVICE)
-        .await
-        .expect("staked");
-    assert!(s.suppliers.contains(&address(&supplier)));
-    let header = s.header.clone();
 
     let sim = EngineSim::new(SimConfig {
         ttft: Duration::from_millis(5),
@@ -142,36 +132,7 @@ impl Fleet {
     }
 
     fn relay_for(&self, header: &SessionHeader, supplier: &str, body: &str) -> RelayRequest {
-        let keys = self.devnet.keys();
-        let (app, gateway) = (&keys.applications[0], &keys.gateways[0]);
-        let mut header_map = std::collections::BTreeMap::new();
-        header_map.insert(
-            "Content-Type".to_string(),
-            Header {
-                key: "Content-Type".into(),
-                values: vec!["application/json".into()],
-            },
-        );
-        let mut req = RelayRequest {
-            payload: PoktHttpRequest {
-                method: "POST".into(),
-                header: header_map,
-                url: "https://gateway.local/v1/chat/completions".into(),
-                body_bz: body.as_bytes().to_vec(),
-            }
-            .encode(),
-            ..Default::default()
-        };
-        req.meta.session_header = Some(header.clone());
-        req.meta.supplier_operator_address = supplier.to_string();
-        sign_request(
-            &mut req,
-            &[app.public_key(), gateway.public_key()],
-            gateway,
-            &mut rand_core::OsRng,
-        )
-        .expect("sign");
-        req
+        common::gateway_relay(self.devnet.keys(), header, supplier, body)
     }
 
     async fn post(&self, bytes: Vec<u8>) -> (u16, String, Bytes) {

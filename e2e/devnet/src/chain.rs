@@ -274,6 +274,9 @@ pub struct Chain {
     pub settlements: Vec<Settlement>,
     /// Relays settled per service since the last difficulty update.
     settled_relays: BTreeMap<String, u64>,
+    /// Fault injection: CheckTx refuses this many of the next transactions as a full
+    /// mempool would (code 20).
+    pub refuse_next_txs: u32,
 }
 
 /// Gas a transaction of `len` bytes with `msgs` messages uses.
@@ -338,6 +341,7 @@ impl Chain {
             check_sequences: HashMap::new(),
             settlements: Vec::new(),
             settled_relays: BTreeMap::new(),
+            refuse_next_txs: 0,
             genesis,
         };
         let g = chain.genesis.clone();
@@ -671,6 +675,10 @@ impl Chain {
         let hash = cosmos::tx_hash(tx_bytes);
         if self.txs.contains_key(&hash) || self.mempool.iter().any(|t| t == tx_bytes) {
             return Err(sdk(19, "tx already exists in cache"));
+        }
+        if self.refuse_next_txs > 0 {
+            self.refuse_next_txs -= 1;
+            return Err(sdk(20, "mempool is full (devnet fault injection)"));
         }
         let mut scratch = self.m.clone();
         let pending = {

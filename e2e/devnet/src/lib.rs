@@ -210,6 +210,12 @@ impl Devnet {
         n
     }
 
+    /// Fault injection: the next `n` broadcast transactions are refused by CheckTx
+    /// (code 20, mempool full).
+    pub fn refuse_next_txs(&self, n: u32) {
+        self.chain().refuse_next_txs = n;
+    }
+
     /// Produces a block whenever a transaction waits in the mempool (so each lands in
     /// the very next block), until the task is aborted.
     pub fn produce_on_demand(&self) -> tokio::task::JoinHandle<()> {

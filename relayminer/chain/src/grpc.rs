@@ -43,6 +43,17 @@ pub enum QueryError {
     BadResponse { what: &'static str, reason: String },
 }
 
+impl QueryError {
+    /// Whether trying again later may help: the node was unreachable or slow, not wrong.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect(..) | Self::Timeout { .. } => true,
+            Self::Status { status, .. } => transient(status),
+            Self::AccountNotFound(_) | Self::BadResponse { .. } => false,
+        }
+    }
+}
+
 /// A signer's position on chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Account {

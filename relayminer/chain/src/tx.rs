@@ -72,6 +72,18 @@ pub enum SendError {
     HashMismatch { ours: String, node: String },
 }
 
+impl SendError {
+    /// Whether the node was unreachable (the transaction may or may not have been
+    /// broadcast): look on chain before sending again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Query(e) => e.is_transient(),
+            Self::Rpc(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 /// A transaction in a block, successfully executed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sent {

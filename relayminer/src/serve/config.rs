@@ -266,6 +266,43 @@ impl ServeConfig {
         })
     }
 
+    /// Reads a configuration for `relayminer run`, which runs its own store at `url`
+    /// with the token in `token_file`: a `store` section is optional (its policy and
+    /// queue size are kept) and its address and token are replaced.
+    pub fn load_for_run(
+        path: &Path,
+        keys_dir: Option<&Path>,
+        url: &str,
+        token_file: &Path,
+    ) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: shown.clone(),
+            reason,
+        };
+        let mut probe: serde_json::Value =
+            serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let text = match probe.as_object_mut() {
+            Some(top) if !top.contains_key("pocket_node") && !top.contains_key("store") => {
+                top.insert(
+                    "store".into(),
+                    serde_json::json!({"url": url, "token_file": token_file}),
+                );
+                // JSON is YAML.
+                probe.to_string()
+            }
+            _ => text,
+        };
+        let mut config = Self::parse(&text, keys_dir).map_err(invalid)?;
+        config.store.url = url.to_string();
+        config.store.token_file = token_file.to_path_buf();
+        Ok(config)
+    }
+
     pub fn parse(text: &str, keys_dir: Option<&Path>) -> Result<Self, String> {
         let probe: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
         let config = if probe.get("pocket_node").is_some() {

@@ -60,6 +60,8 @@ impl ServeHandle {
 struct Admin {
     state: Arc<RelayState>,
     engines_ok: Arc<AtomicBool>,
+    /// Claim and proof counters when serve runs inside `relayminer run`.
+    lifecycle: Option<Arc<crate::lifecycle::LifecycleMetrics>>,
 }
 
 /// How long shutdown waits for the store to take the last mined relays.
@@ -68,6 +70,14 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Starts serving: binds both ports, starts height tracking, the store shipper, the
 /// engine probe and the rate sampler.
 pub async fn start(config: ServeConfig) -> anyhow::Result<ServeHandle> {
+    start_with(config, None).await
+}
+
+/// [`start`], with the claim and proof counters of `relayminer run` added to `/metrics`.
+pub async fn start_with(
+    config: ServeConfig,
+    lifecycle: Option<Arc<crate::lifecycle::LifecycleMetrics>>,
+) -> anyhow::Result<ServeHandle> {
     let passphrase = std::env::var("LODE_KEY_PASSPHRASE")
         .ok()
         .or_else(|| config.key_passphrase.clone());
@@ -127,6 +137,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServeHandle> {
     let admin = Admin {
         state: state.clone(),
         engines_ok: engines_ok.clone(),
+        lifecycle,
     };
     let admin_app = Router::new()
         .route("/metrics", get(metrics_page))
@@ -211,12 +222,15 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServeHandle> {
 async fn metrics_page(State(a): State<Admin>) -> Response {
     let s = &a.state;
     let stats = &s.shipper.stats;
-    let body = s.metrics.render(
+    let mut body = s.metrics.render(
         s.shipper.queued() as u64,
         stats.acknowledged.load(Ordering::Relaxed),
         stats.append_failures.load(Ordering::Relaxed),
         s.sessions.height(),
     );
+    if let Some(l) = &a.lifecycle {
+        body.push_str(&l.render());
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -140,3 +140,71 @@ pub fn relay(seed: u64, i: u64) -> MinedRelay {
         compute_units: 1 + i % 7,
     }
 }
+
+/// A relay as a gateway builds it: `body` (an OpenAI request) inside a POKTHTTPRequest,
+/// ring-signed with the devnet's first gateway key for its first application.
+pub fn gateway_relay(
+    keys: &lode_devnet::DevnetKeys,
+    header: &lode_kernels::proto::SessionHeader,
+    supplier: &str,
+    body: &str,
+) -> RelayRequest {
+    use lode_kernels::proto::{Header, PoktHttpRequest};
+    let (app, gateway) = (&keys.applications[0], &keys.gateways[0]);
+    let mut header_map = std::collections::BTreeMap::new();
+    header_map.insert(
+        "Content-Type".to_string(),
+        Header {
+            key: "Content-Type".into(),
+            values: vec!["application/json".into()],
+        },
+    );
+    let mut req = RelayRequest {
+        payload: PoktHttpRequest {
+            method: "POST".into(),
+            header: header_map,
+            url: "https://gateway.local/v1/chat/completions".into(),
+            body_bz: body.as_bytes().to_vec(),
+        }
+        .encode(),
+        ..Default::default()
+    };
+    req.meta.session_header = Some(header.clone());
+    req.meta.supplier_operator_address = supplier.to_string();
+    lode_kernels::relay::sign_request(
+        &mut req,
+        &[app.public_key(), gateway.public_key()],
+        gateway,
+        &mut rand_core::OsRng,
+    )
+    .expect("sign");
+    req
+}
+
+/// A devnet serving on loopback with its first supplier staked for `service`, produced
+/// into the session where it serves; that session's header for the first application.
+pub async fn staked_devnet(
+    config: &lode_devnet::DevnetConfig,
+    service: &str,
+) -> (
+    lode_devnet::Devnet,
+    lode_devnet::Running,
+    lode_kernels::crypto::SecretKey,
+    lode_kernels::proto::SessionHeader,
+) {
+    let devnet = lode_devnet::Devnet::new(config);
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let chain = devnet.serve(any, any, None).await.expect("devnet");
+    let supplier = devnet.keys().suppliers[0].clone();
+    let session = devnet
+        .stake_into_next_session(&chain, 0, service)
+        .await
+        .expect("staked");
+    assert!(
+        session
+            .suppliers
+            .contains(&supplier.public_key().address().to_bech32(lode_devnet::HRP)),
+        "the staked supplier serves the session"
+    );
+    (devnet, chain, supplier, session.header)
+}
