@@ -16,3 +16,6 @@ cargo bench -p lode-relayminer --bench store --profile dev --locked
 # serve as a real process between a client and engine-sim, against calling engine-sim
 # directly, with the devnet and a real store.
 cargo bench -p lode-relayminer --bench serve --profile dev --locked
+
+# The latency the gateway adds in front of serve.
+cargo bench -p lode-gateway --bench gateway --profile dev --locked

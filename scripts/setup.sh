@@ -19,9 +19,9 @@ fi
 
 # Python packages the tests use as independent references: cosmpy (PyPI) cross-checks
 # lode's Cosmos transactions; kubernetes-validate checks the CRDs against Kubernetes'
-# own schemas.
-PIP_PACKAGES=(cosmpy==0.12.2 kubernetes-validate==1.37.0)
-if ! python3 -c "import cosmpy, kubernetes_validate" >/dev/null 2>&1; then
+# own schemas; the official openai SDK is the client the gateway's tests drive.
+PIP_PACKAGES=(cosmpy==0.12.2 kubernetes-validate==1.37.0 openai==3.57.0)
+if ! python3 -c "import cosmpy, kubernetes_validate, openai" >/dev/null 2>&1; then
   echo "setup: installing ${PIP_PACKAGES[*]}"
   python3 -m pip install --quiet --disable-pip-version-check "${PIP_PACKAGES[@]}"
 fi

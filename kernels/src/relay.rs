@@ -26,6 +26,18 @@ pub fn sign_request(
     Ok(())
 }
 
+/// Ring-signs a request in place with a prepared signer (what a gateway keeps per
+/// session: the same signature as [`sign_request`], without redoing the ring's setup).
+pub fn sign_request_with(
+    req: &mut RelayRequest,
+    signer: &ring::RingSigner,
+    rng: &mut impl CryptoRngCore,
+) -> Result<(), RingError> {
+    let sig = signer.sign(&request_signable_hash(req), rng)?;
+    req.meta.signature = sig.to_bytes();
+    Ok(())
+}
+
 /// Verifies a request's ring signature against the application's expected ring.
 pub fn verify_request(req: &RelayRequest, ring: &AppRing) -> Result<bool, RingError> {
     let sig = RingSignature::from_bytes(&req.meta.signature)?;

@@ -30,6 +30,23 @@ pub struct RunOptions {
     pub lifecycle: LifecycleConfig,
 }
 
+impl RunOptions {
+    /// The store on loopback with ports the OS picks, fsync off, default transaction
+    /// settings: for tests and the local fleet.
+    pub fn loopback(config: PathBuf, data_dir: PathBuf) -> Self {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Self {
+            config,
+            keys_dir: None,
+            data_dir,
+            store_listen: any,
+            store_admin: any,
+            store_durability: lode_store::Durability::OsBuffered,
+            lifecycle: LifecycleConfig::new("", "", "", ""),
+        }
+    }
+}
+
 /// A running `relayminer run`.
 #[derive(Debug)]
 pub struct RunHandle {

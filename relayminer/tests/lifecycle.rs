@@ -21,6 +21,7 @@ use lode_kernels::crypto::SecretKey;
 use lode_kernels::mining::claimed_upokt;
 use lode_kernels::proto::{Message, RelayResponse, SessionHeader};
 use lode_relayminer::lifecycle::{Lifecycle, LifecycleConfig, Outcome};
+use lode_relayminer::run::RunOptions;
 use lode_store_api::SessionState;
 
 const SERVICE: &str = "llm";
@@ -30,19 +31,6 @@ const CHAT_STREAM: &str = r#"{"model":"sim-model","messages":[{"role":"user","co
 
 fn address(k: &SecretKey) -> String {
     k.public_key().address().to_bech32(HRP)
-}
-
-/// The devnet for these tests: proofs are required above 20,000 uPOKT (5 relays of 4,200)
-/// and never sampled; submitting one costs 10 uPOKT; claim and proof windows are 13 blocks
-/// wide so a loaded machine cannot miss them.
-fn chain_config(seed: u64) -> DevnetConfig {
-    let mut c = DevnetConfig::new(seed);
-    c.proof.proof_requirement_threshold = 20_000;
-    c.proof.proof_request_probability = 0.0;
-    c.proof_submission_fee = 10;
-    c.shared.claim_window_close_offset_blocks = 12;
-    c.shared.proof_window_close_offset_blocks = 12;
-    c
 }
 
 /// Produces a block every `period` unless paused.
@@ -154,8 +142,8 @@ fn http() -> Client<HttpConnector, Full<Bytes>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayminer_run_gets_the_supplier_paid_what_the_kernels_predict() {
-    let (devnet, chain, supplier, first) = common::staked_devnet(&chain_config(31), SERVICE).await;
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let (devnet, chain, supplier, first) =
+        common::staked_devnet(&DevnetConfig::payment_tests(31), SERVICE).await;
     let supplier_addr = address(&supplier);
     let engine = start_engine().await;
 
@@ -166,30 +154,22 @@ async fn relayminer_run_gets_the_supplier_paid_what_the_kernels_predict() {
     let config = dir.path().join("serve.yaml");
     std::fs::write(
         &config,
-        format!(
-            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n\
-             chain: {{grpc_url: '{}', rpc_url: '{}'}}\n\
-             signing_key_files: ['{}']\n\
-             services:\n  - service_id: {SERVICE}\n    backend_url: http://{engine}\n",
-            chain.grpc_url,
-            chain.rpc_url,
-            key_file.display()
+        lode_relayminer::serve::config::minimal_yaml(
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &chain.node(),
+            &[key_file],
+            SERVICE,
+            &format!("http://{engine}"),
         ),
     )
     .expect("config");
-    let mut lifecycle = LifecycleConfig::new("", "", "", "");
-    lifecycle.poll = Duration::from_millis(25);
-    let run = lode_relayminer::run::start(lode_relayminer::run::RunOptions {
-        config,
-        keys_dir: None,
-        data_dir: dir.path().join("data"),
-        store_listen: any,
-        store_admin: any,
-        store_durability: lode_store::Durability::Fsync,
-        lifecycle,
-    })
-    .await
-    .expect("run starts");
+    let mut options = RunOptions::loopback(config, dir.path().join("data"));
+    options.store_durability = lode_store::Durability::Fsync;
+    options.lifecycle.poll = Duration::from_millis(25);
+    let run = lode_relayminer::run::start(options)
+        .await
+        .expect("run starts");
     let relay_addr = run.serve.relay_addr;
     let http = http();
     let app_stake_before =
@@ -480,7 +460,7 @@ fn outcome_of(report: &lode_relayminer::lifecycle::JobReport, id: &str) -> Outco
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_and_proofs_survive_outages_restarts_rejections_and_reruns() {
-    let mut f = Jobs::start(chain_config(41)).await;
+    let mut f = Jobs::start(DevnetConfig::payment_tests(41)).await;
     let lifecycle = Lifecycle::new(f.config()).expect("lifecycle");
     let s1 = f.first.clone();
     f.relays(&s1, 6).await;

@@ -81,6 +81,21 @@ impl DevnetConfig {
     }
 }
 
+impl DevnetConfig {
+    /// For tests of getting paid: proofs required above 20,000 uPOKT (5 relays of 4,200)
+    /// and never sampled, a 10 uPOKT proof submission fee, and claim and proof windows 13
+    /// blocks wide so a loaded machine cannot miss them.
+    pub fn payment_tests(seed: u64) -> Self {
+        let mut c = Self::new(seed);
+        c.proof.proof_requirement_threshold = 20_000;
+        c.proof.proof_request_probability = 0.0;
+        c.proof_submission_fee = 10;
+        c.shared.claim_window_close_offset_blocks = 12;
+        c.shared.proof_window_close_offset_blocks = 12;
+        c
+    }
+}
+
 /// A role's deterministic key: `SHA-256(seed ‖ role ‖ index)` as a Cosmos secret.
 pub fn devnet_key(seed: u64, role: &str, index: usize) -> SecretKey {
     SecretKey::from_secret(format!("lode-devnet/{seed}/{role}/{index}").as_bytes())
@@ -239,6 +254,18 @@ impl Devnet {
         index: usize,
         service_id: &str,
     ) -> Result<chain::HydratedSession, String> {
+        self.stake_into_next_session_at(running, index, service_id, "http://127.0.0.1:8545")
+            .await
+    }
+
+    /// [`Devnet::stake_into_next_session`] with the endpoint gateways reach it at.
+    pub async fn stake_into_next_session_at(
+        &self,
+        running: &Running,
+        index: usize,
+        service_id: &str,
+        url: &str,
+    ) -> Result<chain::HydratedSession, String> {
         let retry = lode_chain::RetryPolicy {
             attempts: 3,
             first_backoff: Duration::from_millis(20),
@@ -262,7 +289,7 @@ impl Devnet {
             cfg,
         );
         let producer = self.produce_on_demand();
-        let msg = stake_supplier_msg(&key, 100_000_000, service_id, "http://127.0.0.1:8545");
+        let msg = stake_supplier_msg(&key, 100_000_000, service_id, url);
         let sent = sender.send(vec![msg], "stake", 0).await;
         producer.abort();
         sent.map_err(|e| e.to_string())?;
@@ -350,6 +377,13 @@ pub struct Running {
 }
 
 impl Running {
+    /// The node's endpoints as lode's configuration files name them.
+    pub fn node(&self) -> lode_chain::NodeConfig {
+        lode_chain::NodeConfig {
+            grpc_url: self.grpc_url.clone(),
+            rpc_url: self.rpc_url.clone(),
+        }
+    }
     /// Closes websockets, stops the servers and the block timer, and waits for them.
     pub async fn shutdown(mut self) {
         let _ = self.events.send(None);

@@ -260,62 +260,109 @@ impl RingSignature {
     }
 }
 
-/// Signs `msg` with `key`, a member of `ring`, drawing each nonce from `draw` (32 bytes,
-/// read big-endian mod N) in ring-go's order: `u`, then `s_{j+1}, …, s_{j−1}`. With the
-/// vectors' recorded draws this reproduces the Go signature bytes.
+/// One signer's view of one ring, with everything that does not depend on the message
+/// computed once: each member's hash-to-curve point and the signer's key image. A
+/// gateway signs many relays for the same application and session with one of these.
+#[derive(Clone, Debug)]
+pub struct RingSigner {
+    members: Vec<(AffinePoint, [u8; 33])>,
+    hps: Vec<ProjectivePoint>,
+    image: ProjectivePoint,
+    x: Scalar,
+    j: usize,
+}
+
+impl RingSigner {
+    pub fn new(ring: &[PublicKey], key: &SecretKey) -> Result<Self, RingError> {
+        if ring.len() < 2 {
+            return Err(RingError::RingTooSmall);
+        }
+        let me = key.public_key();
+        let j = ring
+            .iter()
+            .position(|p| *p == me)
+            .ok_or(RingError::SignerNotInRing)?;
+        let members: Vec<(AffinePoint, [u8; 33])> =
+            ring.iter().map(|p| (p.0, p.to_compressed())).collect();
+        let hps = members
+            .iter()
+            .map(|(_, enc)| hash_to_curve(enc).map(ProjectivePoint::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        let x = key.0;
+        let image = hps[j] * x;
+        Ok(Self {
+            members,
+            hps,
+            image,
+            x,
+            j,
+        })
+    }
+
+    /// Signs `msg`, drawing each nonce from `draw` (32 bytes, read big-endian mod N) in
+    /// ring-go's order: `u`, then `s_{j+1}, …, s_{j−1}`. With the vectors' recorded draws
+    /// this reproduces the Go signature bytes.
+    pub fn sign_with_nonces(
+        &self,
+        msg: &[u8; 32],
+        mut draw: impl FnMut() -> [u8; 32],
+    ) -> Result<RingSignature, RingError> {
+        let (n, j) = (self.members.len(), self.j);
+        let mut scalar = || <Scalar as Reduce<k256::U256>>::reduce_bytes(&draw().into());
+        let mut c = vec![Scalar::ZERO; n];
+        let mut s = vec![Scalar::ZERO; n];
+        let u = scalar();
+        let l = ProjectivePoint::GENERATOR * u;
+        let r = self.hps[j] * u;
+        c[(j + 1) % n] = challenge(msg, &l, &r)?;
+        for k in 1..n {
+            let i = (j + k) % n;
+            s[i] = scalar();
+            let l = ProjectivePoint::lincomb(
+                &ProjectivePoint::from(self.members[i].0),
+                &c[i],
+                &ProjectivePoint::GENERATOR,
+                &s[i],
+            );
+            let r = ProjectivePoint::lincomb(&self.image, &c[i], &self.hps[i], &s[i]);
+            c[(i + 1) % n] = challenge(msg, &l, &r)?;
+        }
+        s[j] = u - c[j] * self.x;
+        Ok(RingSignature {
+            c0: c[0],
+            key_image: self.image.to_affine(),
+            members: self
+                .members
+                .iter()
+                .zip(s)
+                .map(|(&(p, enc), s)| (s, p, enc))
+                .collect(),
+        })
+    }
+
+    /// Signs with nonces from a cryptographic random source.
+    pub fn sign(
+        &self,
+        msg: &[u8; 32],
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<RingSignature, RingError> {
+        self.sign_with_nonces(msg, || {
+            // A uniformly random non-zero scalar, as bytes.
+            let s = Scalar::random(&mut *rng);
+            s.to_bytes().into()
+        })
+    }
+}
+
+/// Signs `msg` with `key`, a member of `ring`, drawing each nonce from `draw` (see
+/// [`RingSigner::sign_with_nonces`]).
 pub fn sign_with_nonces(
     msg: &[u8; 32],
     ring: &[PublicKey],
     key: &SecretKey,
-    mut draw: impl FnMut() -> [u8; 32],
+    draw: impl FnMut() -> [u8; 32],
 ) -> Result<RingSignature, RingError> {
-    let n = ring.len();
-    if n < 2 {
-        return Err(RingError::RingTooSmall);
-    }
-    let me = key.public_key();
-    let j = ring
-        .iter()
-        .position(|p| *p == me)
-        .ok_or(RingError::SignerNotInRing)?;
-    let members: Vec<(AffinePoint, [u8; 33])> =
-        ring.iter().map(|p| (p.0, p.to_compressed())).collect();
-    let hps = members
-        .iter()
-        .map(|(_, enc)| hash_to_curve(enc))
-        .collect::<Result<Vec<_>, _>>()?;
-    let x = key.0;
-    let image = ProjectivePoint::from(hps[j]) * x;
-    let mut scalar = || <Scalar as Reduce<k256::U256>>::reduce_bytes(&draw().into());
-
-    let mut c = vec![Scalar::ZERO; n];
-    let mut s = vec![Scalar::ZERO; n];
-    let u = scalar();
-    let l = ProjectivePoint::GENERATOR * u;
-    let r = ProjectivePoint::from(hps[j]) * u;
-    c[(j + 1) % n] = challenge(msg, &l, &r)?;
-    for k in 1..n {
-        let i = (j + k) % n;
-        s[i] = scalar();
-        let l = ProjectivePoint::lincomb(
-            &ProjectivePoint::from(members[i].0),
-            &c[i],
-            &ProjectivePoint::GENERATOR,
-            &s[i],
-        );
-        let r = ProjectivePoint::lincomb(&image, &c[i], &ProjectivePoint::from(hps[i]), &s[i]);
-        c[(i + 1) % n] = challenge(msg, &l, &r)?;
-    }
-    s[j] = u - c[j] * x;
-    Ok(RingSignature {
-        c0: c[0],
-        key_image: image.to_affine(),
-        members: members
-            .into_iter()
-            .zip(s)
-            .map(|((p, enc), s)| (s, p, enc))
-            .collect(),
-    })
+    RingSigner::new(ring, key)?.sign_with_nonces(msg, draw)
 }
 
 /// Signs with nonces from a cryptographic random source.
@@ -325,11 +372,7 @@ pub fn sign(
     key: &SecretKey,
     rng: &mut impl CryptoRngCore,
 ) -> Result<RingSignature, RingError> {
-    sign_with_nonces(msg, ring, key, || {
-        // A uniformly random non-zero scalar, as bytes.
-        let s = Scalar::random(&mut *rng);
-        s.to_bytes().into()
-    })
+    RingSigner::new(ring, key)?.sign(msg, rng)
 }
 
 /// The placeholder ring member of applications without delegated gateways: its key is

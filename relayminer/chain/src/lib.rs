@@ -15,6 +15,16 @@ pub use grpc::{Account, ChainGrpc, QueryError};
 pub use pocket::{ChainParams, PocketQuery, ProofModuleParams};
 pub use tx::{SendConfig, SendError, Sent, TxSender};
 
+/// Where a node is, as lode's configuration files name it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Cosmos/poktroll gRPC, e.g. `http://node:9090`.
+    pub grpc_url: String,
+    /// CometBFT RPC, e.g. `http://node:26657`.
+    pub rpc_url: String,
+}
+
 /// Messages, clients and servers generated from `proto/` (one module per protobuf
 /// package, as the generated code's cross-package paths expect).
 #[allow(clippy::all, missing_debug_implementations, unused_qualifications)]

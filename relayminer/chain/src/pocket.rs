@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use lode_kernels::claim::ProofParams;
+use lode_kernels::crypto::PublicKey;
+use lode_kernels::crypto::ring::{placeholder_address, placeholder_key, ring_addresses};
 use lode_kernels::mining::Pricing;
 use lode_kernels::session::SharedParams;
 use tonic::Code;
@@ -19,6 +21,15 @@ use crate::proto::pocket::{application, proof, service, session, shared, supplie
 
 /// How many heights (or service/height pairs) each cache keeps.
 const CACHE_ENTRIES: usize = 256;
+
+/// Why an application's ring (or a signer's key) could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("{0} has no public key on chain (it never signed a transaction)")]
+    NoPublicKey(String),
+}
 
 /// The shared module's parameters, split into what the kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +50,8 @@ pub struct ProofModuleParams {
 #[derive(Debug)]
 pub struct PocketQuery {
     grpc: ChainGrpc,
+    /// Account public keys (ring members, suppliers): fixed once an account signed.
+    public_keys: Mutex<BTreeMap<String, PublicKey>>,
     params_at: Mutex<BTreeMap<i64, ChainParams>>,
     difficulty_at: Mutex<BTreeMap<(String, i64), [u8; 32]>>,
     cupr_at: Mutex<BTreeMap<(String, i64), u64>>,
@@ -185,6 +198,7 @@ impl PocketQuery {
     pub fn new(grpc: ChainGrpc) -> Self {
         Self {
             grpc,
+            public_keys: Mutex::default(),
             params_at: Mutex::default(),
             difficulty_at: Mutex::default(),
             cupr_at: Mutex::default(),
@@ -404,5 +418,54 @@ impl PocketQuery {
             }
         ))?;
         Ok(res.and_then(|r| r.claim))
+    }
+}
+
+impl PocketQuery {
+    /// An account's public key (cached: it never changes once known).
+    pub async fn public_key(&self, address: &str) -> Result<PublicKey, KeyError> {
+        if address == placeholder_address() {
+            return Ok(placeholder_key());
+        }
+        if let Some(k) = recall(&self.public_keys, &address.to_string()) {
+            return Ok(k);
+        }
+        let k = self
+            .grpc
+            .account(address)
+            .await?
+            .public_key
+            .ok_or_else(|| KeyError::NoPublicKey(address.to_string()))?;
+        remember(&self.public_keys, address.to_string(), k);
+        Ok(k)
+    }
+
+    /// The public keys of an application's ring for a session ending at `session_end`
+    /// (the application, its gateways, pending undelegations; spec §2.4), in ring order.
+    pub async fn ring_keys(
+        &self,
+        app: &application::Application,
+        session_end: i64,
+    ) -> Result<Vec<PublicKey>, KeyError> {
+        let pending: Vec<(i64, &str)> = app
+            .pending_undelegations
+            .iter()
+            .flat_map(|(h, l)| {
+                l.gateway_addresses
+                    .iter()
+                    .map(move |g| (*h as i64, g.as_str()))
+            })
+            .collect();
+        let members = ring_addresses(
+            &app.address,
+            app.delegatee_gateway_addresses.iter().map(String::as_str),
+            pending,
+            session_end,
+        );
+        let mut keys = Vec::with_capacity(members.len());
+        for m in &members {
+            keys.push(self.public_key(m).await?);
+        }
+        Ok(keys)
     }
 }

@@ -94,14 +94,7 @@ fn default_batch_bytes() -> usize {
 }
 
 /// Where the chain is.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChainConfig {
-    /// Cosmos/poktroll gRPC, e.g. `http://node:9090`.
-    pub grpc_url: String,
-    /// CometBFT RPC, e.g. `http://node:26657`.
-    pub rpc_url: String,
-}
+pub use lode_chain::NodeConfig as ChainConfig;
 
 /// Where mined relays go.
 #[derive(Clone, Debug, Deserialize)]
@@ -152,6 +145,32 @@ impl ServeConfig {
     pub fn stream_batch_interval(&self) -> Duration {
         Duration::from_millis(self.stream_batch_ms)
     }
+}
+
+/// The smallest lode serve configuration: one service in front of one OpenAI-compatible
+/// engine, signing keys from files, no `store` section (what `relayminer run` takes; serve
+/// alone needs one added). The local fleet and the tests write these.
+pub fn minimal_yaml(
+    listen: &str,
+    admin: &str,
+    chain: &ChainConfig,
+    key_files: &[PathBuf],
+    service_id: &str,
+    backend_url: &str,
+) -> String {
+    let keys: Vec<String> = key_files
+        .iter()
+        .map(|k| format!("'{}'", k.display()))
+        .collect();
+    format!(
+        "listen: '{listen}'\nadmin: '{admin}'\n\
+         chain: {{grpc_url: '{}', rpc_url: '{}'}}\n\
+         signing_key_files: [{}]\n\
+         services:\n  - service_id: {service_id}\n    backend_url: '{backend_url}'\n",
+        chain.grpc_url,
+        chain.rpc_url,
+        keys.join(", ")
+    )
 }
 
 /// poktroll's relayminer YAML (the parts that map onto lode).

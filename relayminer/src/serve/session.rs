@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lode_chain::pocket::{ChainParams, PocketQuery, header_of};
+use lode_chain::pocket::{ChainParams, KeyError, PocketQuery, header_of};
 use lode_chain::{CometRpc, QueryError};
-use lode_kernels::crypto::PublicKey;
-use lode_kernels::crypto::ring::{AppRing, placeholder_address, placeholder_key, ring_addresses};
+use lode_kernels::crypto::ring::AppRing;
 use lode_kernels::mining::relay_cost_upokt;
 use lode_kernels::proto::SessionHeader;
 
@@ -80,7 +79,6 @@ pub struct Sessions {
     height: Arc<AtomicI64>,
     last_block: Mutex<Option<Instant>>,
     cache: Mutex<HashMap<Key, Arc<SessionEntry>>>,
-    keys: Mutex<HashMap<String, PublicKey>>,
     num_suppliers: Mutex<Option<u64>>,
 }
 
@@ -91,7 +89,6 @@ impl Sessions {
             height: Arc::new(AtomicI64::new(0)),
             last_block: Mutex::new(None),
             cache: Mutex::default(),
-            keys: Mutex::default(),
             num_suppliers: Mutex::new(None),
         })
     }
@@ -205,7 +202,10 @@ impl Sessions {
         let params = self.params_at(height).await?;
         let grace_end = end + params.shared.grace_period_end_offset_blocks;
         let query_height = if end >= height {
-            height
+            // A session that starts after the last block seen here: the gateway saw a
+            // newer block first. Ask the node at the session start (it refuses heights
+            // it has not reached, which is then a mismatch as before).
+            height.max(header.session_start_block_height)
         } else if height <= grace_end {
             end
         } else {
@@ -246,25 +246,14 @@ impl Sessions {
             .compute_units_per_relay_at(&onchain.service_id, start)
             .await?;
         let app = session.application.clone().unwrap_or_default();
-        let pending: Vec<(i64, &str)> = app
-            .pending_undelegations
-            .iter()
-            .flat_map(|(h, l)| {
-                l.gateway_addresses
-                    .iter()
-                    .map(move |g| (*h as i64, g.as_str()))
-            })
-            .collect();
-        let members = ring_addresses(
-            &app.address,
-            app.delegatee_gateway_addresses.iter().map(String::as_str),
-            pending,
-            onchain.session_end_block_height,
-        );
-        let mut keys = Vec::with_capacity(members.len());
-        for m in &members {
-            keys.push(self.public_key(m).await?);
-        }
+        let keys = self
+            .query
+            .ring_keys(&app, onchain.session_end_block_height)
+            .await
+            .map_err(|e| match e {
+                KeyError::Query(q) => SessionError::from(q),
+                other => SessionError::Ring(other.to_string()),
+            })?;
         let ring = AppRing::new(&keys).map_err(|e| SessionError::Ring(e.to_string()))?;
         // Over-servicing budget (spec §5.3).
         let num_suppliers = self.num_suppliers().await?.max(1);
@@ -306,25 +295,5 @@ impl Sessions {
         let n = self.query.num_suppliers_per_session().await?;
         *self.num_suppliers.lock().expect("lock") = Some(n);
         Ok(n)
-    }
-
-    async fn public_key(&self, address: &str) -> Result<PublicKey, SessionError> {
-        if address == placeholder_address() {
-            return Ok(placeholder_key());
-        }
-        if let Some(k) = self.keys.lock().expect("lock").get(address) {
-            return Ok(*k);
-        }
-        let acc = self.query.cosmos().account(address).await?;
-        let k = acc.public_key.ok_or_else(|| {
-            SessionError::Ring(format!(
-                "ring member {address} has no public key on chain (it never signed a transaction)"
-            ))
-        })?;
-        self.keys
-            .lock()
-            .expect("lock")
-            .insert(address.to_string(), k);
-        Ok(k)
     }
 }

@@ -1,0 +1,282 @@
+//! One relay to one supplier: build and ring-sign the `RelayRequest`, post it, verify the
+//! supplier's signature on the response (on every batch of a stream), and turn it back
+//! into the engine's plain HTTP response or SSE stream.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use lode_kernels::proto::{
+    Header, Message, PoktHttpRequest, PoktHttpResponse, RelayRequest, RelayResponse,
+};
+use lode_kernels::relay::{StreamDecoder, sign_request_with, verify_response};
+use tokio::sync::mpsc;
+
+use crate::sessions::{Session, SessionSupplier};
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Largest non-streamed response accepted from a supplier.
+const MAX_RESPONSE: usize = 64 << 20;
+
+/// The engine's answer, relayed and verified.
+#[derive(Debug)]
+pub enum Answer {
+    Full {
+        status: u16,
+        content_type: Option<String>,
+        body: Bytes,
+    },
+    /// A stream: the first batch is in hand (so failover is over); the rest of the body
+    /// arrives on `rest`, each batch verified before it is passed on.
+    Stream {
+        status: u16,
+        content_type: Option<String>,
+        first: Bytes,
+        rest: mpsc::Receiver<Result<Bytes, String>>,
+    },
+}
+
+/// Why an attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error("supplier unreachable: {0}")]
+    Transport(String),
+    #[error("supplier did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("supplier refused the relay (HTTP {status}, code {code}): {message}")]
+    Refused {
+        status: u16,
+        code: u32,
+        message: String,
+    },
+    #[error("response not signed by the session's supplier")]
+    BadSignature,
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    #[error("the engine behind the supplier failed (HTTP {0})")]
+    Engine(u16),
+}
+
+impl AttemptError {
+    /// A short static category (metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Transport(_) => "unreachable",
+            Self::Timeout(_) => "timeout",
+            Self::Refused { .. } => "refused",
+            Self::BadSignature => "bad_signature",
+            Self::Malformed(_) => "malformed",
+            Self::Engine(_) => "engine_error",
+        }
+    }
+
+    /// Whether the client's request is at fault (another supplier would refuse it too).
+    pub fn is_client_error(&self) -> bool {
+        // relayer_proxy codes: 2 invalid request, 11 body too large.
+        matches!(self, Self::Refused { code: 2 | 11, .. })
+    }
+}
+
+/// The relay for `supplier`, ring-signed with the session's signer.
+pub fn build_request(
+    session: &Session,
+    supplier: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<RelayRequest, String> {
+    let mut header = std::collections::BTreeMap::new();
+    header.insert(
+        "Content-Type".to_string(),
+        Header {
+            key: "Content-Type".into(),
+            values: vec![content_type.to_string()],
+        },
+    );
+    let mut req = RelayRequest {
+        payload: PoktHttpRequest {
+            method: "POST".into(),
+            header,
+            url: path.to_string(),
+            body_bz: body.to_vec(),
+        }
+        .encode(),
+        ..Default::default()
+    };
+    req.meta.session_header = Some(session.header.clone());
+    req.meta.supplier_operator_address = supplier.to_string();
+    sign_request_with(&mut req, &session.signer, &mut rand_core::OsRng)
+        .map_err(|e| format!("ring signing: {e}"))?;
+    Ok(req)
+}
+
+fn content_type_of(h: &PoktHttpResponse) -> Option<String> {
+    h.header
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .and_then(|(_, v)| v.values.first().cloned())
+}
+
+/// Checks one signed response (or batch) and returns its HTTP payload.
+fn open(res: &RelayResponse, supplier: &SessionSupplier) -> Result<PoktHttpResponse, AttemptError> {
+    if let Some(e) = &res.relay_miner_error {
+        return Err(AttemptError::Refused {
+            status: 0,
+            code: e.code,
+            message: e.message.clone(),
+        });
+    }
+    if !verify_response(res, &supplier.key) {
+        return Err(AttemptError::BadSignature);
+    }
+    PoktHttpResponse::decode(&res.payload).map_err(|e| AttemptError::Malformed(e.to_string()))
+}
+
+/// Posts `req` to the supplier and returns the verified answer.
+pub async fn attempt(
+    http: &HttpClient,
+    supplier: &SessionSupplier,
+    req: &RelayRequest,
+    timeout: Duration,
+) -> Result<Answer, AttemptError> {
+    let post = hyper::Request::post(&supplier.url)
+        .header("content-type", "application/x-protobuf")
+        .header("rpc-type", "4")
+        .body(Full::new(Bytes::from(req.encode())))
+        .map_err(|e| AttemptError::Transport(format!("endpoint {}: {e}", supplier.url)))?;
+    let res = tokio::time::timeout(timeout, http.request(post))
+        .await
+        .map_err(|_| AttemptError::Timeout(timeout))?
+        .map_err(|e| AttemptError::Transport(e.to_string()))?;
+    let http_status = res.status().as_u16();
+    let streamed = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| !ct.starts_with("application/x-protobuf"));
+    let mut body = res.into_body();
+    if !streamed || http_status != 200 {
+        let bytes = tokio::time::timeout(
+            timeout,
+            http_body_util::Limited::new(body, MAX_RESPONSE).collect(),
+        )
+        .await
+        .map_err(|_| AttemptError::Timeout(timeout))?
+        .map_err(|e| AttemptError::Transport(e.to_string()))?
+        .to_bytes();
+        let r = RelayResponse::decode(&bytes)
+            .map_err(|e| AttemptError::Malformed(format!("HTTP {http_status}: {e}")))?;
+        let payload = open(&r, supplier).map_err(|e| match e {
+            AttemptError::Refused { code, message, .. } => AttemptError::Refused {
+                status: http_status,
+                code,
+                message,
+            },
+            other => other,
+        })?;
+        let status = payload.status_code as u16;
+        if status >= 500 {
+            return Err(AttemptError::Engine(status));
+        }
+        return Ok(Answer::Full {
+            status,
+            content_type: content_type_of(&payload),
+            body: Bytes::from(payload.body_bz),
+        });
+    }
+    // A stream of signed batches: wait for the first one (failover is still possible
+    // until then), then pass the rest on as they come.
+    let mut decoder = StreamDecoder::new();
+    let mut pending = std::collections::VecDeque::new();
+    let mut ended = false;
+    while pending.is_empty() {
+        match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => return Err(AttemptError::Timeout(timeout)),
+            Ok(None) => {
+                ended = true;
+                break;
+            }
+            Ok(Some(Err(e))) => return Err(AttemptError::Transport(e.to_string())),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    pending.extend(decoder.push(&data));
+                }
+            }
+        }
+    }
+    if ended {
+        let last = std::mem::take(&mut decoder)
+            .finish()
+            .map_err(|e| AttemptError::Malformed(e.to_string()))?;
+        pending.extend(last);
+    }
+    let first = pending
+        .pop_front()
+        .ok_or_else(|| AttemptError::Malformed("an empty stream".into()))?;
+    let head = open(&first, supplier)?;
+    let status = head.status_code as u16;
+    if status >= 500 {
+        return Err(AttemptError::Engine(status));
+    }
+    let (tx, rx) = mpsc::channel(16);
+    let supplier = supplier.clone();
+    tokio::spawn(async move {
+        let send = |b: Result<Bytes, String>| {
+            let tx = tx.clone();
+            async move { tx.send(b).await.is_ok() }
+        };
+        for batch in pending {
+            let chunk = open(&batch, &supplier).map(|p| Bytes::from(p.body_bz));
+            let failed = chunk.is_err();
+            if !send(chunk.map_err(|e| e.to_string())).await || failed {
+                return;
+            }
+        }
+        if ended {
+            return;
+        }
+        loop {
+            let frame = match tokio::time::timeout(timeout, body.frame()).await {
+                Err(_) => {
+                    send(Err("the supplier stopped sending".into())).await;
+                    return;
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    send(Err(e.to_string())).await;
+                    return;
+                }
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            for batch in decoder.push(&data) {
+                let chunk = open(&batch, &supplier).map(|p| Bytes::from(p.body_bz));
+                let failed = chunk.is_err();
+                if !send(chunk.map_err(|e| e.to_string())).await || failed {
+                    return;
+                }
+            }
+        }
+        match decoder.finish() {
+            Ok(Some(batch)) => {
+                let chunk = open(&batch, &supplier).map(|p| Bytes::from(p.body_bz));
+                send(chunk.map_err(|e| e.to_string())).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                send(Err(format!("malformed last batch: {e}"))).await;
+            }
+        }
+    });
+    Ok(Answer::Stream {
+        status,
+        content_type: content_type_of(&head),
+        first: Bytes::from(head.body_bz),
+        rest: rx,
+    })
+}
