@@ -26,7 +26,8 @@ pub use lode_chain::NodeConfig as ChainConfig;
 pub struct ApplicationConfig {
     pub address: String,
     /// Bearer tokens (`Authorization: Bearer …`, the OpenAI SDK's `api_key`) that select
-    /// this application. Required when the gateway serves several applications.
+    /// this application. When no application has keys, any token is accepted and a
+    /// request names its application with `X-Pokt-Application` (or gets the first).
     #[serde(default)]
     pub api_keys: Vec<String>,
     /// Sustained requests per second for this application (default: the gateway's).
@@ -180,12 +181,6 @@ mod tests {
         assert_eq!(c.max_attempts, 3);
         assert_eq!(c.routing, Routing::Scored);
         let err = |yaml: String| GatewayConfig::parse(&yaml).expect_err("refused");
-        assert!(
-            err(format!(
-                "{BASE}applications: [{{address: pokt1a}}, {{address: pokt1b, api_keys: [k]}}]\n"
-            ))
-            .contains("needs api_keys")
-        );
         assert!(
             err(format!(
                 "{BASE}applications: [{{address: pokt1a, api_keys: [k]}}, {{address: pokt1b, api_keys: [k]}}]\n"

@@ -159,7 +159,8 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
 }
 
 impl GatewayState {
-    /// The application a request is for: by its bearer token, or the only one.
+    /// The application a request is for: by its bearer token when keys are configured;
+    /// otherwise by `X-Pokt-Application`, or the first.
     fn application(&self, headers: &HeaderMap) -> Result<&ApplicationConfig, Box<Response>> {
         let token = headers
             .get(header::AUTHORIZATION)
@@ -167,7 +168,21 @@ impl GatewayState {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         if self.by_api_key.is_empty() {
-            return Ok(&self.config.applications[0]);
+            let apps = &self.config.applications;
+            let named = headers
+                .get("x-pokt-application")
+                .and_then(|v| v.to_str().ok());
+            return match named {
+                None => Ok(&apps[0]),
+                Some(n) => apps.iter().find(|a| a.address == n).ok_or_else(|| {
+                    Box::new(openai_error(
+                        StatusCode::NOT_FOUND,
+                        "invalid_request_error",
+                        "unknown_application",
+                        format!("This gateway does not serve application {n}."),
+                    ))
+                }),
+            };
         }
         match token.and_then(|t| self.by_api_key.get(t)) {
             Some(a) => Ok(a),

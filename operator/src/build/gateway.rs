@@ -1,0 +1,213 @@
+//! A GatewayPool: `lode-gateway` pods (Deployment), their Service, and their
+//! configuration (ConfigMap).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerPort, PodSpec, PodTemplateSpec, ResourceRequirements, Service,
+    ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lode_crds::{GatewayPool, RoutingPolicy};
+
+use super::servicemodel::CONFIG_HASH;
+use super::{
+    BuildError, Images, child_meta, component, config_volume, http_probe, labels, locked_down,
+    mount, name_of, paths, pod_security, ports, secret_volume, selector,
+};
+
+/// Everything one GatewayPool becomes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayObjects {
+    pub config: ConfigMap,
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+/// The gateway's configuration for `g`.
+pub fn gateway_config(g: &GatewayPool) -> String {
+    let s = &g.spec;
+    let routing = match s.routing {
+        RoutingPolicy::Scored => "scored",
+        RoutingPolicy::RoundRobin => "round-robin",
+        RoutingPolicy::Random => "random",
+    };
+    let apps: String = s
+        .applications
+        .iter()
+        .map(|a| format!("  - address: '{a}'\n"))
+        .collect();
+    let models: String = s
+        .services
+        .iter()
+        .map(|(model, service)| {
+            format!(
+                "  {}: '{service}'\n",
+                serde_json::to_string(model).expect("a string")
+            )
+        })
+        .collect();
+    format!(
+        "# lode-gateway's configuration, written by lode-operator for GatewayPool {name}.\n\
+         listen: '0.0.0.0:{api}'\n\
+         admin: '0.0.0.0:{admin}'\n\
+         chain: {{grpc_url: '{grpc}', rpc_url: '{rpc}'}}\n\
+         signing_key_file: '{keys}/{key}'\n\
+         routing: {routing}\n\
+         applications:\n{apps}\
+         models:\n{models}",
+        name = name_of(g),
+        api = ports::GATEWAY,
+        admin = ports::GATEWAY_ADMIN,
+        grpc = s.chain.grpc_url,
+        rpc = s.chain.rpc_url,
+        keys = paths::KEYS,
+        key = s.key_secret_ref.key,
+    )
+}
+
+pub fn gateway(g: &GatewayPool, images: &Images) -> Result<GatewayObjects, BuildError> {
+    let name = name_of(g);
+    let labels = labels(&name, component::GATEWAY);
+    let select = selector(&name, component::GATEWAY);
+    let yaml = gateway_config(g);
+    let config_name = format!("{name}-gateway");
+    let config = ConfigMap {
+        metadata: child_meta(g, config_name.clone(), labels.clone())?,
+        data: Some(BTreeMap::from([("gateway.yaml".to_string(), yaml.clone())])),
+        ..ConfigMap::default()
+    };
+    let hash = {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(yaml.as_bytes());
+        h[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let container = Container {
+        name: "gateway".into(),
+        image: Some(images.gateway.clone()),
+        args: Some(vec![
+            "--config".into(),
+            format!("{}/gateway.yaml", paths::CONFIG),
+            "--log-json".into(),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: ports::GATEWAY,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: ports::GATEWAY_ADMIN,
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(http_probe("/readyz", ports::GATEWAY_ADMIN, 5)),
+        liveness_probe: Some(http_probe("/healthz", ports::GATEWAY_ADMIN, 10)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("500m".into())),
+                ("memory".into(), Quantity("128Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("1Gi".into()))])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(locked_down()),
+        volume_mounts: Some(vec![
+            mount("config", paths::CONFIG),
+            mount("keys", paths::KEYS),
+        ]),
+        ..Container::default()
+    };
+    let deployment = Deployment {
+        metadata: child_meta(g, name.clone(), labels.clone())?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(g.spec.min_replicas),
+            selector: LabelSelector {
+                match_labels: Some(select.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), hash)])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        config_volume("config", &config_name),
+                        secret_volume(
+                            "keys",
+                            &g.spec.key_secret_ref.name,
+                            &g.spec.key_secret_ref.key,
+                            0o440,
+                        ),
+                    ]),
+                    security_context: Some(pod_security()),
+                    automount_service_account_token: Some(false),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    let service = Service {
+        metadata: child_meta(g, name, labels)?,
+        spec: Some(ServiceSpec {
+            selector: Some(select),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("http".into()),
+                    port: ports::GATEWAY,
+                    target_port: Some(IntOrString::String("http".into())),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("admin".into()),
+                    port: ports::GATEWAY_ADMIN,
+                    target_port: Some(IntOrString::String("admin".into())),
+                    ..ServicePort::default()
+                },
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    Ok(GatewayObjects {
+        config,
+        deployment,
+        service,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::tests::sample_gateway;
+
+    #[test]
+    fn the_gateway_config_is_one_the_gateway_accepts() {
+        let g = sample_gateway();
+        let yaml = gateway_config(&g);
+        for want in [
+            "pokt1dqkvq3mfz8nccuy2qx228u9lshdn908mhjg7jg",
+            "\"Qwen/Qwen2.5-7B-Instruct\": 'llm'",
+            "/var/run/lode/keys/gateway.key",
+            "routing: scored",
+        ] {
+            assert!(yaml.contains(want), "{want} in\n{yaml}");
+        }
+        let parsed: serde_json::Value = serde_saphyr::from_str(&yaml).expect("YAML");
+        assert_eq!(parsed["models"]["Qwen/Qwen2.5-7B-Instruct"], "llm");
+        let o = gateway(&g, &Images::default()).expect("builds");
+        assert_eq!(o.deployment.spec.expect("s").replicas, Some(1));
+    }
+}

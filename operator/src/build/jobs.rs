@@ -1,0 +1,229 @@
+//! The claim and prove Jobs the window scheduler starts, and when it starts them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use lode_crds::Supplier;
+
+use super::supplier::token_secret_name;
+use super::{
+    BuildError, Images, STORE_TOKEN_KEY, SUPPLIER_LABEL, child_meta, labels, locked_down, mount,
+    name_of, paths, pod_security, secret_volume, store_url,
+};
+
+/// Which window a Job works in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Window {
+    Claim,
+    Prove,
+}
+
+impl Window {
+    pub fn command(self) -> &'static str {
+        match self {
+            Self::Claim => super::component::CLAIM,
+            Self::Prove => super::component::PROVE,
+        }
+    }
+}
+
+/// The Job's name: one per supplier, window and opening height, so a second scheduler
+/// pass (or a restarted operator) finds the existing Job instead of starting another.
+pub fn job_name(supplier: &str, window: Window, open_height: i64) -> String {
+    format!("{supplier}-{}-{open_height}", window.command())
+}
+
+/// A `relayminer claim` or `relayminer prove` Job for the window opening at
+/// `open_height`. The key Secret is mounted only here and in serve pods.
+pub fn window_job(
+    s: &Supplier,
+    window: Window,
+    open_height: i64,
+    images: &Images,
+) -> Result<Job, BuildError> {
+    let name = name_of(s);
+    let spec = &s.spec;
+    let mut labels = labels(&name, window.command());
+    labels.insert(SUPPLIER_LABEL.into(), name.clone());
+    let mut env = vec![
+        ("LODE_CHAIN_GRPC", spec.chain.grpc_url.clone()),
+        ("LODE_CHAIN_RPC", spec.chain.rpc_url.clone()),
+        ("LODE_CHAIN_ID", spec.chain.chain_id.clone()),
+        ("LODE_STORE_URL", store_url(&name)),
+        (
+            "LODE_STORE_TOKEN_FILE",
+            format!("{}/{STORE_TOKEN_KEY}", paths::STORE_TOKEN),
+        ),
+        (
+            "LODE_KEY_FILES",
+            format!("{}/{}", paths::KEYS, spec.key_secret_ref.key),
+        ),
+        ("LODE_REPORT_FILE", "/dev/termination-log".into()),
+        ("LODE_LOG_JSON", "true".into()),
+    ];
+    if let Some(g) = &spec.jobs.gas_adjustment {
+        env.push(("LODE_GAS_ADJUSTMENT", g.clone()));
+    }
+    if let Some(g) = &spec.jobs.gas_price {
+        env.push(("LODE_GAS_PRICE", g.clone()));
+    }
+    let mut env: Vec<EnvVar> = env
+        .into_iter()
+        .map(|(k, v)| EnvVar {
+            name: k.into(),
+            value: Some(v),
+            ..EnvVar::default()
+        })
+        .collect();
+    if let Some(p) = &spec.key_passphrase_secret_ref {
+        env.push(EnvVar {
+            name: "LODE_KEY_PASSPHRASE".into(),
+            value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+                secret_key_ref: Some(k8s_openapi::api::core::v1::SecretKeySelector {
+                    name: p.name.clone(),
+                    key: p.key.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        "lode.pokt.network/window-open-height".to_string(),
+        open_height.to_string(),
+    );
+    let mut meta = child_meta(s, job_name(&name, window, open_height), labels.clone())?;
+    meta.annotations = Some(annotations);
+    Ok(Job {
+        metadata: meta,
+        spec: Some(JobSpec {
+            backoff_limit: Some(spec.jobs.backoff_limit),
+            ttl_seconds_after_finished: Some(24 * 3600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    containers: vec![Container {
+                        name: window.command().into(),
+                        image: Some(images.relayminer.clone()),
+                        args: Some(vec![window.command().into()]),
+                        env: Some(env),
+                        security_context: Some(locked_down()),
+                        volume_mounts: Some(vec![
+                            mount("keys", paths::KEYS),
+                            mount("store-token", paths::STORE_TOKEN),
+                        ]),
+                        termination_message_policy: Some("FallbackToLogsOnError".into()),
+                        ..Container::default()
+                    }],
+                    volumes: Some(vec![
+                        secret_volume(
+                            "keys",
+                            &spec.key_secret_ref.name,
+                            &spec.key_secret_ref.key,
+                            0o440,
+                        ),
+                        secret_volume(
+                            "store-token",
+                            &token_secret_name(&name),
+                            STORE_TOKEN_KEY,
+                            0o440,
+                        ),
+                    ]),
+                    security_context: Some(pod_security()),
+                    automount_service_account_token: Some(false),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    })
+}
+
+/// The windows open at `height` for sessions ending at or before it, as (window, open
+/// height) pairs: what the scheduler must have a Job for. `windows_of(end)` gives a
+/// session's (claim open, claim close, proof open, proof close); `ends` are the session
+/// end heights still within reach.
+pub fn due(
+    height: i64,
+    ends: impl IntoIterator<Item = i64>,
+    windows_of: impl Fn(i64) -> (i64, i64, i64, i64),
+) -> Vec<(Window, i64)> {
+    let mut out = std::collections::BTreeSet::new();
+    for end in ends {
+        let (claim_open, claim_close, proof_open, proof_close) = windows_of(end);
+        if (claim_open..=claim_close).contains(&height) {
+            out.insert((Window::Claim, claim_open));
+        }
+        if (proof_open..=proof_close).contains(&height) {
+            out.insert((Window::Prove, proof_open));
+        }
+    }
+    out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::tests::sample_supplier;
+
+    #[test]
+    fn a_claim_job_has_the_key_the_store_and_the_report_path() {
+        let s = sample_supplier();
+        let j = window_job(&s, Window::Claim, 22, &Images::default()).expect("builds");
+        assert_eq!(j.metadata.name.as_deref(), Some("supplier-1-claim-22"));
+        let spec = j.spec.expect("spec");
+        assert_eq!(spec.backoff_limit, Some(3));
+        let pod = spec.template.spec.expect("pod");
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        let c = &pod.containers[0];
+        assert_eq!(c.args, Some(vec!["claim".to_string()]));
+        let env: BTreeMap<String, String> = c
+            .env
+            .clone()
+            .expect("env")
+            .into_iter()
+            .filter_map(|e| e.value.map(|v| (e.name, v)))
+            .collect();
+        assert_eq!(env["LODE_STORE_URL"], "http://supplier-1-store:7070");
+        assert_eq!(env["LODE_KEY_FILES"], "/var/run/lode/keys/operator.key");
+        assert_eq!(env["LODE_CHAIN_ID"], "pocket");
+        assert_eq!(env["LODE_REPORT_FILE"], "/dev/termination-log");
+        let labels = spec.template.metadata.expect("m").labels.expect("l");
+        assert_eq!(
+            labels["app.kubernetes.io/component"], "claim",
+            "the store lets it in"
+        );
+        assert_eq!(labels[SUPPLIER_LABEL], "supplier-1");
+    }
+
+    #[test]
+    fn windows_come_due_once_each() {
+        // Default params: claim [E+2, E+6], proof [E+6, E+10].
+        let w = |e: i64| (e + 2, e + 6, e + 6, e + 10);
+        assert_eq!(due(11, [10], w), vec![]);
+        assert_eq!(due(12, [10], w), vec![(Window::Claim, 12)]);
+        assert_eq!(
+            due(16, [10], w),
+            vec![(Window::Claim, 12), (Window::Prove, 16)]
+        );
+        assert_eq!(
+            due(22, [10, 20], w),
+            vec![(Window::Claim, 22)],
+            "session 10's proof window closed at 20"
+        );
+        assert_eq!(
+            due(20, [10, 10], w),
+            vec![(Window::Prove, 16)],
+            "deduplicated"
+        );
+    }
+}

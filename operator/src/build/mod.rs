@@ -1,0 +1,278 @@
+//! The pure step of reconciling: custom resources in, the Kubernetes objects they stand
+//! for out (plain k8s-openapi structs). No I/O; the unit tests assert on these.
+
+pub mod gateway;
+pub mod jobs;
+pub mod servicemodel;
+pub mod supplier;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, HTTPGetAction, KeyToPath, PodSecurityContext, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+/// The label every object of lode carries, and the field manager of server-side apply.
+pub const MANAGER: &str = "lode-operator";
+/// Label naming the Supplier an object belongs to (NetworkPolicy peers select on it).
+pub const SUPPLIER_LABEL: &str = "lode.pokt.network/supplier";
+/// Label naming the custom resource that owns an object.
+pub const OWNER_LABEL: &str = "lode.pokt.network/owner";
+/// `app.kubernetes.io/component` values.
+pub mod component {
+    pub const SERVE: &str = "serve";
+    pub const STORE: &str = "store";
+    pub const GATEWAY: &str = "gateway";
+    pub const CLAIM: &str = "claim";
+    pub const PROVE: &str = "prove";
+    pub const STAKE: &str = "stake";
+}
+
+/// Container images the operator deploys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Images {
+    pub relayminer: String,
+    pub gateway: String,
+    pub vllm: String,
+    pub tensorrt_llm: String,
+    pub triton: String,
+    pub sglang: String,
+}
+
+impl Default for Images {
+    fn default() -> Self {
+        let v = env!("CARGO_PKG_VERSION");
+        Self {
+            relayminer: format!("ghcr.io/lode-pokt/relayminer:{v}"),
+            gateway: format!("ghcr.io/lode-pokt/gateway:{v}"),
+            vllm: "vllm/vllm-openai:v0.11.0".into(),
+            tensorrt_llm: "nvcr.io/nvidia/tensorrt-llm/release:1.0.0".into(),
+            triton: "nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3".into(),
+            sglang: "lmsysorg/sglang:v0.5.2-cu126".into(),
+        }
+    }
+}
+
+/// Why a custom resource cannot be turned into objects (what the schema cannot check).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0} has no namespace")]
+    NoNamespace(String),
+    #[error(
+        "toleration {0:?} is not key[=value]:Effect with Effect NoSchedule, PreferNoSchedule or NoExecute"
+    )]
+    Toleration(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl BuildError {
+    /// A short category: Event reason and metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoNamespace(_) => "NoNamespace",
+            Self::Toleration(_) => "InvalidToleration",
+            Self::Invalid(_) => "InvalidSpec",
+        }
+    }
+}
+
+/// The standard labels of an object lode makes for `owner`.
+pub fn labels(owner: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), format!("lode-{component}")),
+        ("app.kubernetes.io/instance".into(), owner.to_string()),
+        ("app.kubernetes.io/component".into(), component.to_string()),
+        ("app.kubernetes.io/part-of".into(), "lode".into()),
+        ("app.kubernetes.io/managed-by".into(), MANAGER.into()),
+        (OWNER_LABEL.into(), owner.to_string()),
+    ])
+}
+
+/// The labels pods are selected by (a stable subset: selectors are immutable).
+pub fn selector(owner: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/instance".into(), owner.to_string()),
+        ("app.kubernetes.io/component".into(), component.to_string()),
+    ])
+}
+
+/// Metadata of a child `name` of `owner`: its namespace, labels, and a controller owner
+/// reference (left out when the owner has no uid yet, as in `render`).
+pub fn child_meta<K>(
+    owner: &K,
+    name: String,
+    labels: BTreeMap<String, String>,
+) -> Result<ObjectMeta, BuildError>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let namespace =
+        owner.meta().namespace.clone().ok_or_else(|| {
+            BuildError::NoNamespace(owner.meta().name.clone().unwrap_or_default())
+        })?;
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace),
+        labels: Some(labels),
+        owner_references: owner.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// The name of a custom resource.
+pub fn name_of<K: Resource>(k: &K) -> String {
+    k.meta().name.clone().unwrap_or_default()
+}
+
+/// A container that runs as an unprivileged user on a read-only root filesystem.
+pub fn locked_down() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Pod-level defaults: the runtime's seccomp profile; volumes writable by lode's user.
+pub fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        fs_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+pub fn http_probe(path: &str, port: i32, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// A volume with one key of a Secret, mounted read-only as a file.
+pub fn secret_volume(volume: &str, secret: &str, key: &str, mode: i32) -> Volume {
+    Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(vec![KeyToPath {
+                key: key.into(),
+                path: key.into(),
+                mode: Some(mode),
+            }]),
+            default_mode: Some(mode),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+pub fn config_volume(volume: &str, config_map: &str) -> Volume {
+    Volume {
+        name: volume.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.into(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+pub fn mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// Where secrets and configuration are mounted in lode's containers.
+pub mod paths {
+    pub const KEYS: &str = "/var/run/lode/keys";
+    pub const STORE_TOKEN: &str = "/var/run/lode/store-token";
+    pub const CONFIG: &str = "/etc/lode";
+    pub const STORE_DATA: &str = "/var/lib/lode/store";
+}
+
+/// The key of the token inside the store token Secret.
+pub const STORE_TOKEN_KEY: &str = "token";
+/// Ports.
+pub mod ports {
+    pub const RELAY: i32 = 8545;
+    pub const SERVE_ADMIN: i32 = 9091;
+    pub const STORE: i32 = 7070;
+    pub const STORE_ADMIN: i32 = 9090;
+    pub const GATEWAY: i32 = 8080;
+    pub const GATEWAY_ADMIN: i32 = 9095;
+}
+
+/// The store's in-cluster URL of a supplier.
+pub fn store_url(supplier: &str) -> String {
+    format!("http://{}:{}", supplier::store_name(supplier), ports::STORE)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use lode_crds::{GatewayPool, ServiceModel, Supplier};
+
+    fn sample<K: serde::de::DeserializeOwned + kube::Resource>(file: &str) -> K {
+        let path = format!("{}/../crds/samples/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).expect("sample");
+        let mut k: K = serde_saphyr::from_str(&text).expect("parses");
+        k.meta_mut().namespace = Some("lode".into());
+        k
+    }
+
+    pub fn sample_supplier() -> Supplier {
+        sample("supplier.yaml")
+    }
+
+    pub fn sample_model() -> ServiceModel {
+        sample("servicemodel.yaml")
+    }
+
+    pub fn sample_gateway() -> GatewayPool {
+        sample("gatewaypool.yaml")
+    }
+
+    #[test]
+    fn children_carry_the_owner_reference_once_the_owner_has_a_uid() {
+        let mut s = sample_supplier();
+        let m =
+            super::child_meta(&s, "x".into(), super::labels("supplier-1", "store")).expect("meta");
+        assert_eq!(m.owner_references, None, "no uid yet (render)");
+        assert_eq!(m.namespace.as_deref(), Some("lode"));
+        s.metadata.uid = Some("1234".into());
+        let m =
+            super::child_meta(&s, "x".into(), super::labels("supplier-1", "store")).expect("meta");
+        let r = &m.owner_references.expect("owner")[0];
+        assert_eq!(
+            (r.kind.as_str(), r.uid.as_str(), r.controller),
+            ("Supplier", "1234", Some(true))
+        );
+        s.metadata.namespace = None;
+        assert!(super::child_meta(&s, "x".into(), Default::default()).is_err());
+    }
+}

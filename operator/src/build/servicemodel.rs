@@ -1,0 +1,688 @@
+//! A ServiceModel served for its Supplier: GPU pods running the engine with the
+//! `relayminer serve` sidecar (Deployment), the relay Service, a PodDisruptionBudget, and
+//! the ConfigMap holding serve's configuration.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction, Toleration, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lode_crds::{EngineKind, ServiceModel, Supplier};
+use sha2::{Digest, Sha256};
+
+use super::supplier::token_secret_name;
+use super::{
+    BuildError, Images, STORE_TOKEN_KEY, SUPPLIER_LABEL, child_meta, component, config_volume,
+    http_probe, labels, locked_down, mount, name_of, paths, pod_security, ports, secret_volume,
+    selector, store_url,
+};
+
+/// Annotation on the pod template carrying a hash of serve's configuration, so a changed
+/// configuration rolls the pods.
+pub const CONFIG_HASH: &str = "lode.pokt.network/config-hash";
+/// Where model weights are (PVC, copied image contents, or the engine's download cache).
+const MODELS: &str = "/models";
+
+/// Everything one ServiceModel becomes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServingObjects {
+    pub config: ConfigMap,
+    pub deployment: Deployment,
+    pub service: Service,
+    pub pdb: PodDisruptionBudget,
+}
+
+/// The replicas the Deployment runs: `spec.replicas` (written by the autoscaler through
+/// the scale subresource) or the minimum.
+pub fn desired_replicas(sm: &ServiceModel) -> i32 {
+    sm.spec
+        .replicas
+        .unwrap_or(sm.spec.min_replicas)
+        .clamp(sm.spec.min_replicas, sm.spec.max_replicas)
+}
+
+/// serve's configuration for `sm` under `supplier`.
+pub fn serve_config(sm: &ServiceModel, supplier: &Supplier) -> String {
+    let s = &supplier.spec;
+    let backend = if sm.spec.engine.kind == EngineKind::Triton {
+        "triton"
+    } else {
+        "openai"
+    };
+    let key = format!("{}/{}", paths::KEYS, s.key_secret_ref.key);
+    let token = format!("{}/{STORE_TOKEN_KEY}", paths::STORE_TOKEN);
+    format!(
+        "# serve's configuration, written by lode-operator for ServiceModel {sm} (Supplier {sup}).\n\
+         listen: '0.0.0.0:{relay}'\n\
+         admin: '0.0.0.0:{admin}'\n\
+         chain: {{grpc_url: '{grpc}', rpc_url: '{rpc}'}}\n\
+         store: {{url: '{store}', token_file: '{token}', policy: queue}}\n\
+         signing_key_files: ['{key}']\n\
+         services:\n\
+         \x20 - service_id: '{service}'\n\
+         \x20   backend_url: 'http://127.0.0.1:{port}'\n\
+         \x20   backend: {backend}\n",
+        sm = name_of(sm),
+        sup = name_of(supplier),
+        relay = ports::RELAY,
+        admin = ports::SERVE_ADMIN,
+        grpc = s.chain.grpc_url,
+        rpc = s.chain.rpc_url,
+        store = store_url(&name_of(supplier)),
+        service = sm.spec.service_id,
+        port = sm.spec.engine.port,
+    )
+}
+
+/// `key[=value]:Effect` or `key` (any effect) as a toleration.
+pub fn parse_toleration(t: &str) -> Result<Toleration, BuildError> {
+    let bad = || BuildError::Toleration(t.to_string());
+    let (kv, effect) = match t.rsplit_once(':') {
+        Some((kv, e)) => {
+            if !matches!(e, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+                return Err(bad());
+            }
+            (kv, Some(e.to_string()))
+        }
+        None => (t, None),
+    };
+    if kv.is_empty() {
+        return Err(bad());
+    }
+    Ok(match kv.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Toleration {
+            key: Some(k.into()),
+            operator: Some("Equal".into()),
+            value: Some(v.into()),
+            effect,
+            ..Toleration::default()
+        },
+        Some(_) => return Err(bad()),
+        None => Toleration {
+            key: Some(kv.into()),
+            operator: Some("Exists".into()),
+            effect,
+            ..Toleration::default()
+        },
+    })
+}
+
+/// The model argument the engine gets, and the volumes that provide it.
+fn model_source(sm: &ServiceModel, images: &Images) -> (String, Vec<Volume>, Vec<Container>) {
+    let _ = images;
+    let m = &sm.spec.model;
+    let models_volume = |source: Volume| vec![source];
+    if let Some(pvc) = &m.pvc {
+        let v = Volume {
+            name: "models".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc.clone(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        };
+        return (MODELS.into(), models_volume(v), Vec::new());
+    }
+    let empty = Volume {
+        name: "models".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    };
+    if let Some(image) = &m.image {
+        // An image whose /model holds the weights: copied once into the pod's volume.
+        let init = Container {
+            name: "model".into(),
+            image: Some(image.clone()),
+            command: Some(vec![
+                "cp".into(),
+                "-a".into(),
+                "/model/.".into(),
+                MODELS.into(),
+            ]),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "models".into(),
+                mount_path: MODELS.into(),
+                ..VolumeMount::default()
+            }]),
+            ..Container::default()
+        };
+        return (MODELS.into(), models_volume(empty), vec![init]);
+    }
+    // A URI: `hf://org/name` is a Hugging Face id the engine downloads (into the pod's
+    // cache volume); other schemes are passed to the engine as they are.
+    let uri = m.uri.clone().unwrap_or_default();
+    let model = uri.strip_prefix("hf://").unwrap_or(&uri).to_string();
+    (model, models_volume(empty), Vec::new())
+}
+
+/// The engine container for the ServiceModel's kind.
+fn engine_container(sm: &ServiceModel, images: &Images, model: &str) -> Container {
+    let e = &sm.spec.engine;
+    let port = e.port;
+    let name = sm.spec.model_name.clone();
+    let (image, command, mut args, probe): (String, Option<Vec<String>>, Vec<String>, Probe) =
+        match e.kind {
+            EngineKind::Vllm => (
+                images.vllm.clone(),
+                None,
+                vec![
+                    "--model".into(),
+                    model.into(),
+                    "--served-model-name".into(),
+                    name,
+                    "--host".into(),
+                    "0.0.0.0".into(),
+                    "--port".into(),
+                    port.to_string(),
+                ],
+                http_probe("/health", port, 10),
+            ),
+            EngineKind::Sglang => (
+                images.sglang.clone(),
+                Some(vec![
+                    "python3".into(),
+                    "-m".into(),
+                    "sglang.launch_server".into(),
+                ]),
+                vec![
+                    "--model-path".into(),
+                    model.into(),
+                    "--served-model-name".into(),
+                    name,
+                    "--host".into(),
+                    "0.0.0.0".into(),
+                    "--port".into(),
+                    port.to_string(),
+                ],
+                http_probe("/health", port, 10),
+            ),
+            EngineKind::TensorrtLlm => (
+                images.tensorrt_llm.clone(),
+                Some(vec!["trtllm-serve".into()]),
+                vec![
+                    model.into(),
+                    "--host".into(),
+                    "0.0.0.0".into(),
+                    "--port".into(),
+                    port.to_string(),
+                ],
+                http_probe("/health", port, 10),
+            ),
+            EngineKind::Triton => (
+                images.triton.clone(),
+                Some(vec!["tritonserver".into()]),
+                vec![
+                    format!("--model-repository={model}"),
+                    format!("--grpc-port={port}"),
+                    format!("--http-port={}", port + 1),
+                ],
+                http_probe("/v2/health/ready", port + 1, 10),
+            ),
+            EngineKind::Custom => (
+                String::new(),
+                None,
+                Vec::new(),
+                Probe {
+                    tcp_socket: Some(TCPSocketAction {
+                        port: IntOrString::Int(port),
+                        ..TCPSocketAction::default()
+                    }),
+                    period_seconds: Some(10),
+                    ..Probe::default()
+                },
+            ),
+        };
+    args.extend(e.args.iter().cloned());
+    let gpus = &sm.spec.gpus;
+    let limits = (gpus.count > 0)
+        .then(|| BTreeMap::from([(gpus.resource_name.clone(), Quantity(gpus.count.to_string()))]));
+    Container {
+        name: "engine".into(),
+        image: Some(e.image.clone().unwrap_or(image)),
+        command,
+        args: Some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some("engine".into()),
+            container_port: port,
+            ..ContainerPort::default()
+        }]),
+        env: Some(vec![EnvVar {
+            name: "HF_HOME".into(),
+            value: Some(format!("{MODELS}/.cache")),
+            ..EnvVar::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            limits,
+            ..ResourceRequirements::default()
+        }),
+        // Loading weights takes minutes: the startup probe waits up to 30 of them.
+        startup_probe: Some(Probe {
+            failure_threshold: Some(180),
+            ..probe.clone()
+        }),
+        readiness_probe: Some(probe),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "models".into(),
+            mount_path: MODELS.into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
+fn serve_container(supplier: &Supplier, images: &Images) -> Container {
+    let mut env = vec![EnvVar {
+        name: "LODE_LOG_JSON".into(),
+        value: Some("true".into()),
+        ..EnvVar::default()
+    }];
+    if let Some(p) = &supplier.spec.key_passphrase_secret_ref {
+        env.push(EnvVar {
+            name: "LODE_KEY_PASSPHRASE".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: p.name.clone(),
+                    key: p.key.clone(),
+                    ..SecretKeySelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+    Container {
+        name: "relayminer".into(),
+        image: Some(images.relayminer.clone()),
+        args: Some(vec![
+            "serve".into(),
+            "--config".into(),
+            format!("{}/serve.yaml", paths::CONFIG),
+        ]),
+        env: Some(env),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("relay".into()),
+                container_port: ports::RELAY,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: ports::SERVE_ADMIN,
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(http_probe("/readyz", ports::SERVE_ADMIN, 5)),
+        liveness_probe: Some(http_probe("/healthz", ports::SERVE_ADMIN, 10)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("500m".into())),
+                ("memory".into(), Quantity("256Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("2Gi".into()))])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(locked_down()),
+        volume_mounts: Some(vec![
+            mount("config", paths::CONFIG),
+            mount("keys", paths::KEYS),
+            mount("store-token", paths::STORE_TOKEN),
+        ]),
+        ..Container::default()
+    }
+}
+
+/// The objects serving `sm` for `supplier`.
+pub fn serving(
+    sm: &ServiceModel,
+    supplier: &Supplier,
+    images: &Images,
+) -> Result<ServingObjects, BuildError> {
+    if sm.spec.engine.kind == EngineKind::Custom && sm.spec.engine.image.is_none() {
+        return Err(BuildError::Invalid("a custom engine needs an image".into()));
+    }
+    let name = name_of(sm);
+    let supplier_name = name_of(supplier);
+    let mut labels = labels(&name, component::SERVE);
+    labels.insert(SUPPLIER_LABEL.into(), supplier_name.clone());
+    let select = selector(&name, component::SERVE);
+    let yaml = serve_config(sm, supplier);
+    let config_name = format!("{name}-serve");
+    let config = ConfigMap {
+        metadata: child_meta(sm, config_name.clone(), labels.clone())?,
+        data: Some(BTreeMap::from([("serve.yaml".to_string(), yaml.clone())])),
+        ..ConfigMap::default()
+    };
+    let gpus = &sm.spec.gpus;
+    let mut tolerations = gpus
+        .tolerations
+        .iter()
+        .map(|t| parse_toleration(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    if gpus.count > 0 {
+        tolerations.push(Toleration {
+            key: Some(gpus.resource_name.clone()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        });
+    }
+    let node_selector = gpus
+        .product
+        .as_ref()
+        .map(|p| BTreeMap::from([("nvidia.com/gpu.product".to_string(), p.clone())]));
+    let (model, mut volumes, init) = model_source(sm, images);
+    volumes.extend([
+        config_volume("config", &config_name),
+        secret_volume(
+            "keys",
+            &supplier.spec.key_secret_ref.name,
+            &supplier.spec.key_secret_ref.key,
+            0o440,
+        ),
+        secret_volume(
+            "store-token",
+            &token_secret_name(&supplier_name),
+            STORE_TOKEN_KEY,
+            0o440,
+        ),
+    ]);
+    let hash = Sha256::digest(yaml.as_bytes());
+    let hash: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), hash)])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            init_containers: (!init.is_empty()).then_some(init),
+            containers: vec![
+                engine_container(sm, images, &model),
+                serve_container(supplier, images),
+            ],
+            volumes: Some(volumes),
+            tolerations: (!tolerations.is_empty()).then_some(tolerations),
+            node_selector,
+            security_context: Some(pod_security()),
+            automount_service_account_token: Some(false),
+            // Streams in flight are finished before serve exits.
+            termination_grace_period_seconds: Some(120),
+            ..PodSpec::default()
+        }),
+    };
+    let deployment = Deployment {
+        metadata: child_meta(sm, name.clone(), labels.clone())?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(desired_replicas(sm)),
+            selector: LabelSelector {
+                match_labels: Some(select.clone()),
+                ..LabelSelector::default()
+            },
+            // GPUs are scarce: a rollout replaces pods one by one without a surge pod.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(0)),
+                    max_unavailable: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template,
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    let service = Service {
+        metadata: child_meta(sm, name.clone(), labels.clone())?,
+        spec: Some(ServiceSpec {
+            selector: Some(select.clone()),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("relay".into()),
+                    port: ports::RELAY,
+                    target_port: Some(IntOrString::String("relay".into())),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("admin".into()),
+                    port: ports::SERVE_ADMIN,
+                    target_port: Some(IntOrString::String("admin".into())),
+                    ..ServicePort::default()
+                },
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let pdb = PodDisruptionBudget {
+        metadata: child_meta(sm, name, labels)?,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(select),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    };
+    Ok(ServingObjects {
+        config,
+        deployment,
+        service,
+        pdb,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::tests::{sample_model, sample_supplier};
+
+    fn pod(o: &ServingObjects) -> PodSpec {
+        o.deployment
+            .spec
+            .clone()
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod")
+    }
+
+    #[test]
+    fn vllm_pods_get_the_engine_and_the_serve_sidecar() {
+        let (sm, s) = (sample_model(), sample_supplier());
+        let o = serving(&sm, &s, &Images::default()).expect("builds");
+        let p = pod(&o);
+        let (engine, serve) = (&p.containers[0], &p.containers[1]);
+        assert_eq!(engine.image.as_deref(), Some("vllm/vllm-openai:v0.11.0"));
+        let args = engine.args.clone().expect("args");
+        assert_eq!(&args[..2], ["--model", "Qwen/Qwen2.5-7B-Instruct"]);
+        assert!(
+            args.ends_with(&["--max-model-len".into(), "8192".into()]),
+            "spec args last"
+        );
+        assert_eq!(
+            engine.resources.clone().expect("r").limits.expect("limits")["nvidia.com/gpu"],
+            Quantity("1".into())
+        );
+        assert_eq!(
+            p.node_selector.clone().expect("selector")["nvidia.com/gpu.product"],
+            "NVIDIA-H100-80GB-HBM3"
+        );
+        assert_eq!(serve.args.clone().expect("args")[0], "serve");
+        assert_eq!(
+            serve
+                .security_context
+                .clone()
+                .expect("sc")
+                .read_only_root_filesystem,
+            Some(true)
+        );
+        assert_eq!(
+            o.deployment.spec.clone().expect("s").replicas,
+            Some(1),
+            "minReplicas"
+        );
+        let labels = p_labels(&o);
+        assert_eq!(labels[SUPPLIER_LABEL], "supplier-1", "reaches the store");
+        // serve's configuration points at the store, the key, and the engine.
+        let yaml = &o.config.data.clone().expect("data")["serve.yaml"];
+        for want in [
+            "http://supplier-1-store:7070",
+            "/var/run/lode/keys/operator.key",
+            "backend_url: 'http://127.0.0.1:8000'",
+            "service_id: 'llm'",
+            "backend: openai",
+        ] {
+            assert!(yaml.contains(want), "{want} in\n{yaml}");
+        }
+    }
+
+    fn p_labels(o: &ServingObjects) -> BTreeMap<String, String> {
+        o.deployment
+            .spec
+            .clone()
+            .expect("s")
+            .template
+            .metadata
+            .expect("m")
+            .labels
+            .expect("labels")
+    }
+
+    #[test]
+    fn every_engine_kind_and_model_source() {
+        let s = sample_supplier();
+        let images = Images::default();
+        for (kind, image, probe_port) in [
+            (EngineKind::Sglang, images.sglang.clone(), 8000),
+            (EngineKind::TensorrtLlm, images.tensorrt_llm.clone(), 8000),
+            (EngineKind::Triton, images.triton.clone(), 8001),
+        ] {
+            let mut sm = sample_model();
+            sm.spec.engine.kind = kind;
+            let o = serving(&sm, &s, &images).expect("builds");
+            let engine = pod(&o).containers[0].clone();
+            assert_eq!(engine.image, Some(image), "{kind:?}");
+            let probe = engine
+                .readiness_probe
+                .expect("probe")
+                .http_get
+                .expect("http");
+            assert_eq!(probe.port, IntOrString::Int(probe_port), "{kind:?}");
+        }
+        let mut sm = sample_model();
+        sm.spec.engine.kind = EngineKind::Triton;
+        let yaml = serve_config(&sm, &s);
+        assert!(yaml.contains("backend: triton"));
+
+        // A custom engine without an image is refused; with one it is used as is.
+        let mut sm = sample_model();
+        sm.spec.engine.kind = EngineKind::Custom;
+        assert!(matches!(
+            serving(&sm, &s, &images),
+            Err(BuildError::Invalid(_))
+        ));
+        sm.spec.engine.image = Some("example.com/engine:1".into());
+        let o = serving(&sm, &s, &images).expect("builds");
+        assert_eq!(
+            pod(&o).containers[0].image.as_deref(),
+            Some("example.com/engine:1")
+        );
+
+        // PVC and image model sources.
+        let mut sm = sample_model();
+        sm.spec.model.uri = None;
+        sm.spec.model.pvc = Some("weights".into());
+        let p = pod(&serving(&sm, &s, &images).expect("builds"));
+        let v = &p.volumes.expect("volumes")[0];
+        assert_eq!(
+            v.persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.as_str()),
+            Some("weights")
+        );
+        let mut sm = sample_model();
+        sm.spec.model.uri = None;
+        sm.spec.model.image = Some("example.com/qwen-weights:1".into());
+        let p = pod(&serving(&sm, &s, &images).expect("builds"));
+        assert_eq!(
+            p.init_containers.expect("init")[0].image.as_deref(),
+            Some("example.com/qwen-weights:1")
+        );
+    }
+
+    #[test]
+    fn replicas_follow_the_scale_subresource_within_bounds() {
+        let mut sm = sample_model();
+        assert_eq!(desired_replicas(&sm), 1);
+        sm.spec.replicas = Some(3);
+        assert_eq!(desired_replicas(&sm), 3);
+        sm.spec.replicas = Some(40);
+        assert_eq!(desired_replicas(&sm), 4, "clamped to maxReplicas");
+    }
+
+    #[test]
+    fn tolerations_parse_or_are_refused() {
+        let t = parse_toleration("dedicated=gpu:NoSchedule").expect("ok");
+        assert_eq!(
+            (
+                t.key.as_deref(),
+                t.operator.as_deref(),
+                t.value.as_deref(),
+                t.effect.as_deref()
+            ),
+            (
+                Some("dedicated"),
+                Some("Equal"),
+                Some("gpu"),
+                Some("NoSchedule")
+            )
+        );
+        let t = parse_toleration("nvidia.com/gpu").expect("ok");
+        assert_eq!(t.operator.as_deref(), Some("Exists"));
+        assert_eq!(t.effect, None);
+        for bad in ["", ":NoSchedule", "a=b:Sometimes", "=v:NoExecute"] {
+            assert!(parse_toleration(bad).is_err(), "{bad:?}");
+        }
+        let mut sm = sample_model();
+        sm.spec.gpus.tolerations = vec!["x:Never".into()];
+        assert_eq!(
+            serving(&sm, &sample_supplier(), &Images::default())
+                .expect_err("bad")
+                .reason(),
+            "InvalidToleration"
+        );
+    }
+
+    #[test]
+    fn a_changed_configuration_rolls_the_pods() {
+        let (sm, mut s) = (sample_model(), sample_supplier());
+        let hash = |s: &Supplier| {
+            serving(&sm, s, &Images::default())
+                .expect("builds")
+                .deployment
+                .spec
+                .expect("s")
+                .template
+                .metadata
+                .expect("m")
+                .annotations
+                .expect("a")[CONFIG_HASH]
+                .clone()
+        };
+        let before = hash(&s);
+        s.spec.chain.grpc_url = "http://other-node:9090".into();
+        assert_ne!(hash(&s), before);
+    }
+}

@@ -1,0 +1,333 @@
+//! A Supplier's session store: StatefulSet with its volume, Service, token Secret, and the
+//! NetworkPolicy that lets only the supplier's serve pods and jobs reach it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
+    PodTemplateSpec, ResourceRequirements, Secret, Service, ServicePort, ServiceSpec, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lode_crds::Supplier;
+
+use super::{
+    BuildError, Images, STORE_TOKEN_KEY, SUPPLIER_LABEL, child_meta, component, http_probe, labels,
+    locked_down, mount, name_of, paths, pod_security, ports, secret_volume, selector,
+};
+
+/// The store's objects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreObjects {
+    pub stateful_set: StatefulSet,
+    pub service: Service,
+    pub network_policy: NetworkPolicy,
+}
+
+/// The store's name for a supplier `s`.
+pub fn store_name(s: &str) -> String {
+    format!("{s}-store")
+}
+
+/// The Secret holding the store's token.
+pub fn token_secret_name(s: &str) -> String {
+    format!("{s}-store-token")
+}
+
+fn with_supplier(mut l: BTreeMap<String, String>, supplier: &str) -> BTreeMap<String, String> {
+    l.insert(SUPPLIER_LABEL.into(), supplier.into());
+    l
+}
+
+/// The store token Secret (`token` is generated once by the controller and kept).
+pub fn token_secret(s: &Supplier, token: &str) -> Result<Secret, BuildError> {
+    let name = name_of(s);
+    Ok(Secret {
+        metadata: child_meta(
+            s,
+            token_secret_name(&name),
+            with_supplier(labels(&name, component::STORE), &name),
+        )?,
+        string_data: Some(BTreeMap::from([(
+            STORE_TOKEN_KEY.to_string(),
+            token.to_string(),
+        )])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    })
+}
+
+pub fn store(s: &Supplier, images: &Images) -> Result<StoreObjects, BuildError> {
+    let name = name_of(s);
+    let store = store_name(&name);
+    let labels = with_supplier(labels(&name, component::STORE), &name);
+    let select = selector(&name, component::STORE);
+    let spec = &s.spec;
+    let container = Container {
+        name: "store".into(),
+        image: Some(images.relayminer.clone()),
+        args: Some(vec![
+            "store".into(),
+            "--data-dir".into(),
+            paths::STORE_DATA.into(),
+            "--listen".into(),
+            format!("0.0.0.0:{}", ports::STORE),
+            "--admin".into(),
+            format!("0.0.0.0:{}", ports::STORE_ADMIN),
+            "--token-file".into(),
+            format!("{}/{STORE_TOKEN_KEY}", paths::STORE_TOKEN),
+            "--supplier".into(),
+            spec.operator_address.clone(),
+            "--log-json".into(),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: ports::STORE,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: ports::STORE_ADMIN,
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(http_probe("/readyz", ports::STORE_ADMIN, 5)),
+        liveness_probe: Some(http_probe("/healthz", ports::STORE_ADMIN, 10)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("250m".into())),
+                ("memory".into(), Quantity("256Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("1Gi".into()))])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(locked_down()),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".into(),
+                mount_path: paths::STORE_DATA.into(),
+                ..VolumeMount::default()
+            },
+            mount("store-token", paths::STORE_TOKEN),
+        ]),
+        ..Container::default()
+    };
+    let stateful_set = StatefulSet {
+        metadata: child_meta(s, store.clone(), labels.clone())?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(store.clone()),
+            selector: LabelSelector {
+                match_labels: Some(select.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    security_context: Some(pod_security()),
+                    automount_service_account_token: Some(false),
+                    volumes: Some(vec![secret_volume(
+                        "store-token",
+                        &token_secret_name(&name),
+                        STORE_TOKEN_KEY,
+                        0o440,
+                    )]),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".into()),
+                    labels: Some(labels.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: spec.store.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".into(),
+                            Quantity(spec.store.size.clone()),
+                        )])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    };
+    let service = Service {
+        metadata: child_meta(s, store.clone(), labels.clone())?,
+        spec: Some(ServiceSpec {
+            selector: Some(select.clone()),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("grpc".into()),
+                    port: ports::STORE,
+                    target_port: Some(IntOrString::String("grpc".into())),
+                    app_protocol: Some("kubernetes.io/h2c".into()),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("admin".into()),
+                    port: ports::STORE_ADMIN,
+                    target_port: Some(IntOrString::String("admin".into())),
+                    ..ServicePort::default()
+                },
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    // Only this supplier's serve pods and claim/prove jobs reach the gRPC port; the admin
+    // port (metrics, probes) is open inside the namespace.
+    let network_policy = NetworkPolicy {
+        metadata: child_meta(s, store, labels)?,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(select),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(
+                                SUPPLIER_LABEL.to_string(),
+                                name.clone(),
+                            )])),
+                            match_expressions: Some(vec![LabelSelectorRequirement {
+                                key: "app.kubernetes.io/component".into(),
+                                operator: "In".into(),
+                                values: Some(vec![
+                                    component::SERVE.into(),
+                                    component::CLAIM.into(),
+                                    component::PROVE.into(),
+                                ]),
+                            }]),
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: Some(vec![NetworkPolicyPort {
+                        port: Some(IntOrString::Int(ports::STORE)),
+                        protocol: Some("TCP".into()),
+                        ..NetworkPolicyPort::default()
+                    }]),
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector::default()),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: Some(vec![NetworkPolicyPort {
+                        port: Some(IntOrString::Int(ports::STORE_ADMIN)),
+                        protocol: Some("TCP".into()),
+                        ..NetworkPolicyPort::default()
+                    }]),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    };
+    Ok(StoreObjects {
+        stateful_set,
+        service,
+        network_policy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::tests::sample_supplier;
+
+    #[test]
+    fn the_store_is_one_locked_down_pod_on_its_volume() {
+        let s = sample_supplier();
+        let o = store(&s, &Images::default()).expect("builds");
+        let spec = o.stateful_set.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(1));
+        let pvc = &spec.volume_claim_templates.expect("pvc")[0];
+        assert_eq!(
+            pvc.spec
+                .as_ref()
+                .and_then(|p| p.resources.as_ref())
+                .and_then(|r| r.requests.as_ref())
+                .map(|r| r["storage"].0.clone()),
+            Some("20Gi".into()),
+            "the default store size"
+        );
+        let pod = spec.template.spec.expect("pod");
+        let c = &pod.containers[0];
+        let args = c.args.clone().expect("args");
+        assert_eq!(args[0], "store");
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--supplier" && w[1] == s.spec.operator_address)
+        );
+        let sc = c.security_context.clone().expect("security context");
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        // The token Secret is mounted where --token-file points.
+        assert!(args.contains(&format!("{}/token", paths::STORE_TOKEN)));
+        assert_eq!(
+            o.service.spec.expect("svc").ports.expect("ports")[0].port,
+            ports::STORE
+        );
+    }
+
+    #[test]
+    fn only_the_suppliers_serve_pods_and_jobs_reach_the_store() {
+        let s = sample_supplier();
+        let np = store(&s, &Images::default())
+            .expect("builds")
+            .network_policy;
+        let rules = np.spec.expect("spec").ingress.expect("rules");
+        let peer = rules[0].from.as_ref().expect("from")[0]
+            .pod_selector
+            .clone()
+            .expect("pods");
+        assert_eq!(
+            peer.match_labels.expect("labels")[SUPPLIER_LABEL],
+            "supplier-1"
+        );
+        assert_eq!(
+            peer.match_expressions.expect("exprs")[0].values,
+            Some(vec!["serve".into(), "claim".into(), "prove".into()])
+        );
+        assert_eq!(
+            rules[0].ports.as_ref().expect("ports")[0].port,
+            Some(IntOrString::Int(ports::STORE))
+        );
+    }
+
+    #[test]
+    fn the_token_secret_holds_the_token() {
+        let s = sample_supplier();
+        let secret = token_secret(&s, "abc").expect("builds");
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("supplier-1-store-token")
+        );
+        assert_eq!(secret.string_data.expect("data")["token"], "abc");
+    }
+}

@@ -1,0 +1,6 @@
+//! lode's operator: `Supplier`, `ServiceModel` and `GatewayPool` into the objects that
+//! run them. The pure part (`build`, `render`) turns custom resources into Kubernetes
+//! objects; the controllers apply them and report status.
+
+pub mod build;
+pub mod render;

@@ -1,0 +1,110 @@
+//! `lode-operator`: runs the controllers, or prints the CRDs and the objects custom
+//! resources stand for.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lode_operator::build::Images;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lode-operator",
+    version,
+    about = "lode's Kubernetes operator for POKT inference suppliers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the CustomResourceDefinitions (Supplier, ServiceModel, GatewayPool) as YAML,
+    /// ready for `kubectl apply -f -`.
+    Crds,
+    /// Print the Kubernetes objects custom resources stand for, without a cluster.
+    ///
+    /// Reads Supplier, ServiceModel and GatewayPool documents (several per file, `---`
+    /// separated) and prints what the operator would apply: the store StatefulSet,
+    /// Service, token Secret and NetworkPolicy of each Supplier; the Deployment, Service,
+    /// PodDisruptionBudget and serve ConfigMap of each ServiceModel a Supplier lists; the
+    /// gateway Deployment, Service and ConfigMap of each GatewayPool.
+    Render {
+        /// Files with custom resources (`-` for standard input).
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Namespace of resources that name none.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Also print each Supplier's claim and prove Jobs as the scheduler would start
+        /// them for windows opening at this height.
+        #[arg(long, value_name = "HEIGHT")]
+        window_jobs_at: Option<i64>,
+        #[command(flatten)]
+        images: ImageArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ImageArgs {
+    /// Image of `relayminer` (serve sidecar, store, claim/prove Jobs).
+    #[arg(long, env = "LODE_RELAYMINER_IMAGE")]
+    relayminer_image: Option<String>,
+    /// Image of `lode-gateway`.
+    #[arg(long, env = "LODE_GATEWAY_IMAGE")]
+    gateway_image: Option<String>,
+}
+
+impl ImageArgs {
+    fn images(&self) -> Images {
+        let mut i = Images::default();
+        if let Some(r) = &self.relayminer_image {
+            i.relayminer = r.clone();
+        }
+        if let Some(g) = &self.gateway_image {
+            i.gateway = g.clone();
+        }
+        i
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds => {
+            let docs: Vec<String> = lode_crds::manifests().into_iter().map(|(_, y)| y).collect();
+            print!("{}", docs.join("---\n"));
+            Ok(())
+        }
+        Command::Render {
+            files,
+            namespace,
+            window_jobs_at,
+            images,
+        } => {
+            let mut text = String::new();
+            for f in &files {
+                let t = if f.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+                } else {
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading {}", f.display()))?
+                };
+                text.push_str(&t);
+                text.push_str("\n---\n");
+            }
+            let resources = lode_operator::render::parse(&text, &namespace)?;
+            let images = images.images();
+            let (mut objects, notes) = lode_operator::render::render(&resources, &images)?;
+            if let Some(h) = window_jobs_at {
+                objects.extend(lode_operator::render::window_jobs(&resources, h, &images)?);
+            }
+            for n in notes {
+                eprintln!("note: {n}");
+            }
+            print!("{}", lode_operator::render::to_yaml(&objects));
+            Ok(())
+        }
+    }
+}
