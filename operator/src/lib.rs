@@ -3,4 +3,5 @@
 //! objects; the controllers apply them and report status.
 
 pub mod build;
+pub mod controller;
 pub mod render;

@@ -20,6 +20,18 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the controllers against the cluster of the current kubeconfig (or the
+    /// in-cluster service account).
+    ///
+    /// Reconciles ServiceModels into serving pods, Suppliers into their session store,
+    /// GatewayPools into gateways; reports status conditions and Events.
+    Run {
+        #[command(flatten)]
+        images: ImageArgs,
+        /// Log as JSON lines.
+        #[arg(long, env = "LODE_LOG_JSON")]
+        log_json: bool,
+    },
     /// Print the CustomResourceDefinitions (Supplier, ServiceModel, GatewayPool) as YAML,
     /// ready for `kubectl apply -f -`.
     Crds,
@@ -72,6 +84,25 @@ impl ImageArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { images, log_json } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into());
+            let builder = tracing_subscriber::fmt().with_env_filter(filter);
+            if log_json {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("connecting to the cluster (kubeconfig or in-cluster)")?;
+                tracing::info!("lode-operator running");
+                lode_operator::controller::run(client, images.images()).await;
+                anyhow::Ok(())
+            })
+        }
         Command::Crds => {
             let docs: Vec<String> = lode_crds::manifests().into_iter().map(|(_, y)| y).collect();
             print!("{}", docs.join("---\n"));

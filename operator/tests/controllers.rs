@@ -1,0 +1,340 @@
+//! The controllers against a mocked API server (tower-test): every request's method,
+//! path and body is checked, in order, and answered as the API server would.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use lode_crds::{ServiceModel, Supplier};
+use lode_operator::build::Images;
+use lode_operator::controller::{Context, reconcile_model, reconcile_supplier};
+use serde_json::{Value, json};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn sample<K: serde::de::DeserializeOwned>(file: &str, uid: &str) -> K {
+    let path = format!("{}/../crds/samples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let mut v: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(path).expect("sample")).expect("yaml");
+    v["metadata"]["namespace"] = json!("lode");
+    v["metadata"]["uid"] = json!(uid);
+    v["metadata"]["generation"] = json!(2);
+    serde_json::from_value(v).expect("resource")
+}
+
+fn context() -> (Arc<Context>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "lode");
+    (Context::new(client, Images::default()), handle)
+}
+
+/// The next request: its method, path (with query) and JSON body.
+async fn next(
+    handle: &mut Handle,
+) -> (
+    String,
+    String,
+    Value,
+    tower_test::mock::SendResponse<Response<Body>>,
+) {
+    let (req, send) = handle.next_request().await.expect("a request");
+    let method = req.method().to_string();
+    let path = req.uri().to_string();
+    let bytes = req.into_body().collect_bytes().await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON body")
+    };
+    (method, path, body, send)
+}
+
+fn reply(send: tower_test::mock::SendResponse<Response<Body>>, status: u16, body: Value) {
+    send.send_response(
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&body).expect("json")))
+            .expect("response"),
+    );
+}
+
+/// Expects a server-side apply of `kind/name` under `path_prefix` and answers with the
+/// object plus `status`.
+async fn expect_apply(handle: &mut Handle, path_prefix: &str, name: &str, status: Value) -> Value {
+    let (method, path, mut body, send) = next(handle).await;
+    assert_eq!(method, "PATCH", "{path}");
+    assert!(
+        path.starts_with(&format!("{path_prefix}/{name}?")),
+        "expected {path_prefix}/{name}, got {path}"
+    );
+    assert!(
+        path.contains("fieldManager=lode-operator") && path.contains("force=true"),
+        "server-side apply as lode-operator: {path}"
+    );
+    assert_eq!(body["metadata"]["name"], name);
+    let sent = body.clone();
+    if !status.is_null() {
+        body["status"] = status;
+    }
+    reply(send, 200, body);
+    sent
+}
+
+fn supplier_list(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "lode.pokt.network/v1alpha1", "kind": "SupplierList", "metadata": {}, "items": items})
+}
+
+#[tokio::test]
+async fn a_listed_service_model_gets_its_serving_objects_and_a_ready_status() {
+    let (ctx, mut h) = context();
+    let sm: ServiceModel = sample("servicemodel.yaml", "sm-uid");
+    let sm_json = serde_json::to_value(&sm).expect("json");
+    let supplier: Value =
+        serde_json::to_value(sample::<Supplier>("supplier.yaml", "s-uid")).expect("json");
+    let server = tokio::spawn(async move {
+        let (method, path, _, send) = next(&mut h).await;
+        assert_eq!(method, "GET");
+        assert!(
+            path.starts_with("/apis/lode.pokt.network/v1alpha1/namespaces/lode/suppliers"),
+            "{path}"
+        );
+        reply(send, 200, supplier_list(vec![supplier]));
+        let cm = expect_apply(
+            &mut h,
+            "/api/v1/namespaces/lode/configmaps",
+            "qwen-7b-serve",
+            Value::Null,
+        )
+        .await;
+        assert!(
+            cm["data"]["serve.yaml"]
+                .as_str()
+                .expect("yaml")
+                .contains("http://supplier-1-store:7070")
+        );
+        assert_eq!(
+            cm["metadata"]["ownerReferences"][0]["uid"], "sm-uid",
+            "owned by the ServiceModel"
+        );
+        let d = expect_apply(
+            &mut h,
+            "/apis/apps/v1/namespaces/lode/deployments",
+            "qwen-7b",
+            json!({"replicas": 1, "readyReplicas": 1}),
+        )
+        .await;
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][1]["name"],
+            "relayminer"
+        );
+        expect_apply(
+            &mut h,
+            "/api/v1/namespaces/lode/services",
+            "qwen-7b",
+            Value::Null,
+        )
+        .await;
+        expect_apply(
+            &mut h,
+            "/apis/policy/v1/namespaces/lode/poddisruptionbudgets",
+            "qwen-7b",
+            Value::Null,
+        )
+        .await;
+        let (method, path, body, send) = next(&mut h).await;
+        assert_eq!(method, "PATCH");
+        assert!(
+            path.starts_with(
+                "/apis/lode.pokt.network/v1alpha1/namespaces/lode/servicemodels/qwen-7b/status"
+            ),
+            "{path}"
+        );
+        let status = &body["status"];
+        assert_eq!(status["readyReplicas"], 1);
+        assert_eq!(status["observedGeneration"], 2);
+        let ready = status["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+            .expect("Ready");
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("True"), Some("Serving"))
+        );
+        assert_eq!(
+            status["selector"],
+            "app.kubernetes.io/component=serve,app.kubernetes.io/instance=qwen-7b"
+        );
+        reply(send, 200, sm_json);
+    });
+    let action = reconcile_model(Arc::new(sm), ctx)
+        .await
+        .expect("reconciles");
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(300)));
+    server.await.expect("every request as expected");
+}
+
+#[tokio::test]
+async fn an_unlisted_or_invalid_service_model_gets_a_condition_not_a_hot_loop() {
+    // No Supplier lists it: Ready=False NoSupplier, then wait for a change.
+    let (ctx, mut h) = context();
+    let sm: ServiceModel = sample("servicemodel.yaml", "sm-uid");
+    let sm_json = serde_json::to_value(&sm).expect("json");
+    let server = tokio::spawn(async move {
+        let (_, _, _, send) = next(&mut h).await;
+        reply(send, 200, supplier_list(vec![]));
+        let (method, path, body, send) = next(&mut h).await;
+        assert_eq!(method, "PATCH");
+        assert!(path.contains("/servicemodels/qwen-7b/status"), "{path}");
+        assert_eq!(body["status"]["conditions"][0]["reason"], "NoSupplier");
+        assert_eq!(body["status"]["conditions"][0]["status"], "False");
+        reply(send, 200, sm_json);
+    });
+    let action = reconcile_model(Arc::new(sm), ctx)
+        .await
+        .expect("reconciles");
+    assert_eq!(action, Action::await_change());
+    server.await.expect("requests");
+
+    // An invalid toleration: an Event and a condition, nothing applied.
+    let (ctx, mut h) = context();
+    let mut sm: ServiceModel = sample("servicemodel.yaml", "sm-uid");
+    sm.spec.gpus.tolerations = vec!["gpu:Sometimes".into()];
+    let sm_json = serde_json::to_value(&sm).expect("json");
+    let supplier: Value =
+        serde_json::to_value(sample::<Supplier>("supplier.yaml", "s-uid")).expect("json");
+    let server = tokio::spawn(async move {
+        let (_, _, _, send) = next(&mut h).await;
+        reply(send, 200, supplier_list(vec![supplier]));
+        let (method, path, body, send) = next(&mut h).await;
+        assert_eq!(method, "POST");
+        assert!(
+            path.starts_with("/apis/events.k8s.io/v1/namespaces/lode/events"),
+            "{path}"
+        );
+        assert_eq!(body["reason"], "InvalidToleration");
+        assert_eq!(body["type"], "Warning");
+        assert_eq!(body["regarding"]["name"], "qwen-7b");
+        reply(send, 201, body);
+        let (method, path, body, send) = next(&mut h).await;
+        assert_eq!(method, "PATCH");
+        assert!(path.contains("/servicemodels/qwen-7b/status"), "{path}");
+        let c = &body["status"]["conditions"][0];
+        assert_eq!(c["reason"], "InvalidToleration");
+        assert!(
+            c["message"]
+                .as_str()
+                .expect("message")
+                .contains("gpu:Sometimes")
+        );
+        reply(send, 200, sm_json);
+    });
+    let action = reconcile_model(Arc::new(sm), ctx)
+        .await
+        .expect("reconciles");
+    assert_eq!(action, Action::await_change());
+    server.await.expect("requests");
+}
+
+#[tokio::test]
+async fn a_new_supplier_gets_a_token_once_and_its_store() {
+    let (ctx, mut h) = context();
+    let s: Supplier = sample("supplier.yaml", "s-uid");
+    let s_json = serde_json::to_value(&s).expect("json");
+    let server = tokio::spawn(async move {
+        // No token Secret yet: one is created (not applied: an existing token is kept).
+        let (method, path, _, send) = next(&mut h).await;
+        assert_eq!(method, "GET");
+        assert_eq!(
+            path,
+            "/api/v1/namespaces/lode/secrets/supplier-1-store-token"
+        );
+        reply(
+            send,
+            404,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+        );
+        let (method, path, body, send) = next(&mut h).await;
+        assert_eq!(method, "POST");
+        assert!(
+            path.starts_with("/api/v1/namespaces/lode/secrets"),
+            "{path}"
+        );
+        let token = body["stringData"]["token"]
+            .as_str()
+            .expect("token")
+            .to_string();
+        assert_eq!(token.len(), 64);
+        reply(send, 201, body);
+        let (method, path, body, send) = next(&mut h).await;
+        assert_eq!(method, "POST");
+        assert!(
+            path.starts_with("/apis/events.k8s.io/v1/namespaces/lode/events"),
+            "{path}"
+        );
+        assert_eq!(body["reason"], "StoreTokenCreated");
+        reply(send, 201, body);
+        let sts = expect_apply(
+            &mut h,
+            "/apis/apps/v1/namespaces/lode/statefulsets",
+            "supplier-1-store",
+            json!({"replicas": 1, "readyReplicas": 1}),
+        )
+        .await;
+        assert_eq!(
+            sts["spec"]["template"]["spec"]["containers"][0]["args"][0],
+            "store"
+        );
+        expect_apply(
+            &mut h,
+            "/api/v1/namespaces/lode/services",
+            "supplier-1-store",
+            Value::Null,
+        )
+        .await;
+        expect_apply(
+            &mut h,
+            "/apis/networking.k8s.io/v1/namespaces/lode/networkpolicies",
+            "supplier-1-store",
+            Value::Null,
+        )
+        .await;
+        // The serving Deployment of its ServiceModel: two pods ready.
+        let (method, path, _, send) = next(&mut h).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/apis/apps/v1/namespaces/lode/deployments/qwen-7b")
+        );
+        reply(
+            send,
+            200,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "qwen-7b", "namespace": "lode"}, "status": {"readyReplicas": 2}}),
+        );
+        let (method, path, body, send) = next(&mut h).await;
+        assert_eq!(method, "PATCH");
+        assert!(path.contains("/suppliers/supplier-1/status"), "{path}");
+        assert_eq!(body["status"]["readyReplicas"], 2);
+        assert_eq!(body["status"]["services"], "llm");
+        let conds = body["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .clone();
+        let get = |t: &str| {
+            conds
+                .iter()
+                .find(|c| c["type"] == t)
+                .cloned()
+                .expect("condition")
+        };
+        assert_eq!(get("StoreReady")["status"], "True");
+        assert_eq!(get("Ready")["status"], "True");
+        reply(send, 200, s_json);
+    });
+    reconcile_supplier(Arc::new(s), ctx)
+        .await
+        .expect("reconciles");
+    server.await.expect("every request as expected");
+}
