@@ -5,3 +5,4 @@
 pub mod build;
 pub mod controller;
 pub mod render;
+pub mod scheduler;

@@ -31,6 +31,9 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long, env = "LODE_LOG_JSON")]
         log_json: bool,
+        /// How often the window scheduler checks each Supplier's chain height.
+        #[arg(long, default_value_t = 5, env = "LODE_SCHEDULER_SECONDS")]
+        scheduler_seconds: u64,
     },
     /// Print the CustomResourceDefinitions (Supplier, ServiceModel, GatewayPool) as YAML,
     /// ready for `kubectl apply -f -`.
@@ -84,7 +87,11 @@ impl ImageArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { images, log_json } => {
+        Command::Run {
+            images,
+            log_json,
+            scheduler_seconds,
+        } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info".into());
             let builder = tracing_subscriber::fmt().with_env_filter(filter);
@@ -99,7 +106,14 @@ fn main() -> anyhow::Result<()> {
                     .await
                     .context("connecting to the cluster (kubeconfig or in-cluster)")?;
                 tracing::info!("lode-operator running");
-                lode_operator::controller::run(client, images.images()).await;
+                let images = images.images();
+                let scheduler = tokio::spawn(lode_operator::scheduler::run(
+                    client.clone(),
+                    images.clone(),
+                    std::time::Duration::from_secs(scheduler_seconds.max(1)),
+                ));
+                lode_operator::controller::run(client, images).await;
+                scheduler.abort();
                 anyhow::Ok(())
             })
         }

@@ -338,3 +338,65 @@ async fn a_new_supplier_gets_a_token_once_and_its_store() {
         .expect("reconciles");
     server.await.expect("every request as expected");
 }
+
+#[tokio::test]
+async fn the_window_scheduler_starts_each_job_once_at_the_height_read_from_the_chain() {
+    // A devnet at the height where session 10's claim window opens (code defaults:
+    // claim window [12, 16]).
+    let devnet = lode_devnet::Devnet::new(&lode_devnet::DevnetConfig::new(3));
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let chain = devnet.serve(any, any, None).await.expect("devnet");
+    devnet.advance((12 - devnet.height()) as u32);
+    let mut supplier: Value =
+        serde_json::to_value(sample::<Supplier>("supplier.yaml", "s-uid")).expect("json");
+    supplier["spec"]["chain"] =
+        json!({"grpcUrl": chain.grpc_url, "rpcUrl": chain.rpc_url, "chainId": "pocket-devnet"});
+    let (service, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "lode");
+    let server = tokio::spawn(async move {
+        for round in 0..2 {
+            let (method, path, _, send) = next(&mut h).await;
+            assert_eq!(method, "GET");
+            assert!(
+                path.starts_with("/apis/lode.pokt.network/v1alpha1/suppliers"),
+                "{path}"
+            );
+            reply(send, 200, supplier_list(vec![supplier.clone()]));
+            let (method, path, body, send) = next(&mut h).await;
+            assert_eq!(method, "POST");
+            assert!(
+                path.starts_with("/apis/batch/v1/namespaces/lode/jobs"),
+                "{path}"
+            );
+            assert_eq!(body["metadata"]["name"], "supplier-1-claim-12");
+            assert_eq!(
+                body["spec"]["template"]["spec"]["containers"][0]["args"][0],
+                "claim"
+            );
+            if round == 0 {
+                reply(send, 201, body);
+            } else {
+                reply(
+                    send,
+                    409,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "exists"}),
+                );
+            }
+        }
+    });
+    let mut chains = std::collections::BTreeMap::new();
+    let images = Images::default();
+    let first = lode_operator::scheduler::pass(&client, &images, &mut chains)
+        .await
+        .expect("pass");
+    let second = lode_operator::scheduler::pass(&client, &images, &mut chains)
+        .await
+        .expect("pass");
+    assert_eq!(
+        (first, second),
+        (1, 0),
+        "created once, found the second time"
+    );
+    server.await.expect("requests as expected");
+    chain.shutdown().await;
+}
