@@ -333,8 +333,17 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
         .as_ref()
         .map(|st| st.conditions.clone())
         .unwrap_or_default();
+    let stake = stake_state(&s, &ctx, ready_serving).await?;
     let mut conds = set_condition(
         &conditions,
+        "Staked",
+        stake.staked,
+        stake.reason,
+        stake.message,
+        generation,
+    );
+    conds = set_condition(
+        &conds,
         "StoreReady",
         store_ready,
         if store_ready {
@@ -366,6 +375,7 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
         s.as_ref(),
         serde_json::json!({
             "readyReplicas": ready_serving,
+            "stakedUpokt": stake.staked_upokt,
             "services": services,
             "observedGeneration": generation,
             "conditions": conds,
@@ -373,6 +383,91 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
     )
     .await?;
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Where a Supplier stands on chain.
+struct StakeState {
+    staked: bool,
+    reason: &'static str,
+    message: String,
+    staked_upokt: Option<String>,
+}
+
+/// Compares the chain (read-only) with the Supplier's spec and starts the stake Job when
+/// they differ, but only once serving pods are ready: the chain never advertises an
+/// endpoint that is not serving.
+async fn stake_state(s: &Supplier, ctx: &Context, ready_serving: i32) -> Result<StakeState, Error> {
+    if ready_serving == 0 {
+        return Ok(StakeState {
+            staked: false,
+            reason: "WaitingForServingPods",
+            message: "the stake Job starts once a serving pod is ready".into(),
+            staked_upokt: None,
+        });
+    }
+    let want = build::jobs::stake_spec(s)?;
+    let retry = lode_chain::RetryPolicy {
+        attempts: 1,
+        first_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+        timeout: Duration::from_secs(5),
+    };
+    let onchain = match lode_chain::ChainGrpc::new(&s.spec.chain.grpc_url, retry) {
+        Ok(grpc) => lode_chain::pocket::PocketQuery::new(grpc)
+            .supplier(&s.spec.operator_address)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let onchain = match onchain {
+        Ok(o) => o,
+        Err(e) => {
+            return Ok(StakeState {
+                staked: false,
+                reason: "ChainUnreachable",
+                message: format!("reading the supplier from {}: {e}", s.spec.chain.grpc_url),
+                staked_upokt: None,
+            });
+        }
+    };
+    let staked_upokt = onchain
+        .as_ref()
+        .and_then(|o| o.stake.as_ref())
+        .map(|c| c.amount.clone());
+    if onchain.as_ref().is_some_and(|o| want.is_met_by(o)) {
+        return Ok(StakeState {
+            staked: true,
+            reason: "Staked",
+            message: format!(
+                "{} uPOKT for {} at {}",
+                want.stake_upokt,
+                want.services
+                    .iter()
+                    .map(|x| x.service_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                s.spec.public_endpoint
+            ),
+            staked_upokt,
+        });
+    }
+    let job = build::jobs::stake_job(s, &ctx.images)?;
+    let job_name = job.name_any();
+    if crate::scheduler::ensure_job(&ctx.client, &job).await? {
+        ctx.event(
+            s,
+            false,
+            "StakeJobStarted",
+            format!("the chain differs from the spec; started Job {job_name}"),
+        )
+        .await;
+    }
+    Ok(StakeState {
+        staked: false,
+        reason: "StakeJobStarted",
+        message: format!("the chain differs from the spec; Job {job_name} stakes it"),
+        staked_upokt,
+    })
 }
 
 /// GatewayPool: gateway Deployment, Service and ConfigMap; status from the Deployment.

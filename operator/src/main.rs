@@ -52,8 +52,8 @@ enum Command {
         /// Namespace of resources that name none.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
-        /// Also print each Supplier's claim and prove Jobs as the scheduler would start
-        /// them for windows opening at this height.
+        /// Also print each Supplier's stake Job, and its claim and prove Jobs as the
+        /// scheduler would start them for windows opening at this height.
         #[arg(long, value_name = "HEIGHT")]
         window_jobs_at: Option<i64>,
         #[command(flatten)]

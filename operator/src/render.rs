@@ -167,7 +167,8 @@ pub fn render(
     Ok((out, notes))
 }
 
-/// Each Supplier's claim and prove Jobs for windows opening at `height`.
+/// Each Supplier's stake Job, and its claim and prove Jobs for windows opening at
+/// `height`.
 pub fn window_jobs(
     r: &Resources,
     height: i64,
@@ -175,6 +176,12 @@ pub fn window_jobs(
 ) -> Result<Vec<serde_json::Value>, RenderError> {
     let mut out = Vec::new();
     for s in &r.suppliers {
+        let fail = |source| RenderError::Build {
+            kind: "Supplier",
+            name: build::name_of(s),
+            source,
+        };
+        out.push(value(&build::jobs::stake_job(s, images).map_err(fail)?));
         for w in [build::jobs::Window::Claim, build::jobs::Window::Prove] {
             let job = build::jobs::window_job(s, w, height, images).map_err(|source| {
                 RenderError::Build {

@@ -242,7 +242,10 @@ async fn an_unlisted_or_invalid_service_model_gets_a_condition_not_a_hot_loop() 
 #[tokio::test]
 async fn a_new_supplier_gets_a_token_once_and_its_store() {
     let (ctx, mut h) = context();
-    let s: Supplier = sample("supplier.yaml", "s-uid");
+    let mut s: Supplier = sample("supplier.yaml", "s-uid");
+    // A chain node that refuses connections.
+    s.spec.chain.grpc_url = "http://127.0.0.1:1".into();
+    s.spec.chain.rpc_url = "http://127.0.0.1:1".into();
     let s_json = serde_json::to_value(&s).expect("json");
     let server = tokio::spawn(async move {
         // No token Secret yet: one is created (not applied: an existing token is kept).
@@ -331,6 +334,8 @@ async fn a_new_supplier_gets_a_token_once_and_its_store() {
         };
         assert_eq!(get("StoreReady")["status"], "True");
         assert_eq!(get("Ready")["status"], "True");
+        assert_eq!(get("Staked")["status"], "False");
+        assert_eq!(get("Staked")["reason"], "ChainUnreachable");
         reply(send, 200, s_json);
     });
     reconcile_supplier(Arc::new(s), ctx)
@@ -399,4 +404,126 @@ async fn the_window_scheduler_starts_each_job_once_at_the_height_read_from_the_c
     );
     server.await.expect("requests as expected");
     chain.shutdown().await;
+}
+
+/// Answers a Supplier reconcile's requests up to the stake decision: token exists, store
+/// applied (ready), its serving Deployment has one ready pod.
+async fn store_and_serving(h: &mut Handle) {
+    let (_, path, _, send) = next(h).await;
+    assert_eq!(
+        path,
+        "/api/v1/namespaces/lode/secrets/supplier-1-store-token"
+    );
+    reply(
+        send,
+        200,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "supplier-1-store-token", "namespace": "lode"}}),
+    );
+    expect_apply(
+        h,
+        "/apis/apps/v1/namespaces/lode/statefulsets",
+        "supplier-1-store",
+        json!({"readyReplicas": 1}),
+    )
+    .await;
+    expect_apply(
+        h,
+        "/api/v1/namespaces/lode/services",
+        "supplier-1-store",
+        Value::Null,
+    )
+    .await;
+    expect_apply(
+        h,
+        "/apis/networking.k8s.io/v1/namespaces/lode/networkpolicies",
+        "supplier-1-store",
+        Value::Null,
+    )
+    .await;
+    let (_, path, _, send) = next(h).await;
+    assert_eq!(path, "/apis/apps/v1/namespaces/lode/deployments/qwen-7b");
+    reply(
+        send,
+        200,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "qwen-7b", "namespace": "lode"}, "status": {"readyReplicas": 1}}),
+    );
+}
+
+#[tokio::test]
+async fn the_stake_job_starts_only_when_the_chain_differs_and_pods_serve() {
+    // The sample's operator is the devnet's (seed 1) first supplier, not staked yet.
+    let devnet = lode_devnet::Devnet::new(&lode_devnet::DevnetConfig::new(1));
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let chain = devnet.serve(any, any, None).await.expect("devnet");
+    let mut s: Supplier = sample("supplier.yaml", "s-uid");
+    s.spec.chain.grpc_url = chain.grpc_url.clone();
+    s.spec.chain.rpc_url = chain.rpc_url.clone();
+    let s_json = serde_json::to_value(&s).expect("json");
+
+    let (ctx, mut h) = context();
+    let reply_json = s_json.clone();
+    let server = tokio::spawn(async move {
+        store_and_serving(&mut h).await;
+        let (method, path, body, send) = next(&mut h).await;
+        assert_eq!(method, "POST");
+        assert!(
+            path.starts_with("/apis/batch/v1/namespaces/lode/jobs"),
+            "{path}"
+        );
+        assert!(
+            body["metadata"]["name"]
+                .as_str()
+                .expect("name")
+                .starts_with("supplier-1-stake-")
+        );
+        reply(send, 201, body);
+        let (method, _, body, send) = next(&mut h).await;
+        assert_eq!(method, "POST", "an Event");
+        assert_eq!(body["reason"], "StakeJobStarted");
+        reply(send, 201, body);
+        let (_, path, body, send) = next(&mut h).await;
+        assert!(path.contains("/suppliers/supplier-1/status"), "{path}");
+        let staked = condition(&body, "Staked");
+        assert_eq!(
+            (staked["status"].as_str(), staked["reason"].as_str()),
+            (Some("False"), Some("StakeJobStarted"))
+        );
+        reply(send, 200, reply_json);
+    });
+    reconcile_supplier(Arc::new(s.clone()), ctx)
+        .await
+        .expect("reconciles");
+    server.await.expect("requests");
+
+    // What the Job does: the chain now has the stake, services and endpoint.
+    devnet
+        .stake_into_next_session_at(&chain, 0, "llm", "https://relay.example.com")
+        .await
+        .expect("staked");
+    let (ctx, mut h) = context();
+    let server = tokio::spawn(async move {
+        store_and_serving(&mut h).await;
+        let (method, path, body, send) = next(&mut h).await;
+        assert_eq!(method, "PATCH", "no Job this time: {path}");
+        let staked = condition(&body, "Staked");
+        assert_eq!(staked["status"], "True");
+        assert_eq!(body["status"]["stakedUpokt"], "100000000");
+        reply(send, 200, s_json);
+    });
+    reconcile_supplier(Arc::new(s), ctx)
+        .await
+        .expect("reconciles");
+    server.await.expect("requests");
+    chain.shutdown().await;
+}
+
+/// A condition of a status patch's body.
+fn condition(body: &Value, type_: &str) -> Value {
+    body["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {type_} condition in {body}"))
 }

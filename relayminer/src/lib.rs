@@ -5,3 +5,4 @@
 pub mod lifecycle;
 pub mod run;
 pub mod serve;
+pub mod stake;

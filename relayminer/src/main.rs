@@ -61,6 +61,15 @@ enum Command {
     /// one alone, waits for the chain's verdict, and deletes finished sessions from the
     /// store. Same report and exit status as `claim`.
     Prove(JobArgs),
+    /// Stake the supplier (or update its stake, services and endpoints) unless the chain
+    /// already has exactly that.
+    ///
+    /// Compares the on-chain supplier (stake, owner, each service's endpoint and revenue
+    /// shares) with the flags and sends one MsgStakeSupplier only when they differ, then
+    /// waits for inclusion. Prints a JSON report (`unchanged` or `staked` with the tx
+    /// hash). The operator runs it as a Job once the serve pods are ready, so the chain
+    /// never advertises an endpoint that is not serving.
+    Stake(StakeArgs),
     /// Everything on one host: the store, serve, and a scheduler that runs the claim and
     /// prove passes as blocks arrive.
     ///
@@ -104,6 +113,109 @@ struct JobArgs {
     /// Kubernetes shows it in the pod's status).
     #[arg(long, env = "LODE_REPORT_FILE")]
     report_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct StakeArgs {
+    /// Cosmos/poktroll gRPC of a node.
+    #[arg(long, env = "LODE_CHAIN_GRPC")]
+    chain_grpc: String,
+    /// CometBFT RPC of a node.
+    #[arg(long, env = "LODE_CHAIN_RPC")]
+    chain_rpc: String,
+    /// Refuse to sign unless the node is on this chain.
+    #[arg(long, env = "LODE_CHAIN_ID")]
+    chain_id: Option<String>,
+    /// The operator's key file (hex or `pocketd keys export` armor with
+    /// LODE_KEY_PASSPHRASE).
+    #[arg(long, env = "LODE_KEY_FILE")]
+    key_file: PathBuf,
+    /// The owner address (default: the operator, custodial staking).
+    #[arg(long, env = "LODE_OWNER")]
+    owner: Option<String>,
+    /// Stake in uPOKT.
+    #[arg(long, env = "LODE_STAKE_UPOKT")]
+    stake_upokt: u128,
+    /// A service and its public endpoint, `SERVICE_ID=URL`; repeat for several.
+    #[arg(
+        long = "service",
+        env = "LODE_SERVICES",
+        value_delimiter = ',',
+        required = true
+    )]
+    services: Vec<String>,
+    /// A revenue share, `SERVICE_ID:ADDRESS=PERCENT`; repeat for several.
+    #[arg(long = "rev-share", env = "LODE_REV_SHARES", value_delimiter = ',')]
+    rev_shares: Vec<String>,
+    #[arg(long, default_value_t = 1.5, env = "LODE_GAS_ADJUSTMENT")]
+    gas_adjustment: f64,
+    #[arg(long, default_value_t = 0.0001, env = "LODE_GAS_PRICE")]
+    gas_price: f64,
+}
+
+/// The wanted on-chain state from `relayminer stake`'s flags.
+fn stake_spec(a: &StakeArgs, operator: &str) -> anyhow::Result<lode_chain::stake::StakeSpec> {
+    let mut services = Vec::new();
+    for s in &a.services {
+        let (id, url) = s
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--service {s:?} is not SERVICE_ID=URL"))?;
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "--service {s:?}: the endpoint must be an http(s) URL"
+        );
+        services.push(lode_chain::stake::ServiceStake {
+            service_id: id.to_string(),
+            url: url.to_string(),
+            rev_share: Vec::new(),
+        });
+    }
+    for r in &a.rev_shares {
+        let parsed = r
+            .split_once(':')
+            .and_then(|(id, rest)| rest.split_once('=').map(|(addr, pct)| (id, addr, pct)))
+            .and_then(|(id, addr, pct)| pct.parse::<u64>().ok().map(|p| (id, addr, p)));
+        let (id, addr, pct) = parsed.ok_or_else(|| {
+            anyhow::anyhow!("--rev-share {r:?} is not SERVICE_ID:ADDRESS=PERCENT")
+        })?;
+        let svc = services
+            .iter_mut()
+            .find(|s| s.service_id == id)
+            .ok_or_else(|| anyhow::anyhow!("--rev-share {r:?}: no --service {id}"))?;
+        svc.rev_share.push((addr.to_string(), pct));
+    }
+    for s in &services {
+        let total: u64 = s.rev_share.iter().map(|(_, p)| p).sum();
+        anyhow::ensure!(
+            s.rev_share.is_empty() || total == 100,
+            "service {}: revenue shares add up to {total}%, not 100%",
+            s.service_id
+        );
+    }
+    Ok(lode_chain::stake::StakeSpec {
+        operator: operator.to_string(),
+        owner: a.owner.clone().unwrap_or_else(|| operator.to_string()),
+        stake_upokt: a.stake_upokt,
+        services,
+    })
+}
+
+async fn stake(a: StakeArgs) -> anyhow::Result<()> {
+    let passphrase = std::env::var("LODE_KEY_PASSPHRASE").ok();
+    let key = lode_chain::keys::load_key(&a.key_file, passphrase.as_deref())?;
+    let operator = key.public_key().address().to_bech32("pokt");
+    let spec = stake_spec(&a, &operator)?;
+    let config = lode_relayminer::stake::StakeConfig {
+        grpc_url: a.chain_grpc.clone(),
+        rpc_url: a.chain_rpc.clone(),
+        chain_id: a.chain_id.clone(),
+        gas_adjustment: a.gas_adjustment,
+        gas_price: a.gas_price,
+        poll: Duration::from_millis(500),
+    };
+    let report = lode_relayminer::stake::stake(&config, key, &spec).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -408,5 +520,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Claim(args) => job(args, true).await,
         Command::Prove(args) => job(args, false).await,
         Command::Run(args) => run(args).await,
+        Command::Stake(args) => stake(args).await,
     }
 }

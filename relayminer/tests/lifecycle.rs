@@ -722,3 +722,62 @@ async fn sessions_worth_less_than_their_fees_are_dropped_and_windows_are_respect
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayminer_stake_stakes_once_and_then_finds_the_chain_as_wanted() {
+    let devnet = Devnet::new(&DevnetConfig::new(91));
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let chain = devnet.serve(any, any, None).await.expect("devnet");
+    let producer = devnet.produce_on_demand();
+    let key = devnet.keys().suppliers[1].clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("operator.key");
+    std::fs::write(&key_file, lode_kernels::hex::encode(&key.to_bytes())).expect("key");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_relayminer"))
+            .arg("stake")
+            .args([
+                "--chain-grpc",
+                &chain.grpc_url,
+                "--chain-rpc",
+                &chain.rpc_url,
+            ])
+            .args(["--chain-id", "pocket-devnet", "--stake-upokt", "100000000"])
+            .arg("--key-file")
+            .arg(&key_file)
+            .args(["--service", "llm=https://relay.example.com"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("relayminer stake")
+    };
+    let sequence = |d: &Devnet| d.chain().m.accounts[&address(&key)].sequence;
+    let before = sequence(&devnet);
+    let first = run(&[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).expect("report");
+    assert_eq!(report["outcome"], "staked");
+    assert_eq!(sequence(&devnet), before + 1);
+    let staked = devnet.chain().m.suppliers[&address(&key)].stake;
+    assert_eq!(staked, 100_000_000);
+    // Again: the chain already matches; nothing is sent.
+    let second = run(&[]);
+    assert!(second.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&second.stdout).expect("report");
+    assert_eq!(report["outcome"], "unchanged");
+    assert_eq!(sequence(&devnet), before + 1, "no second transaction");
+    // Bad flags are explained before anything is sent.
+    let bad = run(&["--rev-share", "llm:pokt1x=60"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("add up to 60%"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    producer.abort();
+    chain.shutdown().await;
+}

@@ -413,30 +413,16 @@ pub fn stake_supplier_msg(
     service_id: &str,
     url: &str,
 ) -> lode_kernels::proto::cosmos::Any {
-    use lode_kernels::proto::cosmos::{
-        Any, Coin, MSG_STAKE_SUPPLIER_TYPE_URL, MsgStakeSupplier, SupplierEndpoint,
-        SupplierServiceConfig,
-    };
     let a = key.public_key().address().to_bech32(HRP);
-    Any::pack(
-        MSG_STAKE_SUPPLIER_TYPE_URL,
-        &MsgStakeSupplier {
-            signer: a.clone(),
-            owner_address: a.clone(),
-            operator_address: a,
-            stake: Some(Coin {
-                denom: chain::DENOM.into(),
-                amount: upokt.to_string(),
-            }),
-            services: vec![SupplierServiceConfig {
-                service_id: service_id.into(),
-                endpoints: vec![SupplierEndpoint {
-                    url: url.into(),
-                    rpc_type: 4,
-                    configs: Vec::new(),
-                }],
-                rev_share: Vec::new(),
-            }],
-        },
-    )
+    lode_chain::stake::StakeSpec {
+        operator: a.clone(),
+        owner: a,
+        stake_upokt: upokt,
+        services: vec![lode_chain::stake::ServiceStake {
+            service_id: service_id.into(),
+            url: url.into(),
+            rev_share: Vec::new(),
+        }],
+    }
+    .message()
 }

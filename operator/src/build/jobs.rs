@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use lode_chain::stake::{ServiceStake, StakeSpec};
 use lode_crds::Supplier;
 
 use super::supplier::token_secret_name;
@@ -35,42 +36,24 @@ pub fn job_name(supplier: &str, window: Window, open_height: i64) -> String {
     format!("{supplier}-{}-{open_height}", window.command())
 }
 
-/// A `relayminer claim` or `relayminer prove` Job for the window opening at
-/// `open_height`. The key Secret is mounted only here and in serve pods.
-pub fn window_job(
+/// A Job running `relayminer <args>` for supplier `s` with `env`; the key Secret and the
+/// store token are mounted (only these Jobs and serve pods see the key).
+fn relayminer_job(
     s: &Supplier,
-    window: Window,
-    open_height: i64,
+    job: String,
+    component: &str,
+    args: Vec<String>,
+    env: Vec<(&str, String)>,
+    annotations: BTreeMap<String, String>,
     images: &Images,
 ) -> Result<Job, BuildError> {
     let name = name_of(s);
     let spec = &s.spec;
-    let mut labels = labels(&name, window.command());
+    let mut labels = labels(&name, component);
     labels.insert(SUPPLIER_LABEL.into(), name.clone());
-    let mut env = vec![
-        ("LODE_CHAIN_GRPC", spec.chain.grpc_url.clone()),
-        ("LODE_CHAIN_RPC", spec.chain.rpc_url.clone()),
-        ("LODE_CHAIN_ID", spec.chain.chain_id.clone()),
-        ("LODE_STORE_URL", store_url(&name)),
-        (
-            "LODE_STORE_TOKEN_FILE",
-            format!("{}/{STORE_TOKEN_KEY}", paths::STORE_TOKEN),
-        ),
-        (
-            "LODE_KEY_FILES",
-            format!("{}/{}", paths::KEYS, spec.key_secret_ref.key),
-        ),
-        ("LODE_REPORT_FILE", "/dev/termination-log".into()),
-        ("LODE_LOG_JSON", "true".into()),
-    ];
-    if let Some(g) = &spec.jobs.gas_adjustment {
-        env.push(("LODE_GAS_ADJUSTMENT", g.clone()));
-    }
-    if let Some(g) = &spec.jobs.gas_price {
-        env.push(("LODE_GAS_PRICE", g.clone()));
-    }
     let mut env: Vec<EnvVar> = env
         .into_iter()
+        .chain([("LODE_LOG_JSON", "true".to_string())])
         .map(|(k, v)| EnvVar {
             name: k.into(),
             value: Some(v),
@@ -91,12 +74,7 @@ pub fn window_job(
             ..EnvVar::default()
         });
     }
-    let mut annotations = BTreeMap::new();
-    annotations.insert(
-        "lode.pokt.network/window-open-height".to_string(),
-        open_height.to_string(),
-    );
-    let mut meta = child_meta(s, job_name(&name, window, open_height), labels.clone())?;
+    let mut meta = child_meta(s, job, labels.clone())?;
     meta.annotations = Some(annotations);
     Ok(Job {
         metadata: meta,
@@ -111,9 +89,9 @@ pub fn window_job(
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
                     containers: vec![Container {
-                        name: window.command().into(),
+                        name: component.into(),
                         image: Some(images.relayminer.clone()),
-                        args: Some(vec![window.command().into()]),
+                        args: Some(args),
                         env: Some(env),
                         security_context: Some(locked_down()),
                         volume_mounts: Some(vec![
@@ -148,6 +126,153 @@ pub fn window_job(
     })
 }
 
+/// A `relayminer claim` or `relayminer prove` Job for the window opening at
+/// `open_height`.
+pub fn window_job(
+    s: &Supplier,
+    window: Window,
+    open_height: i64,
+    images: &Images,
+) -> Result<Job, BuildError> {
+    let name = name_of(s);
+    let spec = &s.spec;
+    let mut env = vec![
+        ("LODE_CHAIN_GRPC", spec.chain.grpc_url.clone()),
+        ("LODE_CHAIN_RPC", spec.chain.rpc_url.clone()),
+        ("LODE_CHAIN_ID", spec.chain.chain_id.clone()),
+        ("LODE_STORE_URL", store_url(&name)),
+        (
+            "LODE_STORE_TOKEN_FILE",
+            format!("{}/{STORE_TOKEN_KEY}", paths::STORE_TOKEN),
+        ),
+        (
+            "LODE_KEY_FILES",
+            format!("{}/{}", paths::KEYS, spec.key_secret_ref.key),
+        ),
+        ("LODE_REPORT_FILE", "/dev/termination-log".into()),
+    ];
+    if let Some(g) = &spec.jobs.gas_adjustment {
+        env.push(("LODE_GAS_ADJUSTMENT", g.clone()));
+    }
+    if let Some(g) = &spec.jobs.gas_price {
+        env.push(("LODE_GAS_PRICE", g.clone()));
+    }
+    relayminer_job(
+        s,
+        job_name(&name, window, open_height),
+        window.command(),
+        vec![window.command().into()],
+        env,
+        BTreeMap::from([(
+            "lode.pokt.network/window-open-height".to_string(),
+            open_height.to_string(),
+        )]),
+        images,
+    )
+}
+
+/// The on-chain state a Supplier asks for: its stake, owner, and every service at its
+/// public endpoint with its revenue shares.
+pub fn stake_spec(s: &Supplier) -> Result<StakeSpec, BuildError> {
+    let spec = &s.spec;
+    let stake_upokt = spec.stake_upokt.parse().map_err(|_| {
+        BuildError::Invalid(format!("stakeUpokt {:?} is not a number", spec.stake_upokt))
+    })?;
+    let services = spec
+        .services
+        .iter()
+        .map(|svc| {
+            let total: u32 = svc.rev_share_percent.values().map(|p| u32::from(*p)).sum();
+            if !svc.rev_share_percent.is_empty() && total != 100 {
+                return Err(BuildError::Invalid(format!(
+                    "service {}: revSharePercent adds up to {total}, not 100",
+                    svc.service_id
+                )));
+            }
+            Ok(ServiceStake {
+                service_id: svc.service_id.clone(),
+                url: spec.public_endpoint.clone(),
+                rev_share: svc
+                    .rev_share_percent
+                    .iter()
+                    .map(|(a, p)| (a.clone(), u64::from(*p)))
+                    .collect(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(StakeSpec {
+        operator: spec.operator_address.clone(),
+        owner: spec
+            .owner_address
+            .clone()
+            .unwrap_or_else(|| spec.operator_address.clone()),
+        stake_upokt,
+        services,
+    })
+}
+
+/// The `relayminer stake` Job that makes the chain match the Supplier's spec. Its name
+/// carries a hash of that spec: one Job per wanted state.
+pub fn stake_job(s: &Supplier, images: &Images) -> Result<Job, BuildError> {
+    let want = stake_spec(s)?;
+    let name = name_of(s);
+    let services: Vec<String> = want
+        .services
+        .iter()
+        .map(|x| format!("{}={}", x.service_id, x.url))
+        .collect();
+    let shares: Vec<String> = want
+        .services
+        .iter()
+        .flat_map(|x| {
+            x.rev_share
+                .iter()
+                .map(move |(a, p)| format!("{}:{a}={p}", x.service_id))
+        })
+        .collect();
+    let digest = {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(
+            format!(
+                "{}|{}|{}|{}",
+                want.owner,
+                want.stake_upokt,
+                services.join(","),
+                shares.join(",")
+            )
+            .as_bytes(),
+        );
+        h[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let mut env = vec![
+        ("LODE_CHAIN_GRPC", s.spec.chain.grpc_url.clone()),
+        ("LODE_CHAIN_RPC", s.spec.chain.rpc_url.clone()),
+        ("LODE_CHAIN_ID", s.spec.chain.chain_id.clone()),
+        (
+            "LODE_KEY_FILE",
+            format!("{}/{}", paths::KEYS, s.spec.key_secret_ref.key),
+        ),
+        ("LODE_OWNER", want.owner.clone()),
+        ("LODE_STAKE_UPOKT", want.stake_upokt.to_string()),
+        ("LODE_SERVICES", services.join(",")),
+    ];
+    if !shares.is_empty() {
+        env.push(("LODE_REV_SHARES", shares.join(",")));
+    }
+    relayminer_job(
+        s,
+        format!("{name}-stake-{digest}"),
+        super::component::STAKE,
+        vec!["stake".into()],
+        env,
+        BTreeMap::new(),
+        images,
+    )
+}
+
 /// The windows open at `height` for sessions ending at or before it, as (window, open
 /// height) pairs: what the scheduler must have a Job for. `windows_of(end)` gives a
 /// session's (claim open, claim close, proof open, proof close); `ends` are the session
@@ -175,6 +300,16 @@ mod tests {
     use super::*;
     use crate::build::tests::sample_supplier;
 
+    /// A container's literal environment.
+    fn env_of(c: &Container) -> BTreeMap<String, String> {
+        c.env
+            .clone()
+            .expect("env")
+            .into_iter()
+            .filter_map(|e| e.value.map(|v| (e.name, v)))
+            .collect()
+    }
+
     #[test]
     fn a_claim_job_has_the_key_the_store_and_the_report_path() {
         let s = sample_supplier();
@@ -186,13 +321,7 @@ mod tests {
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
         let c = &pod.containers[0];
         assert_eq!(c.args, Some(vec!["claim".to_string()]));
-        let env: BTreeMap<String, String> = c
-            .env
-            .clone()
-            .expect("env")
-            .into_iter()
-            .filter_map(|e| e.value.map(|v| (e.name, v)))
-            .collect();
+        let env = env_of(c);
         assert_eq!(env["LODE_STORE_URL"], "http://supplier-1-store:7070");
         assert_eq!(env["LODE_KEY_FILES"], "/var/run/lode/keys/operator.key");
         assert_eq!(env["LODE_CHAIN_ID"], "pocket");
@@ -203,6 +332,29 @@ mod tests {
             "the store lets it in"
         );
         assert_eq!(labels[SUPPLIER_LABEL], "supplier-1");
+    }
+
+    #[test]
+    fn the_stake_job_carries_the_wanted_state_and_is_named_by_it() {
+        let mut s = sample_supplier();
+        let j = stake_job(&s, &Images::default()).expect("builds");
+        let name = j.metadata.name.clone().expect("name");
+        assert!(name.starts_with("supplier-1-stake-"), "{name}");
+        let c = &j.spec.expect("spec").template.spec.expect("pod").containers[0];
+        assert_eq!(c.args, Some(vec!["stake".to_string()]));
+        let env = env_of(c);
+        assert_eq!(env["LODE_SERVICES"], "llm=https://relay.example.com");
+        assert_eq!(env["LODE_STAKE_UPOKT"], "100000000");
+        // Another wanted state, another Job.
+        s.spec.stake_upokt = "200000000".into();
+        let other = stake_job(&s, &Images::default()).expect("builds");
+        assert_ne!(other.metadata.name, Some(name));
+        s.spec.services[0]
+            .rev_share_percent
+            .insert("pokt1x".into(), 60);
+        assert!(
+            matches!(stake_spec(&s), Err(BuildError::Invalid(m)) if m.contains("adds up to 60"))
+        );
     }
 
     #[test]

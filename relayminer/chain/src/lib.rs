@@ -8,6 +8,7 @@ pub mod comet;
 pub mod grpc;
 pub mod keys;
 pub mod pocket;
+pub mod stake;
 pub mod tx;
 
 pub use comet::{Block, BroadcastResult, CometRpc, RetryPolicy, RpcError, Status, TxResult};
