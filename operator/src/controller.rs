@@ -48,6 +48,7 @@ pub struct Context {
     pub client: Client,
     pub images: Images,
     pub recorder: Recorder,
+    pub metrics: Arc<crate::admin::OperatorMetrics>,
 }
 
 impl std::fmt::Debug for Context {
@@ -71,6 +72,7 @@ impl Context {
             client,
             images,
             recorder,
+            metrics: Arc::default(),
         })
     }
 
@@ -454,6 +456,9 @@ async fn stake_state(s: &Supplier, ctx: &Context, ready_serving: i32) -> Result<
     let job = build::jobs::stake_job(s, &ctx.images)?;
     let job_name = job.name_any();
     if crate::scheduler::ensure_job(&ctx.client, &job).await? {
+        ctx.metrics
+            .jobs_created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ctx.event(
             s,
             false,
@@ -518,9 +523,15 @@ where
     Action::requeue(Duration::from_secs(15))
 }
 
+/// Counts a reconcile's outcome.
+fn counted(ctx: &Context, kind: &'static str, r: &Result<Action, Error>) {
+    ctx.metrics
+        .reconciled(kind, r.as_ref().map_or_else(|e| e.category(), |_| "ok"));
+}
+
 /// Runs the three controllers until the process is stopped.
-pub async fn run(client: Client, images: Images) {
-    let ctx = Context::new(client.clone(), images);
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
     let wc = watcher::Config::default();
     let models = Controller::new(Api::<ServiceModel>::all(client.clone()), wc.clone())
         .owns(Api::<Deployment>::all(client.clone()), wc.clone())
@@ -543,7 +554,15 @@ pub async fn run(client: Client, images: Images) {
             },
         )
         .shutdown_on_signal()
-        .run(reconcile_model, error_policy, ctx.clone())
+        .run(
+            |o, c| async move {
+                let r = reconcile_model(o, c.clone()).await;
+                counted(&c, "ServiceModel", &r);
+                r
+            },
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "servicemodel controller");
@@ -552,7 +571,15 @@ pub async fn run(client: Client, images: Images) {
     let suppliers = Controller::new(Api::<Supplier>::all(client.clone()), wc.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), wc.clone())
         .shutdown_on_signal()
-        .run(reconcile_supplier, error_policy, ctx.clone())
+        .run(
+            |o, c| async move {
+                let r = reconcile_supplier(o, c.clone()).await;
+                counted(&c, "Supplier", &r);
+                r
+            },
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "supplier controller");
@@ -561,7 +588,15 @@ pub async fn run(client: Client, images: Images) {
     let gateways = Controller::new(Api::<GatewayPool>::all(client.clone()), wc.clone())
         .owns(Api::<Deployment>::all(client), wc)
         .shutdown_on_signal()
-        .run(reconcile_gateway, error_policy, ctx)
+        .run(
+            |o, c| async move {
+                let r = reconcile_gateway(o, c.clone()).await;
+                counted(&c, "GatewayPool", &r);
+                r
+            },
+            error_policy,
+            ctx,
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "gatewaypool controller");

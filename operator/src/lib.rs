@@ -2,7 +2,9 @@
 //! run them. The pure part (`build`, `render`) turns custom resources into Kubernetes
 //! objects; the controllers apply them and report status.
 
+pub mod admin;
 pub mod build;
 pub mod controller;
+pub mod leader;
 pub mod render;
 pub mod scheduler;

@@ -34,6 +34,18 @@ enum Command {
         /// How often the window scheduler checks each Supplier's chain height.
         #[arg(long, default_value_t = 5, env = "LODE_SCHEDULER_SECONDS")]
         scheduler_seconds: u64,
+        /// Admin address: /metrics, /healthz, /readyz.
+        #[arg(long, default_value = "0.0.0.0:9096", env = "LODE_OPERATOR_ADMIN")]
+        admin: std::net::SocketAddr,
+        /// Namespace of the leader-election Lease (the operator's own).
+        #[arg(long, default_value = "default", env = "POD_NAMESPACE")]
+        lease_namespace: String,
+        /// Name of the leader-election Lease.
+        #[arg(long, default_value = "lode-operator")]
+        lease_name: String,
+        /// This replica's identity in the Lease (the pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
     },
     /// Print the CustomResourceDefinitions (Supplier, ServiceModel, GatewayPool) as YAML,
     /// ready for `kubectl apply -f -`.
@@ -91,6 +103,10 @@ fn main() -> anyhow::Result<()> {
             images,
             log_json,
             scheduler_seconds,
+            admin,
+            lease_namespace,
+            lease_name,
+            identity,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info".into());
@@ -105,14 +121,41 @@ fn main() -> anyhow::Result<()> {
                 let client = kube::Client::try_default()
                     .await
                     .context("connecting to the cluster (kubeconfig or in-cluster)")?;
-                tracing::info!("lode-operator running");
                 let images = images.images();
-                let scheduler = tokio::spawn(lode_operator::scheduler::run(
+                let ctx = lode_operator::controller::Context::new(client.clone(), images.clone());
+                let listener = tokio::net::TcpListener::bind(admin)
+                    .await
+                    .with_context(|| format!("binding the admin port {admin}"))?;
+                tokio::spawn(lode_operator::admin::serve(listener, ctx.metrics.clone()));
+                let identity = identity.unwrap_or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_else(|_| format!("lode-operator-{}", std::process::id()))
+                });
+                let lock = lode_operator::leader::LeaseLock::new(
                     client.clone(),
-                    images.clone(),
+                    &lease_namespace,
+                    &lease_name,
+                    &identity,
+                    std::time::Duration::from_secs(15),
+                );
+                tracing::info!(%identity, lease = %lease_name, "waiting to lead");
+                lock.acquire().await;
+                ctx.metrics.leader.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(%identity, "leading: reconciling and scheduling");
+                let scheduler = tokio::spawn(lode_operator::scheduler::run(
+                    client,
+                    images,
                     std::time::Duration::from_secs(scheduler_seconds.max(1)),
+                    ctx.metrics.clone(),
                 ));
-                lode_operator::controller::run(client, images).await;
+                tokio::select! {
+                    _ = lode_operator::controller::run(ctx) => {}
+                    _ = lock.hold() => {
+                        // Another replica may lead now: stop at once rather than race it.
+                        anyhow::bail!("lost the leader Lease {lease_name}; exiting so a fresh start waits its turn");
+                    }
+                }
                 scheduler.abort();
                 anyhow::Ok(())
             })

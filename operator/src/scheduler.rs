@@ -113,11 +113,21 @@ pub async fn pass(
 }
 
 /// Runs passes every `period` until the process stops.
-pub async fn run(client: Client, images: Images, period: Duration) {
+pub async fn run(
+    client: Client,
+    images: Images,
+    period: Duration,
+    metrics: std::sync::Arc<crate::admin::OperatorMetrics>,
+) {
     let mut chains = BTreeMap::new();
     loop {
-        if let Err(e) = pass(&client, &images, &mut chains).await {
-            tracing::warn!(error = %e, "window scheduler pass failed");
+        match pass(&client, &images, &mut chains).await {
+            Ok(n) => {
+                metrics
+                    .jobs_created
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "window scheduler pass failed"),
         }
         tokio::time::sleep(period).await;
     }

@@ -191,6 +191,14 @@ async fn relayminer_run_gets_the_supplier_paid_what_the_kernels_predict() {
         }
         ticker.pause(true);
         header = current_session(&devnet);
+        // serve answers once it has seen the block the session is current at.
+        let at = devnet.height();
+        wait_for(
+            "serve to catch up with the chain",
+            Duration::from_secs(10),
+            || run.serve.state.sessions.height() >= at,
+        )
+        .await;
         send_relays(
             &http,
             relay_addr,
@@ -376,6 +384,13 @@ impl Jobs {
     }
 
     async fn relays(&self, header: &SessionHeader, n: usize) {
+        let at = self.devnet.height();
+        wait_for(
+            "serve to catch up with the chain",
+            Duration::from_secs(10),
+            || self.serve.state.sessions.height() >= at,
+        )
+        .await;
         send_relays(
             &self.http,
             self.serve.relay_addr,
