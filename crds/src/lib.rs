@@ -184,6 +184,12 @@ pub struct SupplierSpec {
     pub store: StoreSpec,
     #[serde(default)]
     pub jobs: JobSettings,
+    /// Unstake from the chain when this Supplier is deleted (opt-in). The operator then
+    /// holds the `lode.pokt.network/unstake` finalizer until a `relayminer unstake` Job
+    /// has succeeded; the stake returns to the owner after the unbonding period. Off, a
+    /// deleted Supplier stays staked on chain.
+    #[serde(default)]
+    pub unstake_on_delete: bool,
 }
 
 /// A claim or proof outcome.

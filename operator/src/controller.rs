@@ -292,9 +292,108 @@ fn new_token() -> String {
         .collect()
 }
 
+/// The finalizer a Supplier with `unstakeOnDelete` carries until it is unstaked.
+pub const UNSTAKE_FINALIZER: &str = "lode.pokt.network/unstake";
+
+/// Replaces the Supplier's finalizers (a merge patch guarded by its resourceVersion).
+async fn set_finalizers(
+    client: &Client,
+    s: &Supplier,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    let api: Api<Supplier> = Api::namespaced(client.clone(), &s.namespace().unwrap_or_default());
+    api.patch(
+        &s.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({
+            "metadata": {"finalizers": finalizers, "resourceVersion": s.resource_version()}
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A deleted Supplier holding the unstake finalizer: run the unstake Job, and release the
+/// Supplier once it succeeded.
+async fn finish_deletion(s: &Supplier, ctx: &Context) -> Result<Action, Error> {
+    let job = build::jobs::unstake_job(s, &ctx.images)?;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+        Api::namespaced(ctx.client.clone(), &s.namespace().unwrap_or_default());
+    let Some(existing) = jobs.get_opt(&job.name_any()).await? else {
+        if crate::scheduler::ensure_job(&ctx.client, &job).await? {
+            ctx.metrics
+                .jobs_created
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.event(
+                s,
+                false,
+                "UnstakeJobStarted",
+                format!("deleting: Job {} unstakes the supplier", job.name_any()),
+            )
+            .await;
+        }
+        return Ok(Action::requeue(Duration::from_secs(10)));
+    };
+    let status = existing.status.unwrap_or_default();
+    if status.succeeded.unwrap_or(0) > 0 {
+        let rest: Vec<String> = s
+            .finalizers()
+            .iter()
+            .filter(|f| *f != UNSTAKE_FINALIZER)
+            .cloned()
+            .collect();
+        set_finalizers(&ctx.client, s, rest).await?;
+        ctx.event(
+            s,
+            false,
+            "Unstaked",
+            "unbonding started; the Supplier is released".into(),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    if status.failed.unwrap_or(0) > s.spec.jobs.backoff_limit {
+        ctx.event(
+            s,
+            true,
+            "UnstakeFailed",
+            format!(
+                "Job {} failed; the finalizer {UNSTAKE_FINALIZER} stays until it succeeds (see the Job's logs, or remove the finalizer to leave the supplier staked)",
+                job.name_any()
+            ),
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    Ok(Action::requeue(Duration::from_secs(10)))
+}
+
 /// Supplier: the store (token Secret created once, StatefulSet, Service, NetworkPolicy);
-/// status from the store and the serving Deployments of its ServiceModels.
+/// status from the store and the serving Deployments of its ServiceModels; the unstake
+/// finalizer when `unstakeOnDelete` is set.
 pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let has_finalizer = s.finalizers().iter().any(|f| f == UNSTAKE_FINALIZER);
+    if s.metadata.deletion_timestamp.is_some() {
+        return if has_finalizer {
+            finish_deletion(&s, &ctx).await
+        } else {
+            Ok(Action::await_change())
+        };
+    }
+    if s.spec.unstake_on_delete != has_finalizer {
+        let mut finalizers: Vec<String> = s
+            .finalizers()
+            .iter()
+            .filter(|f| *f != UNSTAKE_FINALIZER)
+            .cloned()
+            .collect();
+        if s.spec.unstake_on_delete {
+            finalizers.push(UNSTAKE_FINALIZER.into());
+        }
+        set_finalizers(&ctx.client, &s, finalizers).await?;
+        // The patch comes back as a watch event; the next reconcile does the rest.
+        return Ok(Action::await_change());
+    }
     let ns = s.namespace().unwrap_or_default();
     let name = s.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);

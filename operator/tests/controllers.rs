@@ -527,3 +527,97 @@ fn condition(body: &Value, type_: &str) -> Value {
         .cloned()
         .unwrap_or_else(|| panic!("no {type_} condition in {body}"))
 }
+
+#[tokio::test]
+async fn unstake_on_delete_holds_a_finalizer_until_the_unstake_job_succeeded() {
+    // Opted in, no finalizer yet: it is added (guarded by the resourceVersion), and the
+    // reconcile waits for the resulting watch event.
+    let (ctx, mut h) = context();
+    let mut s: Supplier = sample("supplier.yaml", "s-uid");
+    s.spec.unstake_on_delete = true;
+    s.metadata.resource_version = Some("7".into());
+    let s_json = serde_json::to_value(&s).expect("json");
+    let reply_json = s_json.clone();
+    let server = tokio::spawn(async move {
+        let (method, path, body, send) = next(&mut h).await;
+        assert_eq!(method, "PATCH");
+        assert!(
+            path.starts_with(
+                "/apis/lode.pokt.network/v1alpha1/namespaces/lode/suppliers/supplier-1?"
+            ),
+            "{path}"
+        );
+        assert_eq!(
+            body["metadata"]["finalizers"],
+            json!(["lode.pokt.network/unstake"])
+        );
+        assert_eq!(body["metadata"]["resourceVersion"], "7");
+        reply(send, 200, reply_json);
+    });
+    let action = reconcile_supplier(Arc::new(s.clone()), ctx)
+        .await
+        .expect("reconciles");
+    assert_eq!(action, Action::await_change());
+    server.await.expect("requests");
+
+    // Deleted: the unstake Job is started (no owner reference: its owner is going).
+    s.metadata.finalizers = Some(vec!["lode.pokt.network/unstake".into()]);
+    s.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let (ctx, mut h) = context();
+    let server = tokio::spawn(async move {
+        let (method, path, _, send) = next(&mut h).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            (
+                "GET",
+                "/apis/batch/v1/namespaces/lode/jobs/supplier-1-unstake"
+            )
+        );
+        reply(
+            send,
+            404,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+        );
+        let (method, _, body, send) = next(&mut h).await;
+        assert_eq!(method, "POST");
+        assert_eq!(
+            body["spec"]["template"]["spec"]["containers"][0]["args"],
+            json!(["unstake"])
+        );
+        assert!(body["metadata"]["ownerReferences"].is_null());
+        reply(send, 201, body);
+        let (_, _, body, send) = next(&mut h).await;
+        assert_eq!(body["reason"], "UnstakeJobStarted");
+        reply(send, 201, body);
+    });
+    let action = reconcile_supplier(Arc::new(s.clone()), ctx)
+        .await
+        .expect("reconciles");
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(10)));
+    server.await.expect("requests");
+
+    // The Job succeeded: the finalizer is removed and the Supplier released.
+    let (ctx, mut h) = context();
+    let server = tokio::spawn(async move {
+        let (_, _, _, send) = next(&mut h).await;
+        reply(
+            send,
+            200,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "supplier-1-unstake", "namespace": "lode"}, "status": {"succeeded": 1}}),
+        );
+        let (method, _, body, send) = next(&mut h).await;
+        assert_eq!(method, "PATCH");
+        assert_eq!(body["metadata"]["finalizers"], json!([]));
+        reply(send, 200, s_json);
+        let (_, _, body, send) = next(&mut h).await;
+        assert_eq!(body["reason"], "Unstaked");
+        reply(send, 201, body);
+    });
+    let action = reconcile_supplier(Arc::new(s), ctx)
+        .await
+        .expect("reconciles");
+    assert_eq!(action, Action::await_change());
+    server.await.expect("requests");
+}

@@ -70,6 +70,11 @@ enum Command {
     /// hash). The operator runs it as a Job once the serve pods are ready, so the chain
     /// never advertises an endpoint that is not serving.
     Stake(StakeArgs),
+    /// Start unbonding the supplier (a no-op when it is not staked or already unbonding).
+    ///
+    /// The operator runs it as a Job when a Supplier with `unstakeOnDelete: true` is
+    /// deleted. Prints a JSON report (`unstaking` with the tx hash, or `unchanged`).
+    Unstake(UnstakeArgs),
     /// Everything on one host: the store, serve, and a scheduler that runs the claim and
     /// prove passes as blocks arrive.
     ///
@@ -151,6 +156,38 @@ struct StakeArgs {
     gas_adjustment: f64,
     #[arg(long, default_value_t = 0.0001, env = "LODE_GAS_PRICE")]
     gas_price: f64,
+}
+
+#[derive(clap::Args, Debug)]
+struct UnstakeArgs {
+    /// Cosmos/poktroll gRPC of a node.
+    #[arg(long, env = "LODE_CHAIN_GRPC")]
+    chain_grpc: String,
+    /// CometBFT RPC of a node.
+    #[arg(long, env = "LODE_CHAIN_RPC")]
+    chain_rpc: String,
+    /// Refuse to sign unless the node is on this chain.
+    #[arg(long, env = "LODE_CHAIN_ID")]
+    chain_id: Option<String>,
+    /// The operator's key file.
+    #[arg(long, env = "LODE_KEY_FILE")]
+    key_file: PathBuf,
+}
+
+async fn unstake(a: UnstakeArgs) -> anyhow::Result<()> {
+    let passphrase = std::env::var("LODE_KEY_PASSPHRASE").ok();
+    let key = lode_chain::keys::load_key(&a.key_file, passphrase.as_deref())?;
+    let config = lode_relayminer::stake::StakeConfig {
+        grpc_url: a.chain_grpc,
+        rpc_url: a.chain_rpc,
+        chain_id: a.chain_id,
+        gas_adjustment: 1.5,
+        gas_price: 0.0001,
+        poll: Duration::from_millis(500),
+    };
+    let report = lode_relayminer::stake::unstake(&config, key).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 /// The wanted on-chain state from `relayminer stake`'s flags.
@@ -521,5 +558,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Prove(args) => job(args, false).await,
         Command::Run(args) => run(args).await,
         Command::Stake(args) => stake(args).await,
+        Command::Unstake(args) => unstake(args).await,
     }
 }

@@ -12,7 +12,8 @@ use serde::Serialize;
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct StakeReport {
     pub operator: String,
-    /// `unchanged` (the chain already matched) or `staked` (a transaction was included).
+    /// `unchanged` (the chain already matched), `staked` or `unstaking` (a transaction
+    /// was included).
     pub outcome: String,
     pub tx_hash: Option<String>,
     pub height: Option<i64>,
@@ -28,6 +29,65 @@ pub struct StakeConfig {
     pub gas_adjustment: f64,
     pub gas_price: f64,
     pub poll: std::time::Duration,
+}
+
+/// Starts unbonding the supplier unless it is not staked or already unbonding.
+pub async fn unstake(config: &StakeConfig, key: SecretKey) -> anyhow::Result<StakeReport> {
+    let operator = key.public_key().address().to_bech32("pokt");
+    let retry = RetryPolicy::default();
+    let grpc = ChainGrpc::new(&config.grpc_url, retry)?;
+    let rpc = CometRpc::new(&config.rpc_url, retry);
+    let onchain = PocketQuery::new(grpc.clone()).supplier(&operator).await?;
+    if !onchain.is_some_and(|s| s.unstake_session_end_height == 0) {
+        return Ok(StakeReport {
+            operator,
+            outcome: "unchanged".into(),
+            tx_hash: None,
+            height: None,
+        });
+    }
+    let sender = signer(config, rpc, grpc, key).await?;
+    let sent = sender
+        .send(
+            vec![lode_chain::stake::unstake_message(&operator)],
+            "lode unstake",
+            0,
+        )
+        .await?;
+    Ok(StakeReport {
+        operator,
+        outcome: "unstaking".into(),
+        tx_hash: Some(sent.hash),
+        height: Some(sent.height),
+    })
+}
+
+/// A transaction sender for `key` on the node's chain (checked against the configured
+/// one).
+async fn signer(
+    config: &StakeConfig,
+    rpc: CometRpc,
+    grpc: ChainGrpc,
+    key: SecretKey,
+) -> anyhow::Result<TxSender> {
+    let node = rpc.status().await?.chain_id;
+    if let Some(want) = &config.chain_id {
+        anyhow::ensure!(
+            *want == node,
+            "the node is on chain {node:?}, not the configured {want:?}: refusing to sign"
+        );
+    }
+    Ok(TxSender::new(
+        rpc,
+        grpc,
+        key,
+        SendConfig {
+            gas_adjustment: config.gas_adjustment,
+            gas_price: config.gas_price,
+            poll: config.poll,
+            ..SendConfig::pocket(&node)
+        },
+    ))
 }
 
 pub async fn stake(
@@ -55,24 +115,7 @@ pub async fn stake(
             height: None,
         });
     }
-    let node = rpc.status().await?.chain_id;
-    if let Some(want) = &config.chain_id {
-        anyhow::ensure!(
-            *want == node,
-            "the node is on chain {node:?}, not the configured {want:?}: refusing to sign"
-        );
-    }
-    let sender = TxSender::new(
-        rpc,
-        grpc,
-        key,
-        SendConfig {
-            gas_adjustment: config.gas_adjustment,
-            gas_price: config.gas_price,
-            poll: config.poll,
-            ..SendConfig::pocket(&node)
-        },
-    );
+    let sender = signer(config, rpc, grpc, key).await?;
     let sent = sender.send(vec![spec.message()], "lode stake", 0).await?;
     Ok(StakeReport {
         operator,

@@ -739,7 +739,7 @@ async fn sessions_worth_less_than_their_fees_are_dropped_and_windows_are_respect
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relayminer_stake_stakes_once_and_then_finds_the_chain_as_wanted() {
+async fn relayminer_stake_and_unstake_act_once_and_then_find_the_chain_as_wanted() {
     let devnet = Devnet::new(&DevnetConfig::new(91));
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let chain = devnet.serve(any, any, None).await.expect("devnet");
@@ -785,6 +785,39 @@ async fn relayminer_stake_stakes_once_and_then_finds_the_chain_as_wanted() {
     let report: serde_json::Value = serde_json::from_slice(&second.stdout).expect("report");
     assert_eq!(report["outcome"], "unchanged");
     assert_eq!(sequence(&devnet), before + 1, "no second transaction");
+    // Unstaking: once, then nothing more to do.
+    let unstake = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_relayminer"))
+            .arg("unstake")
+            .args([
+                "--chain-grpc",
+                &chain.grpc_url,
+                "--chain-rpc",
+                &chain.rpc_url,
+            ])
+            .arg("--key-file")
+            .arg(&key_file)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("relayminer unstake")
+    };
+    let out = unstake();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["outcome"], "unstaking");
+    assert_ne!(
+        devnet.chain().m.suppliers[&address(&key)].unstake_session_end_height,
+        0,
+        "unbonding"
+    );
+    let out = unstake();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["outcome"], "unchanged");
+    assert_eq!(sequence(&devnet), before + 2, "one stake, one unstake");
     // Bad flags are explained before anything is sent.
     let bad = run(&["--rev-share", "llm:pokt1x=60"]);
     assert!(!bad.status.success());

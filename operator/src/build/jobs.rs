@@ -211,6 +211,32 @@ pub fn stake_spec(s: &Supplier) -> Result<StakeSpec, BuildError> {
     })
 }
 
+/// The `relayminer unstake` Job run when a Supplier with `unstakeOnDelete` is deleted.
+/// It has no owner reference: its owner is on its way out, and the Job must outlive
+/// the garbage collection of the Supplier's other children only until it finished.
+pub fn unstake_job(s: &Supplier, images: &Images) -> Result<Job, BuildError> {
+    let name = name_of(s);
+    let mut job = relayminer_job(
+        s,
+        format!("{name}-unstake"),
+        super::component::STAKE,
+        vec!["unstake".into()],
+        vec![
+            ("LODE_CHAIN_GRPC", s.spec.chain.grpc_url.clone()),
+            ("LODE_CHAIN_RPC", s.spec.chain.rpc_url.clone()),
+            ("LODE_CHAIN_ID", s.spec.chain.chain_id.clone()),
+            (
+                "LODE_KEY_FILE",
+                format!("{}/{}", paths::KEYS, s.spec.key_secret_ref.key),
+            ),
+        ],
+        BTreeMap::new(),
+        images,
+    )?;
+    job.metadata.owner_references = None;
+    Ok(job)
+}
+
 /// The `relayminer stake` Job that makes the chain match the Supplier's spec. Its name
 /// carries a hash of that spec: one Job per wanted state.
 pub fn stake_job(s: &Supplier, images: &Images) -> Result<Job, BuildError> {

@@ -2,9 +2,20 @@
 //! already has it (so a stake job that runs twice sends nothing the second time).
 
 use lode_kernels::proto::cosmos::{
-    Any, Coin, MSG_STAKE_SUPPLIER_TYPE_URL, MsgStakeSupplier, ServiceRevenueShare,
-    SupplierEndpoint, SupplierServiceConfig,
+    Any, Coin, MSG_STAKE_SUPPLIER_TYPE_URL, MSG_UNSTAKE_SUPPLIER_TYPE_URL, MsgStakeSupplier,
+    MsgUnstakeSupplier, ServiceRevenueShare, SupplierEndpoint, SupplierServiceConfig,
 };
+
+/// The message that starts unbonding `operator` (signed by the operator).
+pub fn unstake_message(operator: &str) -> Any {
+    Any::pack(
+        MSG_UNSTAKE_SUPPLIER_TYPE_URL,
+        &MsgUnstakeSupplier {
+            signer: operator.to_string(),
+            operator_address: operator.to_string(),
+        },
+    )
+}
 
 use crate::proto::pocket::shared;
 
