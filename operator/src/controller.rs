@@ -295,6 +295,15 @@ fn new_token() -> String {
 /// The finalizer a Supplier with `unstakeOnDelete` carries until it is unstaked.
 pub const UNSTAKE_FINALIZER: &str = "lode.pokt.network/unstake";
 
+/// The Supplier's finalizers other than lode's.
+fn other_finalizers(s: &Supplier) -> Vec<String> {
+    s.finalizers()
+        .iter()
+        .filter(|f| *f != UNSTAKE_FINALIZER)
+        .cloned()
+        .collect()
+}
+
 /// Replaces the Supplier's finalizers (a merge patch guarded by its resourceVersion).
 async fn set_finalizers(
     client: &Client,
@@ -336,13 +345,7 @@ async fn finish_deletion(s: &Supplier, ctx: &Context) -> Result<Action, Error> {
     };
     let status = existing.status.unwrap_or_default();
     if status.succeeded.unwrap_or(0) > 0 {
-        let rest: Vec<String> = s
-            .finalizers()
-            .iter()
-            .filter(|f| *f != UNSTAKE_FINALIZER)
-            .cloned()
-            .collect();
-        set_finalizers(&ctx.client, s, rest).await?;
+        set_finalizers(&ctx.client, s, other_finalizers(s)).await?;
         ctx.event(
             s,
             false,
@@ -381,12 +384,7 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
         };
     }
     if s.spec.unstake_on_delete != has_finalizer {
-        let mut finalizers: Vec<String> = s
-            .finalizers()
-            .iter()
-            .filter(|f| *f != UNSTAKE_FINALIZER)
-            .cloned()
-            .collect();
+        let mut finalizers = other_finalizers(&s);
         if s.spec.unstake_on_delete {
             finalizers.push(UNSTAKE_FINALIZER.into());
         }

@@ -120,8 +120,9 @@ struct JobArgs {
     report_file: Option<PathBuf>,
 }
 
+/// The node and key of `stake` and `unstake`.
 #[derive(clap::Args, Debug)]
-struct StakeArgs {
+struct SignerArgs {
     /// Cosmos/poktroll gRPC of a node.
     #[arg(long, env = "LODE_CHAIN_GRPC")]
     chain_grpc: String,
@@ -135,6 +136,33 @@ struct StakeArgs {
     /// LODE_KEY_PASSPHRASE).
     #[arg(long, env = "LODE_KEY_FILE")]
     key_file: PathBuf,
+}
+
+impl SignerArgs {
+    fn key(&self) -> anyhow::Result<lode_kernels::crypto::SecretKey> {
+        let passphrase = std::env::var("LODE_KEY_PASSPHRASE").ok();
+        Ok(lode_chain::keys::load_key(
+            &self.key_file,
+            passphrase.as_deref(),
+        )?)
+    }
+
+    fn config(&self, gas_adjustment: f64, gas_price: f64) -> lode_relayminer::stake::StakeConfig {
+        lode_relayminer::stake::StakeConfig {
+            grpc_url: self.chain_grpc.clone(),
+            rpc_url: self.chain_rpc.clone(),
+            chain_id: self.chain_id.clone(),
+            gas_adjustment,
+            gas_price,
+            poll: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct StakeArgs {
+    #[command(flatten)]
+    signer: SignerArgs,
     /// The owner address (default: the operator, custodial staking).
     #[arg(long, env = "LODE_OWNER")]
     owner: Option<String>,
@@ -160,32 +188,17 @@ struct StakeArgs {
 
 #[derive(clap::Args, Debug)]
 struct UnstakeArgs {
-    /// Cosmos/poktroll gRPC of a node.
-    #[arg(long, env = "LODE_CHAIN_GRPC")]
-    chain_grpc: String,
-    /// CometBFT RPC of a node.
-    #[arg(long, env = "LODE_CHAIN_RPC")]
-    chain_rpc: String,
-    /// Refuse to sign unless the node is on this chain.
-    #[arg(long, env = "LODE_CHAIN_ID")]
-    chain_id: Option<String>,
-    /// The operator's key file.
-    #[arg(long, env = "LODE_KEY_FILE")]
-    key_file: PathBuf,
+    #[command(flatten)]
+    signer: SignerArgs,
+    #[arg(long, default_value_t = 1.5, env = "LODE_GAS_ADJUSTMENT")]
+    gas_adjustment: f64,
+    #[arg(long, default_value_t = 0.0001, env = "LODE_GAS_PRICE")]
+    gas_price: f64,
 }
 
 async fn unstake(a: UnstakeArgs) -> anyhow::Result<()> {
-    let passphrase = std::env::var("LODE_KEY_PASSPHRASE").ok();
-    let key = lode_chain::keys::load_key(&a.key_file, passphrase.as_deref())?;
-    let config = lode_relayminer::stake::StakeConfig {
-        grpc_url: a.chain_grpc,
-        rpc_url: a.chain_rpc,
-        chain_id: a.chain_id,
-        gas_adjustment: 1.5,
-        gas_price: 0.0001,
-        poll: Duration::from_millis(500),
-    };
-    let report = lode_relayminer::stake::unstake(&config, key).await?;
+    let config = a.signer.config(a.gas_adjustment, a.gas_price);
+    let report = lode_relayminer::stake::unstake(&config, a.signer.key()?).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
@@ -238,18 +251,10 @@ fn stake_spec(a: &StakeArgs, operator: &str) -> anyhow::Result<lode_chain::stake
 }
 
 async fn stake(a: StakeArgs) -> anyhow::Result<()> {
-    let passphrase = std::env::var("LODE_KEY_PASSPHRASE").ok();
-    let key = lode_chain::keys::load_key(&a.key_file, passphrase.as_deref())?;
+    let key = a.signer.key()?;
     let operator = key.public_key().address().to_bech32("pokt");
     let spec = stake_spec(&a, &operator)?;
-    let config = lode_relayminer::stake::StakeConfig {
-        grpc_url: a.chain_grpc.clone(),
-        rpc_url: a.chain_rpc.clone(),
-        chain_id: a.chain_id.clone(),
-        gas_adjustment: a.gas_adjustment,
-        gas_price: a.gas_price,
-        poll: Duration::from_millis(500),
-    };
+    let config = a.signer.config(a.gas_adjustment, a.gas_price);
     let report = lode_relayminer::stake::stake(&config, key, &spec).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

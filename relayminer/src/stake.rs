@@ -19,6 +19,17 @@ pub struct StakeReport {
     pub height: Option<i64>,
 }
 
+impl StakeReport {
+    fn unchanged(operator: String) -> Self {
+        Self {
+            operator,
+            outcome: "unchanged".into(),
+            tx_hash: None,
+            height: None,
+        }
+    }
+}
+
 /// Transaction settings of a stake run.
 #[derive(Clone, Debug)]
 pub struct StakeConfig {
@@ -38,13 +49,8 @@ pub async fn unstake(config: &StakeConfig, key: SecretKey) -> anyhow::Result<Sta
     let grpc = ChainGrpc::new(&config.grpc_url, retry)?;
     let rpc = CometRpc::new(&config.rpc_url, retry);
     let onchain = PocketQuery::new(grpc.clone()).supplier(&operator).await?;
-    if !onchain.is_some_and(|s| s.unstake_session_end_height == 0) {
-        return Ok(StakeReport {
-            operator,
-            outcome: "unchanged".into(),
-            tx_hash: None,
-            height: None,
-        });
+    if onchain.is_none_or(|s| s.unstake_session_end_height != 0) {
+        return Ok(StakeReport::unchanged(operator));
     }
     let sender = signer(config, rpc, grpc, key).await?;
     let sent = sender
@@ -108,12 +114,7 @@ pub async fn stake(
     if let Some(onchain) = query.supplier(&operator).await?
         && spec.is_met_by(&onchain)
     {
-        return Ok(StakeReport {
-            operator,
-            outcome: "unchanged".into(),
-            tx_hash: None,
-            height: None,
-        });
+        return Ok(StakeReport::unchanged(operator));
     }
     let sender = signer(config, rpc, grpc, key).await?;
     let sent = sender.send(vec![spec.message()], "lode stake", 0).await?;
