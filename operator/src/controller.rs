@@ -188,6 +188,20 @@ pub async fn reconcile_model(sm: Arc<ServiceModel>, ctx: Arc<Context>) -> Result
     let supplier = match supplier_of(&sm, &suppliers) {
         Ok(Some(s)) => s,
         Ok(None) => {
+            // Serving pods hold a supplier's key: none may run for a model no Supplier
+            // lists any more.
+            let removed = remove_serving(&ctx.client, &sm).await?;
+            if removed > 0 {
+                ctx.event(
+                    sm.as_ref(),
+                    false,
+                    "NoSupplier",
+                    format!(
+                        "no Supplier lists this ServiceModel; removed {removed} serving objects"
+                    ),
+                )
+                .await;
+            }
             let msg = "no Supplier lists this ServiceModel in spec.services; nothing serves it"
                 .to_string();
             patch_status(&ctx.client, sm.as_ref(), not_ready("NoSupplier", msg)).await?;
@@ -266,6 +280,29 @@ pub async fn reconcile_model(sm: Arc<ServiceModel>, ctx: Arc<Context>) -> Result
     )
     .await?;
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Deletes a ServiceModel's serving objects; how many existed.
+async fn remove_serving(client: &Client, sm: &ServiceModel) -> Result<usize, Error> {
+    let ns = sm.namespace().unwrap_or_default();
+    let name = sm.name_any();
+    let dp = kube::api::DeleteParams::default();
+    let mut removed = 0;
+    macro_rules! remove {
+        ($kind:ty, $name:expr) => {{
+            let api: Api<$kind> = Api::namespaced(client.clone(), &ns);
+            match api.delete(&$name, &dp).await {
+                Ok(_) => removed += 1,
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }};
+    }
+    remove!(Deployment, name.clone());
+    remove!(Service, name.clone());
+    remove!(PodDisruptionBudget, name.clone());
+    remove!(ConfigMap, format!("{name}-serve"));
+    Ok(removed)
 }
 
 /// A random token for a new store (64 hex characters).

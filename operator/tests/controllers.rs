@@ -186,6 +186,42 @@ async fn an_unlisted_or_invalid_service_model_gets_a_condition_not_a_hot_loop() 
     let server = tokio::spawn(async move {
         let (_, _, _, send) = next(&mut h).await;
         reply(send, 200, supplier_list(vec![]));
+        // Its serving objects (left from when a Supplier listed it) are deleted.
+        for (path, exists) in [
+            ("/apis/apps/v1/namespaces/lode/deployments/qwen-7b", true),
+            ("/api/v1/namespaces/lode/services/qwen-7b", true),
+            (
+                "/apis/policy/v1/namespaces/lode/poddisruptionbudgets/qwen-7b",
+                false,
+            ),
+            ("/api/v1/namespaces/lode/configmaps/qwen-7b-serve", true),
+        ] {
+            let (method, got, _, send) = next(&mut h).await;
+            assert_eq!(method, "DELETE");
+            assert!(got.starts_with(path), "{got}");
+            if exists {
+                reply(
+                    send,
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+                );
+            } else {
+                reply(
+                    send,
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+                );
+            }
+        }
+        let (method, _, body, send) = next(&mut h).await;
+        assert_eq!(method, "POST", "an Event");
+        assert!(
+            body["note"]
+                .as_str()
+                .expect("note")
+                .contains("removed 3 serving objects")
+        );
+        reply(send, 201, body);
         let (method, path, body, send) = next(&mut h).await;
         assert_eq!(method, "PATCH");
         assert!(path.contains("/servicemodels/qwen-7b/status"), "{path}");
