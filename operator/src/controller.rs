@@ -657,6 +657,18 @@ where
     Action::requeue(Duration::from_secs(15))
 }
 
+/// Logs what a controller stream reports as failed (error_policy already retried it).
+fn log_error<T, E: std::fmt::Display>(
+    controller: &'static str,
+) -> impl FnMut(Result<T, E>) -> std::future::Ready<()> {
+    move |r| {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, controller, "controller");
+        }
+        std::future::ready(())
+    }
+}
+
 /// Counts a reconcile's outcome.
 fn counted(ctx: &Context, kind: &'static str, r: &Result<Action, Error>) {
     ctx.metrics
@@ -697,11 +709,7 @@ pub async fn run(ctx: Arc<Context>) {
             error_policy,
             ctx.clone(),
         )
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "servicemodel controller");
-            }
-        });
+        .for_each(log_error("servicemodel"));
     let suppliers = Controller::new(Api::<Supplier>::all(client.clone()), wc.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), wc.clone())
         .shutdown_on_signal()
@@ -714,11 +722,7 @@ pub async fn run(ctx: Arc<Context>) {
             error_policy,
             ctx.clone(),
         )
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "supplier controller");
-            }
-        });
+        .for_each(log_error("supplier"));
     let gateways = Controller::new(Api::<GatewayPool>::all(client.clone()), wc.clone())
         .owns(Api::<Deployment>::all(client), wc)
         .shutdown_on_signal()
@@ -731,11 +735,7 @@ pub async fn run(ctx: Arc<Context>) {
             error_policy,
             ctx,
         )
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "gatewaypool controller");
-            }
-        });
+        .for_each(log_error("gatewaypool"));
     tokio::join!(models, suppliers, gateways);
 }
 

@@ -5,18 +5,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, PodSpec, PodTemplateSpec, ResourceRequirements, Service,
-    ServicePort, ServiceSpec,
+    ConfigMap, Container, PodSpec, PodTemplateSpec, Service, ServiceSpec,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lode_crds::{GatewayPool, RoutingPolicy};
 
 use super::servicemodel::CONFIG_HASH;
 use super::{
-    BuildError, Images, child_meta, component, config_volume, http_probe, labels, locked_down,
-    mount, name_of, paths, pod_security, ports, secret_volume, selector,
+    BuildError, Images, child_meta, component, config_volume, container_ports, http_probe, labels,
+    locked_down, mount, name_of, paths, pod_security, ports, resources, secret_volume, selector,
+    service_ports,
 };
 
 /// Everything one GatewayPool becomes.
@@ -96,28 +94,13 @@ pub fn gateway(g: &GatewayPool, images: &Images) -> Result<GatewayObjects, Build
             format!("{}/gateway.yaml", paths::CONFIG),
             "--log-json".into(),
         ]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("http".into()),
-                container_port: ports::GATEWAY,
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("admin".into()),
-                container_port: ports::GATEWAY_ADMIN,
-                ..ContainerPort::default()
-            },
-        ]),
+        ports: Some(container_ports(&[
+            ("http", ports::GATEWAY),
+            ("admin", ports::GATEWAY_ADMIN),
+        ])),
         readiness_probe: Some(http_probe("/readyz", ports::GATEWAY_ADMIN, 5)),
         liveness_probe: Some(http_probe("/healthz", ports::GATEWAY_ADMIN, 10)),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".into(), Quantity("500m".into())),
-                ("memory".into(), Quantity("128Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([("memory".into(), Quantity("1Gi".into()))])),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(resources("500m", "128Mi", "1Gi")),
         security_context: Some(locked_down()),
         volume_mounts: Some(vec![
             mount("config", paths::CONFIG),
@@ -163,20 +146,10 @@ pub fn gateway(g: &GatewayPool, images: &Images) -> Result<GatewayObjects, Build
         metadata: child_meta(g, name, labels)?,
         spec: Some(ServiceSpec {
             selector: Some(select),
-            ports: Some(vec![
-                ServicePort {
-                    name: Some("http".into()),
-                    port: ports::GATEWAY,
-                    target_port: Some(IntOrString::String("http".into())),
-                    ..ServicePort::default()
-                },
-                ServicePort {
-                    name: Some("admin".into()),
-                    port: ports::GATEWAY_ADMIN,
-                    target_port: Some(IntOrString::String("admin".into())),
-                    ..ServicePort::default()
-                },
-            ]),
+            ports: Some(service_ports(&[
+                ("http", ports::GATEWAY),
+                ("admin", ports::GATEWAY_ADMIN),
+            ])),
             ..ServiceSpec::default()
         }),
         ..Service::default()

@@ -157,6 +157,51 @@ pub fn pod_security() -> PodSecurityContext {
     }
 }
 
+/// Named container ports.
+pub fn container_ports(named: &[(&str, i32)]) -> Vec<k8s_openapi::api::core::v1::ContainerPort> {
+    named
+        .iter()
+        .map(|(name, port)| k8s_openapi::api::core::v1::ContainerPort {
+            name: Some((*name).into()),
+            container_port: *port,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Service ports that target the containers' ports of the same names.
+pub fn service_ports(named: &[(&str, i32)]) -> Vec<k8s_openapi::api::core::v1::ServicePort> {
+    named
+        .iter()
+        .map(|(name, port)| k8s_openapi::api::core::v1::ServicePort {
+            name: Some((*name).into()),
+            port: *port,
+            target_port: Some(IntOrString::String((*name).into())),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// CPU and memory requested, memory limited (no CPU limit: throttling hurts latency).
+pub fn resources(
+    cpu: &str,
+    memory: &str,
+    memory_limit: &str,
+) -> k8s_openapi::api::core::v1::ResourceRequirements {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    k8s_openapi::api::core::v1::ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), Quantity(cpu.into())),
+            ("memory".into(), Quantity(memory.into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".into(),
+            Quantity(memory_limit.into()),
+        )])),
+        ..Default::default()
+    }
+}
+
 pub fn http_probe(path: &str, port: i32, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {

@@ -10,8 +10,7 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction, Toleration, Volume,
-    VolumeMount,
+    SecretKeySelector, Service, ServiceSpec, TCPSocketAction, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -23,8 +22,8 @@ use sha2::{Digest, Sha256};
 use super::supplier::token_secret_name;
 use super::{
     BuildError, Images, STORE_TOKEN_KEY, SUPPLIER_LABEL, child_meta, component, config_volume,
-    http_probe, labels, locked_down, mount, name_of, paths, pod_security, ports, secret_volume,
-    selector, store_url,
+    container_ports, http_probe, labels, locked_down, mount, name_of, paths, pod_security, ports,
+    resources, secret_volume, selector, service_ports, store_url,
 };
 
 /// Annotation on the pod template carrying a hash of serve's configuration, so a changed
@@ -309,28 +308,13 @@ fn serve_container(supplier: &Supplier, images: &Images) -> Container {
             format!("{}/serve.yaml", paths::CONFIG),
         ]),
         env: Some(env),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("relay".into()),
-                container_port: ports::RELAY,
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("admin".into()),
-                container_port: ports::SERVE_ADMIN,
-                ..ContainerPort::default()
-            },
-        ]),
+        ports: Some(container_ports(&[
+            ("relay", ports::RELAY),
+            ("admin", ports::SERVE_ADMIN),
+        ])),
         readiness_probe: Some(http_probe("/readyz", ports::SERVE_ADMIN, 5)),
         liveness_probe: Some(http_probe("/healthz", ports::SERVE_ADMIN, 10)),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".into(), Quantity("500m".into())),
-                ("memory".into(), Quantity("256Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([("memory".into(), Quantity("2Gi".into()))])),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(resources("500m", "256Mi", "2Gi")),
         security_context: Some(locked_down()),
         volume_mounts: Some(vec![
             mount("config", paths::CONFIG),
@@ -445,20 +429,10 @@ pub fn serving(
         metadata: child_meta(sm, name.clone(), labels.clone())?,
         spec: Some(ServiceSpec {
             selector: Some(select.clone()),
-            ports: Some(vec![
-                ServicePort {
-                    name: Some("relay".into()),
-                    port: ports::RELAY,
-                    target_port: Some(IntOrString::String("relay".into())),
-                    ..ServicePort::default()
-                },
-                ServicePort {
-                    name: Some("admin".into()),
-                    port: ports::SERVE_ADMIN,
-                    target_port: Some(IntOrString::String("admin".into())),
-                    ..ServicePort::default()
-                },
-            ]),
+            ports: Some(service_ports(&[
+                ("relay", ports::RELAY),
+                ("admin", ports::SERVE_ADMIN),
+            ])),
             ..ServiceSpec::default()
         }),
         ..Service::default()

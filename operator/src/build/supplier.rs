@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
-    PodTemplateSpec, ResourceRequirements, Secret, Service, ServicePort, ServiceSpec, VolumeMount,
-    VolumeResourceRequirements,
+    Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Secret,
+    Service, ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -21,8 +20,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lode_crds::Supplier;
 
 use super::{
-    BuildError, Images, STORE_TOKEN_KEY, SUPPLIER_LABEL, child_meta, component, http_probe, labels,
-    locked_down, mount, name_of, paths, pod_security, ports, secret_volume, selector,
+    BuildError, Images, STORE_TOKEN_KEY, SUPPLIER_LABEL, child_meta, component, container_ports,
+    http_probe, labels, locked_down, mount, name_of, paths, pod_security, ports, resources,
+    secret_volume, selector,
 };
 
 /// The store's objects.
@@ -89,28 +89,13 @@ pub fn store(s: &Supplier, images: &Images) -> Result<StoreObjects, BuildError> 
             spec.operator_address.clone(),
             "--log-json".into(),
         ]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("grpc".into()),
-                container_port: ports::STORE,
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("admin".into()),
-                container_port: ports::STORE_ADMIN,
-                ..ContainerPort::default()
-            },
-        ]),
+        ports: Some(container_ports(&[
+            ("grpc", ports::STORE),
+            ("admin", ports::STORE_ADMIN),
+        ])),
         readiness_probe: Some(http_probe("/readyz", ports::STORE_ADMIN, 5)),
         liveness_probe: Some(http_probe("/healthz", ports::STORE_ADMIN, 10)),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".into(), Quantity("250m".into())),
-                ("memory".into(), Quantity("256Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([("memory".into(), Quantity("1Gi".into()))])),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(resources("250m", "256Mi", "1Gi")),
         security_context: Some(locked_down()),
         volume_mounts: Some(vec![
             VolumeMount {

@@ -61,14 +61,8 @@ impl Lifecycle {
         proof_params: &ProofModuleParams,
     ) -> anyhow::Result<Option<Pending>> {
         let height = report.height;
-        let header = info
-            .session_header
-            .clone()
-            .context("a store session without a header")?;
+        let (header, w) = self.header_and_windows(&info, height).await?;
         let id = header.session_id.clone();
-        let w = self
-            .windows(header.session_end_block_height, height)
-            .await?;
         let mut r = SessionReport::new(supplier, &info);
         let (open, close) = (w.claim_window_open_height, w.claim_window_close_height);
         if height < open {

@@ -385,6 +385,20 @@ impl Lifecycle {
         Ok(self.query.shared_params_at(at).await?.shared.windows(end))
     }
 
+    /// A store session's header and its windows.
+    async fn header_and_windows(
+        &self,
+        info: &SessionInfo,
+        now: i64,
+    ) -> anyhow::Result<(lode_store_api::SessionHeader, SessionWindows)> {
+        let header = info
+            .session_header
+            .clone()
+            .context("a store session without a header")?;
+        let w = self.windows(header.session_end_block_height, now).await?;
+        Ok((header, w))
+    }
+
     /// What a claim with `sum` compute units and `count` relays is worth, checked the way
     /// the chain checks it.
     async fn claim_value(

@@ -100,14 +100,8 @@ impl Lifecycle {
         params: &ProofModuleParams,
     ) -> anyhow::Result<Option<(Pending, bool)>> {
         let height = report.height;
-        let header = info
-            .session_header
-            .clone()
-            .context("a store session without a header")?;
+        let (header, w) = self.header_and_windows(&info, height).await?;
         let id = header.session_id.clone();
-        let w = self
-            .windows(header.session_end_block_height, height)
-            .await?;
         let (open, close) = (w.proof_window_open_height, w.proof_window_close_height);
         let mut r = SessionReport::new(supplier, &info);
         r.tx_hash = Some(info.claim_tx_hash.clone()).filter(|t| !t.is_empty());
