@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -363,8 +364,7 @@ async fn set_finalizers(
 /// Supplier once it succeeded.
 async fn finish_deletion(s: &Supplier, ctx: &Context) -> Result<Action, Error> {
     let job = build::jobs::unstake_job(s, &ctx.images)?;
-    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
-        Api::namespaced(ctx.client.clone(), &s.namespace().unwrap_or_default());
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &s.namespace().unwrap_or_default());
     let Some(existing) = jobs.get_opt(&job.name_any()).await? else {
         if crate::scheduler::ensure_job(&ctx.client, &job).await? {
             ctx.metrics
@@ -499,6 +499,31 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
         format!("store ready: {store_ready}; {ready_serving} serving pods ready"),
         generation,
     );
+    let (last_claim, last_proof) = crate::outcomes::fetch(&ctx.client, &ns, &name).await?;
+    let at_risk: Vec<String> = [("claim", &last_claim), ("proof", &last_proof)]
+        .into_iter()
+        .filter_map(|(w, o)| {
+            o.as_ref()
+                .filter(|o| crate::outcomes::unhealthy(o))
+                .map(|o| format!("last {w}: {}", o.outcome))
+        })
+        .collect();
+    conds = set_condition(
+        &conds,
+        "ClaimsHealthy",
+        at_risk.is_empty(),
+        if at_risk.is_empty() {
+            "ClaimsLanding"
+        } else {
+            "ClaimsFailing"
+        },
+        if at_risk.is_empty() {
+            "no failed or missed claim or proof in the latest windows".to_string()
+        } else {
+            at_risk.join("; ")
+        },
+        generation,
+    );
     let services = s
         .spec
         .services
@@ -513,6 +538,8 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
             "readyReplicas": ready_serving,
             "stakedUpokt": stake.staked_upokt,
             "services": services,
+            "lastClaim": last_claim,
+            "lastProof": last_proof,
             "observedGeneration": generation,
             "conditions": conds,
         }),
@@ -710,8 +737,25 @@ pub async fn run(ctx: Arc<Context>) {
             ctx.clone(),
         )
         .for_each(log_error("servicemodel"));
+    // A Supplier's status follows its store, its serving Deployments (readiness gates
+    // the stake Job) and its claim/prove Jobs (last outcomes).
+    let supplier_of_child = |labels: &BTreeMap<String, String>, ns: Option<String>| {
+        labels.get(build::SUPPLIER_LABEL).map(|s| {
+            let r = ObjectRef::<Supplier>::new(s);
+            match ns {
+                Some(ns) => r.within(&ns),
+                None => r,
+            }
+        })
+    };
     let suppliers = Controller::new(Api::<Supplier>::all(client.clone()), wc.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), wc.clone())
+        .owns(Api::<Job>::all(client.clone()), wc.clone())
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            wc.clone(),
+            move |d: Deployment| supplier_of_child(d.labels(), d.namespace()),
+        )
         .shutdown_on_signal()
         .run(
             |o, c| async move {

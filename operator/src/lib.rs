@@ -6,5 +6,6 @@ pub mod admin;
 pub mod build;
 pub mod controller;
 pub mod leader;
+pub mod outcomes;
 pub mod render;
 pub mod scheduler;

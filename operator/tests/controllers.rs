@@ -352,9 +352,41 @@ async fn a_new_supplier_gets_a_token_once_and_its_store() {
             200,
             json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "qwen-7b", "namespace": "lode"}, "status": {"readyReplicas": 2}}),
         );
+        // Its claim Job finished: the outcome comes from the pod's termination message.
+        let (method, path, _, send) = next(&mut h).await;
+        assert_eq!(method, "GET");
+        assert!(
+            path.starts_with("/apis/batch/v1/namespaces/lode/jobs?"),
+            "{path}"
+        );
+        reply(
+            send,
+            200,
+            json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": [{
+                "metadata": {"name": "supplier-1-claim-22", "labels": {"app.kubernetes.io/component": "claim"},
+                    "annotations": {"lode.pokt.network/window-open-height": "22"}},
+                "status": {"conditions": [{"type": "Complete", "status": "True"}]}}]}),
+        );
+        let (method, path, _, send) = next(&mut h).await;
+        assert_eq!(method, "GET");
+        assert!(path.starts_with("/api/v1/namespaces/lode/pods?"), "{path}");
+        reply(
+            send,
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+                "metadata": {"name": "supplier-1-claim-22-x", "labels": {"job-name": "supplier-1-claim-22"}},
+                "status": {"containerStatuses": [{"name": "claim", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "finishedAt": "2026-01-01T00:00:00Z",
+                        "message": "{\"job\":\"claim\",\"height\":22,\"sessions\":[{\"session_end_height\":20,\"outcome\":\"claimed\",\"tx_hash\":\"AB12\"}],\"errors\":[]}"}}}]}}]}),
+        );
         let (method, path, body, send) = next(&mut h).await;
         assert_eq!(method, "PATCH");
         assert!(path.contains("/suppliers/supplier-1/status"), "{path}");
+        assert_eq!(
+            body["status"]["lastClaim"],
+            json!({"sessionEndHeight": 20, "outcome": "claimed", "txHash": "AB12"})
+        );
+        assert_eq!(body["status"]["lastProof"], Value::Null);
         assert_eq!(body["status"]["readyReplicas"], 2);
         assert_eq!(body["status"]["services"], "llm");
         let conds = body["status"]["conditions"]
@@ -372,6 +404,7 @@ async fn a_new_supplier_gets_a_token_once_and_its_store() {
         assert_eq!(get("Ready")["status"], "True");
         assert_eq!(get("Staked")["status"], "False");
         assert_eq!(get("Staked")["reason"], "ChainUnreachable");
+        assert_eq!(get("ClaimsHealthy")["status"], "True");
         reply(send, 200, s_json);
     });
     reconcile_supplier(Arc::new(s), ctx)
@@ -444,6 +477,21 @@ async fn the_window_scheduler_starts_each_job_once_at_the_height_read_from_the_c
 
 /// Answers a Supplier reconcile's requests up to the stake decision: token exists, store
 /// applied (ready), its serving Deployment has one ready pod.
+/// The Supplier's claim/prove Jobs are listed for `status.lastClaim`/`lastProof`; none.
+async fn no_window_jobs(h: &mut Handle) {
+    let (method, path, _, send) = next(h).await;
+    assert_eq!(method, "GET");
+    assert!(
+        path.starts_with("/apis/batch/v1/namespaces/lode/jobs?") && path.contains("labelSelector"),
+        "{path}"
+    );
+    reply(
+        send,
+        200,
+        json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": []}),
+    );
+}
+
 async fn store_and_serving(h: &mut Handle) {
     let (_, path, _, send) = next(h).await;
     assert_eq!(
@@ -517,6 +565,7 @@ async fn the_stake_job_starts_only_when_the_chain_differs_and_pods_serve() {
         assert_eq!(method, "POST", "an Event");
         assert_eq!(body["reason"], "StakeJobStarted");
         reply(send, 201, body);
+        no_window_jobs(&mut h).await;
         let (_, path, body, send) = next(&mut h).await;
         assert!(path.contains("/suppliers/supplier-1/status"), "{path}");
         let staked = condition(&body, "Staked");
@@ -539,6 +588,7 @@ async fn the_stake_job_starts_only_when_the_chain_differs_and_pods_serve() {
     let (ctx, mut h) = context();
     let server = tokio::spawn(async move {
         store_and_serving(&mut h).await;
+        no_window_jobs(&mut h).await;
         let (method, path, body, send) = next(&mut h).await;
         assert_eq!(method, "PATCH", "no Job this time: {path}");
         let staked = condition(&body, "Staked");
