@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine and runs lode's main job: the local devnet. Today that is the
-# in-process POKT chain (gRPC on 127.0.0.1:9090, CometBFT RPC and websocket on
-# 127.0.0.1:26657, a block every 2 s); the operator, relayminers and gateway join it with
-# their issues. Arguments go to `devnet` (see `--help`). Ctrl-C stops it.
+# Sets up a fresh machine and runs lode's main job: the whole fleet on this machine
+# (`lode-fleet`): a local POKT chain (devnet), a Kubernetes API (kubesim) whose pods run
+# as local processes, the lode operator, and sample Supplier / ServiceModel /
+# GatewayPool resources (engine-sim standing in for vLLM). It prints how to send an
+# OpenAI request and how to point kubectl at it, then a live summary. Arguments go to
+# `lode-fleet` (see `--help`). Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-cargo run -p lode-devnet --bin devnet --locked -- "$@"
+cargo build --locked -p lode-relayminer -p lode-gateway -p lode-operator -p lode-engine-sim -p lode-kubesim
+exec target/debug/lode-fleet "$@"

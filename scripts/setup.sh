@@ -26,6 +26,14 @@ if ! python3 -c "import cosmpy, kubernetes_validate, openai" >/dev/null 2>&1; th
   python3 -m pip install --quiet --disable-pip-version-check "${PIP_PACKAGES[@]}"
 fi
 
+# kubectl: the fleet's system test (and its users) drive kubesim with the real one.
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "setup: installing kubectl (Debian's kubernetes-client)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client \
+    || echo "setup: kubectl could not be installed; the kubesim system test needs it" >&2
+fi
+
 for tool in cargo rustfmt cargo-clippy; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "setup: '$tool' is missing; install the Rust toolchain with rustfmt and clippy (rustup)" >&2

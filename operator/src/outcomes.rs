@@ -48,7 +48,7 @@ fn report_of<'a>(job: &str, pods: &'a [Pod]) -> Option<&'a str> {
 }
 
 /// The outcome of the latest finished `window` Job that dealt with a session (Jobs that
-/// found nothing to do are passed over); a failed Job without a readable report counts
+/// found nothing to do, or only sessions whose window had not opened, are passed over); a failed Job without a readable report counts
 /// as `failed`.
 pub fn last_outcome(jobs: &[Job], pods: &[Pod], window: Window) -> Option<WindowOutcome> {
     let mut mine: Vec<&Job> = jobs
@@ -75,7 +75,14 @@ pub fn last_outcome(jobs: &[Job], pods: &[Pod], window: Window) -> Option<Window
             }
             continue;
         };
-        let sessions = report["sessions"].as_array().cloned().unwrap_or_default();
+        // Sessions whose window had not opened yet were not acted on by this Job.
+        let sessions: Vec<serde_json::Value> = report["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["outcome"] != "not_yet")
+            .cloned()
+            .collect();
         let Some(s) = sessions
             .iter()
             .rev()

@@ -313,8 +313,10 @@ impl Fleet {
                 root: root.clone(),
                 gpus: options.gpus,
                 engine_args: options.engine_args.clone(),
+                pod_net: 0,
             }),
             crds: crd_files,
+            networks: crate::networks(),
         })
         .await?;
         crate::write_kubeconfig(&sim.kubeconfig, sim.addr, NAMESPACE)?;
@@ -573,5 +575,16 @@ impl Fleet {
         }
         self.sim.shutdown().await;
         self.running.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_sum_over_their_labels_only() {
+        let text = "# HELP x a\nx 1\nx{service=\"llm\"} 2\nxy 5\nx_total 7\n";
+        assert_eq!(metric_sum(text, "x"), 3);
     }
 }

@@ -36,6 +36,8 @@ pub struct KubeletConfig {
     pub gpus: i64,
     /// Extra arguments for every `engine-sim` (e.g. `--ttft-ms 50`).
     pub engine_args: Vec<String>,
+    /// Pod IPs are 127.<pod_net>.x.y.
+    pub pod_net: u8,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -206,7 +208,8 @@ impl Kubelet {
                     map.insert(key.clone(), PodHandle { stop: tx });
                     let ip = {
                         let mut n = self.next_ip.lock().unwrap_or_else(|e| e.into_inner());
-                        let ip = format!("127.2.{}.{}", *n / 250, *n % 250 + 1);
+                        let ip =
+                            format!("127.{}.{}.{}", self.config.pod_net, *n / 250, *n % 250 + 1);
                         *n += 1;
                         ip
                     };

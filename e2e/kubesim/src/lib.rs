@@ -38,6 +38,15 @@ pub struct KubeSimOptions {
     pub kubelet: Option<KubeletConfig>,
     /// CRD files installed at start.
     pub crds: Vec<PathBuf>,
+    /// Second octets of pod IPs and cluster IPs (see `networks`).
+    pub networks: (u8, u8),
+}
+
+/// Loopback networks for pod IPs and cluster IPs (`127.<p>.x.y`, `127.<s>.x.y`), different
+/// for each process so two kubesims on one machine do not collide.
+pub fn networks() -> (u8, u8) {
+    let p = 2 + 2 * (std::process::id() % 120) as u8;
+    (p, p + 1)
 }
 
 /// A running kubesim.
@@ -106,7 +115,7 @@ impl KubeSim {
     pub async fn start(opts: KubeSimOptions) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&opts.root)
             .with_context(|| format!("creating {}", opts.root.display()))?;
-        let store = Arc::new(Store::new(opts.kubelet.is_some()));
+        let store = Arc::new(Store::new(opts.kubelet.is_some(), opts.networks.1));
         for f in &opts.crds {
             for crd in read_objects(f)? {
                 store

@@ -55,8 +55,10 @@ async fn main() -> anyhow::Result<()> {
             root: root.clone(),
             gpus: a.gpus,
             engine_args: Vec::new(),
+            pod_net: 0,
         }),
         crds: a.crds,
+        networks: lode_kubesim::networks(),
     })
     .await?;
     eprintln!(

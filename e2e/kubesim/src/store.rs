@@ -187,6 +187,8 @@ pub struct Store {
     changes: broadcast::Sender<Arc<Change>>,
     /// Pods are deleted gracefully (a kubelet finishes them) when true.
     pub graceful_pods: bool,
+    /// Cluster IPs are 127.<service_net>.x.y.
+    pub service_net: u8,
 }
 
 /// The current time as the API writes it.
@@ -221,7 +223,7 @@ fn spec_part(obj: &Value) -> Value {
 }
 
 impl Store {
-    pub fn new(graceful_pods: bool) -> Self {
+    pub fn new(graceful_pods: bool, service_net: u8) -> Self {
         let (changes, _) = broadcast::channel(8192);
         let store = Self {
             objects: Mutex::new(Objects {
@@ -232,6 +234,7 @@ impl Store {
             registry: RwLock::new(Registry::default()),
             changes,
             graceful_pods,
+            service_net,
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let _ = store.create(
@@ -381,7 +384,13 @@ impl Store {
     }
 
     /// Kind-specific completion done by admission and the API server's strategies.
-    fn complete(objects: &mut Objects, def: &ResourceDef, obj: &mut Value, old: Option<&Value>) {
+    fn complete(
+        objects: &mut Objects,
+        service_net: u8,
+        def: &ResourceDef,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) {
         match (def.group.as_str(), def.plural.as_str()) {
             ("", "secrets") => {
                 if let Some(sd) = obj.get("stringData").cloned() {
@@ -414,7 +423,7 @@ impl Store {
                     let ip = old_ip.unwrap_or_else(|| {
                         let n = objects.next_service_ip;
                         objects.next_service_ip += 1;
-                        format!("127.1.{}.{}", n / 250, n % 250 + 1)
+                        format!("127.{service_net}.{}.{}", n / 250, n % 250 + 1)
                     });
                     spec["clusterIP"] = json!(ip);
                     spec["clusterIPs"] = json!([ip]);
@@ -545,7 +554,7 @@ impl Store {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(crd);
         }
-        Self::complete(&mut objects, &def, &mut obj, None);
+        Self::complete(&mut objects, self.service_net, &def, &mut obj, None);
         objects.rv += 1;
         objects.next_uid += 1;
         let uid = format!(
@@ -647,7 +656,7 @@ impl Store {
         }
         obj["metadata"]["generation"] = json!(generation);
         obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-        Self::complete(&mut objects, &def, &mut obj, Some(&old));
+        Self::complete(&mut objects, self.service_net, &def, &mut obj, Some(&old));
         if obj == old {
             // Nothing changed: no new resourceVersion, no watch event.
             return Ok(Written {
