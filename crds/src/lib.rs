@@ -335,6 +335,11 @@ pub struct AutoscalingSpec {
     #[serde(default = "default_window")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: i32,
+    /// Completion tokens per second per replica to aim for: a second signal, for
+    /// engines whose throughput saturates before their in-flight count does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_completion_tokens_per_second_per_replica: Option<i32>,
 }
 
 fn default_target() -> i32 {
@@ -350,6 +355,7 @@ impl Default for AutoscalingSpec {
             mode: AutoscalingMode::Lode,
             target_in_flight_per_replica: default_target(),
             scale_down_stabilization_seconds: default_window(),
+            target_completion_tokens_per_second_per_replica: None,
         }
     }
 }
@@ -419,6 +425,12 @@ pub struct ScaleDecision {
     pub from: i32,
     pub to: i32,
     pub reason: String,
+    /// Relays in flight across the ready serving pods when it was decided.
+    #[serde(default)]
+    pub in_flight: i64,
+    /// Completion tokens per second across them.
+    #[serde(default)]
+    pub completion_tokens_per_second: i64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

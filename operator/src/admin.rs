@@ -11,6 +11,7 @@ pub struct OperatorMetrics {
     /// Reconciles by (kind, outcome: `ok` or an error category).
     reconciles: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     pub jobs_created: AtomicU64,
+    pub scale_decisions: AtomicU64,
     pub leader: AtomicBool,
 }
 
@@ -38,6 +39,11 @@ impl OperatorMetrics {
             out,
             "# HELP lode_operator_jobs_created_total stake, claim and prove Jobs started.\n# TYPE lode_operator_jobs_created_total counter\nlode_operator_jobs_created_total {}",
             self.jobs_created.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP lode_operator_scale_decisions_total Replica changes the demand autoscaler wrote.\n# TYPE lode_operator_scale_decisions_total counter\nlode_operator_scale_decisions_total {}",
+            self.scale_decisions.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

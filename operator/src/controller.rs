@@ -77,7 +77,7 @@ impl Context {
         })
     }
 
-    async fn event<K: Resource<DynamicType = ()>>(
+    pub(crate) async fn event<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
         warning: bool,
@@ -273,7 +273,6 @@ pub async fn reconcile_model(sm: Arc<ServiceModel>, ctx: Arc<Context>) -> Result
         serde_json::json!({
             "replicas": replicas,
             "readyReplicas": ready,
-            "pendingReplicas": (replicas - ready).max(0),
             "selector": selector,
             "observedGeneration": generation,
             "conditions": conds,

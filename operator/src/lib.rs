@@ -3,6 +3,7 @@
 //! objects; the controllers apply them and report status.
 
 pub mod admin;
+pub mod autoscale;
 pub mod build;
 pub mod controller;
 pub mod leader;

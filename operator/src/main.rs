@@ -34,6 +34,10 @@ enum Command {
         /// How often the window scheduler checks each Supplier's chain height.
         #[arg(long, default_value_t = 5, env = "LODE_SCHEDULER_SECONDS")]
         scheduler_seconds: u64,
+        /// Seconds between demand-autoscaler passes (each reads every serving pod's
+        /// `/demand`).
+        #[arg(long, default_value_t = 1, env = "LODE_AUTOSCALE_SECONDS")]
+        autoscale_seconds: u64,
         /// Admin address: /metrics, /healthz, /readyz.
         #[arg(long, default_value = "0.0.0.0:9096", env = "LODE_OPERATOR_ADMIN")]
         admin: std::net::SocketAddr,
@@ -103,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             images,
             log_json,
             scheduler_seconds,
+            autoscale_seconds,
             admin,
             lease_namespace,
             lease_name,
@@ -149,6 +154,10 @@ fn main() -> anyhow::Result<()> {
                     std::time::Duration::from_secs(scheduler_seconds.max(1)),
                     ctx.metrics.clone(),
                 ));
+                let autoscaler = tokio::spawn(lode_operator::autoscale::run(
+                    ctx.clone(),
+                    std::time::Duration::from_secs(autoscale_seconds.max(1)),
+                ));
                 tokio::select! {
                     _ = lode_operator::controller::run(ctx) => {}
                     _ = lock.hold() => {
@@ -157,6 +166,7 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 scheduler.abort();
+                autoscaler.abort();
                 anyhow::Ok(())
             })
         }

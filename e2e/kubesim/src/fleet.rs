@@ -293,6 +293,16 @@ impl Fleet {
             std::fs::write(&f, c)?;
             crd_files.push(f);
         }
+        for (port, flag) in [
+            (options.gateway_port, "--gateway-port"),
+            (options.relay_port, "--relay-port"),
+        ] {
+            std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+                format!(
+                    "127.0.0.1:{port} is taken (another fleet running?); choose another with {flag}"
+                )
+            })?;
+        }
         let mut config = DevnetConfig::payment_tests(1);
         config.block_time = Some(options.block_time);
         let devnet = Devnet::new(&config);
@@ -337,6 +347,7 @@ impl Fleet {
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {}", operator_bin.display()))?;
         let fleet = Self {

@@ -52,6 +52,10 @@ struct Args {
     /// sessions fill and claims and proofs follow (0: none).
     #[arg(long, default_value_t = 2.0)]
     rps: f64,
+    /// Extra `engine-sim` arguments for every engine pod (repeat), e.g.
+    /// `--engine-arg=--ttft-ms=500` to make requests stay in flight longer.
+    #[arg(long = "engine-arg", allow_hyphen_values = true)]
+    engine_args: Vec<String>,
     /// Stop after this many seconds (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     exit_after: u64,
@@ -75,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     o.gateway_port = a.gateway_port;
     o.relay_port = a.relay_port;
     o.apply_samples = !a.no_samples;
+    o.engine_args = a.engine_args;
     let fleet = Fleet::start(o).await?;
     println!("{}", fleet.instructions());
     let stop = async {

@@ -935,7 +935,10 @@ async fn run_container(
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // Its own process group: a Ctrl-C in kubesim's terminal reaches kubesim,
+            // which stops pods the kubelet's way, not every process at once.
+            .process_group(0);
         if let Ok(l) = std::env::var("RUST_LOG") {
             cmd.env("RUST_LOG", l);
         }

@@ -128,7 +128,10 @@ impl KubeSim {
                     .map_err(|e| anyhow::anyhow!("installing {}: {e}", f.display()))?;
             }
         }
-        let kubelet = opts.kubelet.clone().map(|k| Kubelet::new(store.clone(), k));
+        let kubelet = opts.kubelet.clone().map(|mut k| {
+            k.pod_net = opts.networks.0;
+            Kubelet::new(store.clone(), k)
+        });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let api = api::Api {
             store: store.clone(),

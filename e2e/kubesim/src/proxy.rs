@@ -105,6 +105,8 @@ impl Proxy {
             let task = tokio::spawn(async move {
                 loop {
                     let Ok((conn, _)) = listener.accept().await else {
+                        // Out of descriptors or similar: back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     };
                     let Some(svc) = store.get(&Res::new("", "services"), &ns, &name) else {

@@ -1,51 +1,14 @@
 //! The whole fleet through the real kubectl: devnet + kubesim + the operator binary +
 //! pods running relayminer, engine-sim and the gateway as processes.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lode_kubesim::fleet::{Fleet, FleetOptions};
 
-/// The directory with the workspace's binaries, building the ones missing (a plain
-/// `cargo test --workspace` has built them already).
-fn bin_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_lode-fleet"))
-        .parent()
-        .expect("bin dir")
-        .to_path_buf();
-    let wanted = [
-        ("relayminer", "lode-relayminer"),
-        ("lode-gateway", "lode-gateway"),
-        ("lode-operator", "lode-operator"),
-        ("engine-sim", "lode-engine-sim"),
-    ];
-    let missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(b, _)| !dir.join(b).exists())
-        .map(|(_, p)| *p)
-        .collect();
-    if !missing.is_empty() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.arg("build");
-        for p in &missing {
-            cmd.args(["-p", p]);
-        }
-        let ok = cmd.status().expect("cargo build").success();
-        assert!(ok, "building {missing:?} failed");
-    }
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+mod common;
+use common::{bin_dir, free_port};
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("kubectl")
@@ -249,6 +212,51 @@ async fn kubectl_apply_of_the_samples_serves_relays_and_gets_the_supplier_paid()
         ["proven", "proof_not_required"].contains(&proof.trim()),
         "last proof: {proof}"
     );
+
+    // kill -9 of the store's process: the kubelet restarts it (restartCount 1, Ready
+    // again) and relays keep being served and mined.
+    let pid_of = |pod: &str| {
+        let (_, id) = kubectl(
+            &kc,
+            &[
+                "get",
+                "pod",
+                pod,
+                "-o",
+                "jsonpath={.status.containerStatuses[0].containerID}",
+            ],
+        );
+        id.trim().strip_prefix("process://").map(String::from)
+    };
+    let pid = pid_of("supplier-1-store-0").expect("the store runs as a process");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    wait_for("the store restarted and ready", Duration::from_secs(30), async || {
+        let (_, t) = kubectl(
+            &kc,
+            &["get", "pod", "supplier-1-store-0", "-o",
+              "jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].ready}"],
+        );
+        (t.trim() == "1 true").then_some(())
+    })
+    .await;
+    assert_ne!(pid_of("supplier-1-store-0"), Some(pid), "a new process");
+    let before = fleet.summary().await;
+    fleet
+        .chat("after the store restart")
+        .await
+        .expect("relay after the restart");
+    let after = wait_for("the relay mined", Duration::from_secs(20), async || {
+        let s = fleet.summary().await;
+        (s.mined > before.mined).then_some(s)
+    })
+    .await;
+    assert_eq!(after.mined, after.relays, "{after}");
 
     // An invalid resource is refused with the schema's message.
     let bad = root.path().join("bad.yaml");

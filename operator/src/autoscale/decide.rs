@@ -1,0 +1,256 @@
+//! The scaling decision, pure: demand in, replicas out.
+//!
+//! - **Desired** replicas: in-flight relays over the per-replica target, and — when a
+//!   token target is set — completion tokens per second over theirs; the larger wins,
+//!   clamped to `min..=max`.
+//! - **Up** at once, at most doubling (at least +1) per decision: a spike is followed
+//!   within one scrape, overshoot is bounded by the demand itself.
+//! - **Down** only to the highest desire seen over the whole stabilization window (the
+//!   HPA's rule), and only once the window is covered by samples: a load that dips and
+//!   comes back never shrinks the fleet, so steady load changes replicas at most once per
+//!   window.
+
+use std::collections::VecDeque;
+
+/// What the serving pods report, summed over the ready ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Signals {
+    pub in_flight: u64,
+    pub completion_tokens_per_second: f64,
+}
+
+/// The bounds and targets of one ServiceModel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Policy {
+    pub min: i32,
+    pub max: i32,
+    /// In-flight relays per replica to aim for.
+    pub target_in_flight: i32,
+    /// Completion tokens per second per replica to aim for (`None`: not a signal).
+    pub target_tokens_per_second: Option<f64>,
+    /// Seconds of lower demand before scaling down.
+    pub window_seconds: f64,
+}
+
+/// A change of replicas and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub from: i32,
+    pub to: i32,
+    pub reason: String,
+}
+
+/// The memory one ServiceModel's decisions need: recent desires.
+#[derive(Clone, Debug, Default)]
+pub struct Recommender {
+    /// (seconds, desired replicas), oldest first.
+    history: VecDeque<(f64, i32)>,
+}
+
+impl Recommender {
+    /// Replicas the demand alone asks for, within bounds.
+    pub fn desired(s: &Signals, p: &Policy) -> i32 {
+        let by_relays = (s.in_flight as f64 / f64::from(p.target_in_flight.max(1))).ceil();
+        let by_tokens = p
+            .target_tokens_per_second
+            .filter(|t| *t > 0.0)
+            .map_or(0.0, |t| (s.completion_tokens_per_second / t).ceil());
+        let want = by_relays.max(by_tokens).min(f64::from(i32::MAX)) as i32;
+        want.clamp(p.min, p.max.max(p.min))
+    }
+
+    /// The decision at time `now` (seconds, monotonic) with `current` replicas, if any.
+    pub fn decide(&mut self, now: f64, current: i32, s: &Signals, p: &Policy) -> Option<Decision> {
+        let desired = Self::desired(s, p);
+        self.history.push_back((now, desired));
+        // Keep one sample older than the window: it proves the window is covered.
+        while self.history.len() > 2 && self.history[1].0 <= now - p.window_seconds {
+            self.history.pop_front();
+        }
+        let signals = match p.target_tokens_per_second {
+            Some(t) => format!(
+                "{} in flight (target {} per replica), {:.0} completion tokens/s (target {t:.0})",
+                s.in_flight, p.target_in_flight, s.completion_tokens_per_second
+            ),
+            None => format!(
+                "{} in flight (target {} per replica)",
+                s.in_flight, p.target_in_flight
+            ),
+        };
+        if current < p.min || current > p.max {
+            let to = current.clamp(p.min, p.max.max(p.min));
+            return Some(Decision {
+                from: current,
+                to,
+                reason: format!("outside minReplicas..maxReplicas ({}..{})", p.min, p.max),
+            });
+        }
+        if desired > current {
+            let step = current.max(1);
+            let to = desired.min(current.saturating_add(step)).min(p.max);
+            return (to != current).then(|| Decision {
+                from: current,
+                to,
+                reason: format!("scale up: {signals}"),
+            });
+        }
+        let covered = self
+            .history
+            .front()
+            .is_some_and(|(t, _)| *t <= now - p.window_seconds);
+        let highest = self
+            .history
+            .iter()
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or(desired);
+        if desired < current && covered && highest < current {
+            return Some(Decision {
+                from: current,
+                to: highest,
+                reason: format!(
+                    "scale down: at most {highest} wanted for {:.0} s; {signals}",
+                    p.window_seconds
+                ),
+            });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            min: 1,
+            max: 10,
+            target_in_flight: 4,
+            target_tokens_per_second: None,
+            window_seconds: 60.0,
+        }
+    }
+
+    /// Replays a trace of in-flight relays (one sample a second) and returns the replica
+    /// count after each sample and the times of changes.
+    fn replay(trace: &[u64], p: &Policy, start: i32) -> (Vec<i32>, Vec<usize>) {
+        let mut r = Recommender::default();
+        let mut current = start;
+        let mut out = Vec::new();
+        let mut changes = Vec::new();
+        for (t, inflight) in trace.iter().enumerate() {
+            let s = Signals {
+                in_flight: *inflight,
+                completion_tokens_per_second: 0.0,
+            };
+            if let Some(d) = r.decide(t as f64, current, &s, p) {
+                assert_eq!(d.from, current);
+                current = d.to;
+                changes.push(t);
+            }
+            out.push(current);
+        }
+        (out, changes)
+    }
+
+    #[test]
+    fn a_step_scales_up_within_seconds_and_down_after_the_window() {
+        let p = policy();
+        // 30 s idle, 120 s at 24 in flight (6 replicas' worth), then idle again.
+        let trace: Vec<u64> = [vec![0; 30], vec![24; 120], vec![0; 120]].concat();
+        let (replicas, changes) = replay(&trace, &p, 1);
+        assert_eq!(replicas[30], 2, "first step doubles");
+        assert_eq!(replicas[31], 4);
+        assert_eq!(
+            replicas[32], 6,
+            "at the demand in 3 decisions, no overshoot"
+        );
+        assert!(replicas[32..150].iter().all(|r| *r == 6));
+        assert_eq!(replicas[150 + 59], 6, "held through the window");
+        assert_eq!(replicas[150 + 61], 1, "then down in one move");
+        assert_eq!(changes.len(), 4);
+        assert!(replicas.iter().all(|r| (1..=10).contains(r)));
+    }
+
+    #[test]
+    fn a_ramp_is_followed_without_overshoot() {
+        let p = policy();
+        let trace: Vec<u64> = (0..200).map(|t| t / 5).collect();
+        let (replicas, _) = replay(&trace, &p, 1);
+        for (t, r) in replicas.iter().enumerate() {
+            let need = Recommender::desired(
+                &Signals {
+                    in_flight: trace[t],
+                    completion_tokens_per_second: 0.0,
+                },
+                &p,
+            );
+            assert!(*r >= need.min(p.max) || t == 0, "behind the ramp at {t}");
+            assert!(*r <= need.max(1), "overshoot at {t}: {r} for {need}");
+        }
+        assert_eq!(*replicas.last().expect("last"), 10, "capped at max");
+    }
+
+    #[test]
+    fn a_spike_is_bounded_by_max_and_does_not_stick_past_the_window() {
+        let p = policy();
+        let trace: Vec<u64> = [vec![4; 30], vec![400; 3], vec![4; 150]].concat();
+        let (replicas, _) = replay(&trace, &p, 1);
+        assert_eq!(replicas[29], 1);
+        assert_eq!(
+            &replicas[30..33],
+            &[2, 4, 8],
+            "doubling, never past the demand"
+        );
+        assert_eq!(*replicas.iter().max().expect("max"), 8);
+        assert_eq!(replicas[33 + 58], 8, "kept through the window");
+        assert_eq!(*replicas.last().expect("last"), 1);
+    }
+
+    #[test]
+    fn oscillating_load_changes_replicas_at_most_once_per_window() {
+        let p = policy();
+        // Noise around 3 replicas' worth: 9..=13 in flight.
+        let trace: Vec<u64> = (0..600).map(|t| 9 + (t * 7 % 5)).collect();
+        let (replicas, changes) = replay(&trace, &p, 3);
+        for w in changes.windows(2) {
+            assert!(
+                w[1] - w[0] >= 60 || w[1] - w[0] <= 2,
+                "flapping: {changes:?}"
+            );
+        }
+        let after_warmup: std::collections::BTreeSet<i32> = replicas[5..].iter().copied().collect();
+        assert_eq!(
+            after_warmup.len(),
+            1,
+            "steady at one size: {after_warmup:?}"
+        );
+        assert_eq!(replicas[599], 4, "the highest need of the noise (13 / 4)");
+    }
+
+    #[test]
+    fn tokens_are_a_second_signal_and_bounds_are_enforced() {
+        let mut p = policy();
+        p.target_tokens_per_second = Some(100.0);
+        let s = Signals {
+            in_flight: 1,
+            completion_tokens_per_second: 450.0,
+        };
+        assert_eq!(
+            Recommender::desired(&s, &p),
+            5,
+            "tokens ask for more than relays"
+        );
+        let mut r = Recommender::default();
+        let d = r.decide(0.0, 12, &Signals::default(), &p).expect("clamp");
+        assert_eq!((d.from, d.to), (12, 10));
+        assert!(d.reason.contains("outside"), "{}", d.reason);
+        p.min = 2;
+        assert_eq!(
+            Recommender::desired(&Signals::default(), &p),
+            2,
+            "never below min"
+        );
+    }
+}
