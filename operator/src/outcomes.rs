@@ -108,12 +108,21 @@ pub fn unhealthy(o: &WindowOutcome) -> bool {
     o.outcome.starts_with("failed") || o.outcome.starts_with("missed")
 }
 
+/// What the Supplier's claim and prove Jobs show.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcomes {
+    pub last_claim: Option<WindowOutcome>,
+    pub last_proof: Option<WindowOutcome>,
+    /// Claim/prove Jobs that failed (kept until their TTL): a window may be at risk.
+    pub failed_jobs: u64,
+}
+
 /// Reads the Supplier's claim and prove Jobs and their pods.
 pub async fn fetch(
     client: &kube::Client,
     ns: &str,
     supplier: &str,
-) -> Result<(Option<WindowOutcome>, Option<WindowOutcome>), kube::Error> {
+) -> Result<Outcomes, kube::Error> {
     let sel = format!(
         "{SUPPLIER_LABEL}={supplier},app.kubernetes.io/component in ({},{})",
         component::CLAIM,
@@ -125,16 +134,17 @@ pub async fn fetch(
         .await?
         .items;
     if jobs.is_empty() {
-        return Ok((None, None));
+        return Ok(Outcomes::default());
     }
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&lp)
         .await?
         .items;
-    Ok((
-        last_outcome(&jobs, &pods, Window::Claim),
-        last_outcome(&jobs, &pods, Window::Prove),
-    ))
+    Ok(Outcomes {
+        last_claim: last_outcome(&jobs, &pods, Window::Claim),
+        last_proof: last_outcome(&jobs, &pods, Window::Prove),
+        failed_jobs: jobs.iter().filter(|j| finished(j) == Some(false)).count() as u64,
+    })
 }
 
 #[cfg(test)]

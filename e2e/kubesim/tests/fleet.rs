@@ -8,22 +8,7 @@ use std::time::{Duration, Instant};
 use lode_kubesim::fleet::{Fleet, FleetOptions};
 
 mod common;
-use common::{bin_dir, free_port};
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("KUBECACHEDIR", kubeconfig.with_file_name("kube-cache"))
-        .output()
-        .expect("kubectl is installed (scripts/setup.sh)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use common::{bin_dir, free_port, kubectl};
 
 async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;

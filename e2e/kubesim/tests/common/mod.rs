@@ -1,7 +1,8 @@
-//! Helpers of the fleet system tests.
+//! Helpers of the system tests (each test file uses its share).
+#![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The directory with the workspace's binaries, building the ones missing (a plain
@@ -41,4 +42,20 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// Runs the real kubectl against `kubeconfig`: (success, stdout + stderr).
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECACHEDIR", kubeconfig.with_file_name("kube-cache"))
+        .output()
+        .expect("kubectl is installed (scripts/setup.sh)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
