@@ -117,15 +117,15 @@ async fn main() {
 
     // Relays for the direct path, built and signed as the gateway does, before the
     // clock starts.
-    let direct_session = lode_gateway::sessions::Session {
-        header: session.clone(),
-        suppliers: Vec::new(),
-        signer: lode_kernels::crypto::ring::RingSigner::new(
+    let direct_session = lode_gateway::sessions::Session::new(
+        session.clone(),
+        Vec::new(),
+        lode_kernels::crypto::ring::RingSigner::new(
             &[app.public_key(), devnet.keys().gateways[0].public_key()],
             &devnet.keys().gateways[0],
         )
         .expect("gateway in ring"),
-    };
+    );
     let supplier_addr = supplier.public_key().address().to_bech32(HRP);
     let signed: Vec<Bytes> = (0..n)
         .map(|_| {

@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use lode_kernels::proto::{
     Header, Message, PoktHttpRequest, PoktHttpResponse, RelayRequest, RelayResponse,
 };
-use lode_kernels::relay::{StreamDecoder, sign_request_with, verify_response};
+use lode_kernels::relay::{StreamDecoder, sign_request_presigned, verify_response};
 use tokio::sync::mpsc;
 
 use crate::sessions::{Session, SessionSupplier};
@@ -108,7 +108,8 @@ pub fn build_request(
     };
     req.meta.session_header = Some(session.header.clone());
     req.meta.supplier_operator_address = supplier.to_string();
-    sign_request_with(&mut req, &session.signer, &mut rand_core::OsRng)
+    let half = session.presigned.take(&session.signer);
+    sign_request_presigned(&mut req, &session.signer, half)
         .map_err(|e| format!("ring signing: {e}"))?;
     Ok(req)
 }

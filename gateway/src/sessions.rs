@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use lode_chain::pocket::{KeyError, PocketQuery, header_of};
 use lode_chain::{CometRpc, QueryError};
-use lode_kernels::crypto::ring::RingSigner;
+use lode_kernels::crypto::ring::{Presigned, RingSigner};
 use lode_kernels::crypto::{PublicKey, SecretKey};
 use lode_kernels::proto::SessionHeader;
 
@@ -31,6 +31,77 @@ pub struct Session {
     /// The gateway key's signer for the application's ring (members' points and the
     /// key image computed once per session).
     pub signer: RingSigner,
+    /// Presigned halves of this signer's next signatures.
+    pub presigned: Arc<PresignPool>,
+}
+
+impl Session {
+    pub fn new(header: SessionHeader, suppliers: Vec<SessionSupplier>, signer: RingSigner) -> Self {
+        Self {
+            header,
+            suppliers,
+            signer,
+            presigned: Arc::default(),
+        }
+    }
+}
+
+/// Message-independent halves of ring signatures, made off the request path: a request
+/// takes one and completes it (two scalar multiplications instead of six for a ring of
+/// two), and the pool refills itself on a blocking thread. Each half is taken once (a
+/// nonce is never reused).
+#[derive(Debug, Default)]
+pub struct PresignPool {
+    ready: Mutex<Vec<Presigned>>,
+    refilling: std::sync::atomic::AtomicBool,
+}
+
+impl PresignPool {
+    /// Halves kept ready.
+    pub const TARGET: usize = 64;
+
+    /// A half for `signer`: from the pool, or made now when the pool is empty.
+    pub fn take(self: &Arc<Self>, signer: &RingSigner) -> Presigned {
+        let (half, left) = {
+            let mut ready = self.ready.lock().expect("presign lock");
+            (ready.pop(), ready.len())
+        };
+        // Top up after every take: the work stays one half per request, spread out,
+        // instead of bursts that would compete with requests for the cores.
+        if left < Self::TARGET {
+            self.refill(signer);
+        }
+        half.unwrap_or_else(|| signer.presign(&mut rand_core::OsRng))
+    }
+
+    /// Halves ready now.
+    pub fn ready(&self) -> usize {
+        self.ready.lock().expect("presign lock").len()
+    }
+
+    /// Tops the pool up to `TARGET` on a blocking thread (once at a time; nothing
+    /// without a Tokio runtime).
+    pub fn refill(self: &Arc<Self>, signer: &RingSigner) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (pool, signer) = (self.clone(), signer.clone());
+        rt.spawn_blocking(move || {
+            loop {
+                let have = pool.ready();
+                if have >= Self::TARGET {
+                    break;
+                }
+                // One at a time, so a request never waits behind a batch.
+                let half = signer.presign(&mut rand_core::OsRng);
+                pool.ready.lock().expect("presign lock").push(half);
+            }
+            pool.refilling.store(false, Ordering::Release);
+        });
+    }
 }
 
 /// Why no session could be used.
@@ -153,11 +224,8 @@ impl Sessions {
                 "the signing key is not in application {app}'s ring (has it delegated to this gateway?): {e}"
             ))
         })?;
-        let session = Arc::new(Session {
-            header,
-            suppliers,
-            signer,
-        });
+        let session = Arc::new(Session::new(header, suppliers, signer));
+        session.presigned.refill(&session.signer);
         self.cache
             .lock()
             .expect("sessions lock")

@@ -38,6 +38,17 @@ pub fn sign_request_with(
     Ok(())
 }
 
+/// Ring-signs a request in place from a presigned half (see [`ring::RingSigner::presign`]).
+pub fn sign_request_presigned(
+    req: &mut RelayRequest,
+    signer: &ring::RingSigner,
+    presigned: ring::Presigned,
+) -> Result<(), RingError> {
+    let sig = signer.sign_presigned(&request_signable_hash(req), presigned)?;
+    req.meta.signature = sig.to_bytes();
+    Ok(())
+}
+
 /// Verifies a request's ring signature against the application's expected ring.
 pub fn verify_request(req: &RelayRequest, ring: &AppRing) -> Result<bool, RingError> {
     let sig = RingSignature::from_bytes(&req.meta.signature)?;

@@ -432,3 +432,30 @@ proptest! {
         let _ = ring::RingSignature::from_bytes(&sig[..cut.index(sig.len())]);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// A signature completed from a presigned half (what the gateway's pool does) is the
+    /// same signature the one-step path makes from the same nonces, and verifies.
+    #[test]
+    fn presigned_halves_complete_to_valid_signatures(n in 2usize..5, me in any::<prop::sample::Index>(), msg in any::<[u8; 32]>(), seed in any::<u8>()) {
+        let keys: Vec<SecretKey> = (0..n).map(|i| SecretKey::from_secret(format!("member {i}").as_bytes())).collect();
+        let ring_keys: Vec<_> = keys.iter().map(SecretKey::public_key).collect();
+        let signer_key = &keys[me.index(n)];
+        let signer = ring::RingSigner::new(&ring_keys, signer_key).expect("member");
+        let draws = || (0u8..).map(move |i| [i.wrapping_add(seed) | 1; 32]);
+        let mut a = draws();
+        let mut b = draws();
+        let one_step = signer.sign_with_nonces(&msg, || a.next().expect("endless")).expect("signs");
+        let two_step = signer.sign_presigned(&msg, signer.presign_with_nonces(|| b.next().expect("endless"))).expect("signs");
+        prop_assert_eq!(one_step.to_bytes(), two_step.to_bytes());
+        let random = signer.sign_presigned(&msg, signer.presign(&mut rand_core::OsRng)).expect("signs");
+        prop_assert!(random.verify(&msg).expect("verifies"));
+        prop_assert!(!random.verify(&[msg[0] ^ 1; 32]).expect("verifies"), "bound to its message");
+        // A half made for a ring of another size is refused, not misused.
+        let other: Vec<_> = ring_keys.iter().cloned().chain([ring::placeholder_key()]).collect();
+        let bigger = ring::RingSigner::new(&other, signer_key).expect("member");
+        prop_assert!(signer.sign_presigned(&msg, bigger.presign(&mut rand_core::OsRng)).is_err());
+    }
+}

@@ -243,10 +243,16 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
 
 /// Sends one chat completion through the gateway; the response body on success.
 pub async fn chat(gateway_port: u16, prompt: &str) -> Result<String, String> {
+    chat_with(gateway_port, prompt, false).await
+}
+
+/// A chat completion through the gateway, streamed (SSE, complete only with its
+/// `data: [DONE]`) or not; the response body on success.
+pub async fn chat_with(gateway_port: u16, prompt: &str, stream: bool) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body =
-        json!({"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": 8})
-            .to_string();
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 8, "stream": stream})
+    .to_string();
     let addr = format!("127.0.0.1:{gateway_port}");
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(&addr)
@@ -264,6 +270,9 @@ pub async fn chat(gateway_port: u16, prompt: &str) -> Result<String, String> {
         let text = String::from_utf8_lossy(&buf).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP response")?;
         if head.split_whitespace().nth(1) == Some("200") {
+            if stream && !body.contains("data: [DONE]") {
+                return Err(format!("the stream ended before [DONE]: {body}"));
+            }
             Ok(body.to_string())
         } else {
             Err(format!("{}: {body}", head.lines().next().unwrap_or("")))
@@ -508,10 +517,12 @@ impl Fleet {
 
     /// Sends `rps` chat completions a second through the gateway until the fleet stops,
     /// so sessions fill and claims and proofs follow.
-    pub fn start_load(&self, rps: f64) -> tokio::task::JoinHandle<()> {
+    /// `stream_share` of them (0 to 1) stream.
+    pub fn start_load(&self, rps: f64, stream_share: f64) -> tokio::task::JoinHandle<()> {
         let counters = self.load.clone();
         let port = self.options.gateway_port;
         let period = Duration::from_secs_f64(1.0 / rps.max(0.01));
+        let streamed_per_100 = (stream_share.clamp(0.0, 1.0) * 100.0).round() as u64;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             let mut n = 0u64;
@@ -519,12 +530,79 @@ impl Fleet {
                 tick.tick().await;
                 n += 1;
                 let counters = counters.clone();
+                // Spread the streamed ones evenly over each hundred requests.
+                let stream = (n * streamed_per_100) % 100 < streamed_per_100;
                 tokio::spawn(async move {
-                    match chat(port, &format!("request {n}")).await {
+                    match chat_with(port, &format!("request {n}"), stream).await {
                         Ok(_) => counters.ok.fetch_add(1, Ordering::Relaxed),
                         Err(_) => counters.failed.fetch_add(1, Ordering::Relaxed),
                     };
                 });
+            }
+        })
+    }
+
+    /// Every `every`, the resident memory of each running container of the fleet's
+    /// pods (from `/proc/<pid>/status`) and the request counters, as CSV lines
+    /// `seconds,pod,container,rss_kib,requests_ok,requests_failed` appended to `path`.
+    pub fn start_rss_log(&self, path: PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
+        let store = self.sim.store.clone();
+        let counters = self.load.clone();
+        let t0 = Instant::now();
+        tokio::spawn(async move {
+            use std::io::Write;
+            let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+            else {
+                tracing::warn!(path = %path.display(), "cannot write the RSS log");
+                return;
+            };
+            let _ = writeln!(
+                f,
+                "seconds,pod,container,rss_kib,requests_ok,requests_failed"
+            );
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let secs = t0.elapsed().as_secs();
+                let (ok, failed) = (
+                    counters.ok.load(Ordering::Relaxed),
+                    counters.failed.load(Ordering::Relaxed),
+                );
+                for p in store.list(&Res::new("", "pods"), Some(NAMESPACE)) {
+                    let pod = p["metadata"]["name"].as_str().unwrap_or("").to_string();
+                    for c in p["status"]["containerStatuses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                    {
+                        let Some(pid) = c["containerID"]
+                            .as_str()
+                            .and_then(|id| id.strip_prefix("process://"))
+                        else {
+                            continue;
+                        };
+                        if c["state"]["running"].is_null() {
+                            continue;
+                        }
+                        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                            .unwrap_or_default();
+                        let Some(rss) = status
+                            .lines()
+                            .find_map(|l| l.strip_prefix("VmRSS:"))
+                            .and_then(|v| v.split_whitespace().next())
+                        else {
+                            continue;
+                        };
+                        let _ = writeln!(
+                            f,
+                            "{secs},{pod},{},{rss},{ok},{failed}",
+                            c["name"].as_str().unwrap_or("")
+                        );
+                    }
+                }
             }
         })
     }

@@ -52,6 +52,13 @@ struct Args {
     /// sessions fill and claims and proofs follow (0: none).
     #[arg(long, default_value_t = 2.0)]
     rps: f64,
+    /// Share of those requests that stream (0 to 1).
+    #[arg(long, default_value_t = 0.3)]
+    stream_share: f64,
+    /// Append each container's resident memory and the request counters to this CSV
+    /// every 10 s (for soak runs: `scripts/soak.sh`).
+    #[arg(long)]
+    rss_log: Option<PathBuf>,
     /// Extra `engine-sim` arguments for every engine pod (repeat), e.g.
     /// `--engine-arg=--ttft-ms=500` to make requests stay in flight longer.
     #[arg(long = "engine-arg", allow_hyphen_values = true)]
@@ -103,7 +110,10 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let load = (a.rps > 0.0 && !a.no_samples).then(|| fleet.start_load(a.rps));
+    let load = (a.rps > 0.0 && !a.no_samples).then(|| fleet.start_load(a.rps, a.stream_share));
+    let rss = a
+        .rss_log
+        .map(|p| fleet.start_rss_log(p, Duration::from_secs(10)));
     let mut tick = tokio::time::interval(Duration::from_secs(a.summary_seconds.max(1)));
     loop {
         tokio::select! {
@@ -111,8 +121,8 @@ async fn main() -> anyhow::Result<()> {
             _ = &mut stop => break,
         }
     }
-    if let Some(l) = &load {
-        l.abort();
+    for task in load.iter().chain(rss.iter()) {
+        task.abort();
     }
     println!("stopping: pods, operator, API, chain");
     fleet.shutdown().await;
