@@ -343,7 +343,7 @@ fn walk_object(s: &Value, map: &mut Map<String, Value>, path: &str, out: &mut Ou
 }
 
 /// `metadata.name` must be a DNS subdomain (RFC 1123).
-pub fn check_name(name: &str, _allow_dots: bool) -> Result<(), Violation> {
+pub fn check_name(name: &str) -> Result<(), Violation> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name
@@ -435,8 +435,8 @@ mod tests {
 
     #[test]
     fn names_must_be_dns_subdomains() {
-        assert!(check_name("qwen-7b", false).is_ok());
-        assert!(check_name("Qwen", false).is_err());
-        assert!(check_name("-a", false).is_err());
+        assert!(check_name("qwen-7b").is_ok());
+        assert!(check_name("Qwen").is_err());
+        assert!(check_name("-a").is_err());
     }
 }

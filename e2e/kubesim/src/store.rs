@@ -526,9 +526,7 @@ impl Store {
             obj["metadata"]["name"] = json!(format!("{prefix}{}", suffix(n)));
         }
         let (ns, name) = ns_name(&obj);
-        if let Err(v) =
-            schema::check_name(&name, def.group.is_empty() && def.plural == "configmaps")
-        {
+        if let Err(v) = schema::check_name(&name) {
             return Err(ApiError::invalid(&def, &name, &[v]));
         }
         let warnings = Self::admit_custom(&def, &name, &mut obj, fv)?;
