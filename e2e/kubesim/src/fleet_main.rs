@@ -93,8 +93,15 @@ async fn main() -> anyhow::Result<()> {
         if a.exit_after > 0 {
             tokio::time::sleep(Duration::from_secs(a.exit_after)).await;
         } else {
-            let _ = tokio::signal::ctrl_c().await;
+            // Ctrl-C or SIGTERM: either stops everything the same way.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         }
+        anyhow::Ok(())
     };
     tokio::pin!(stop);
     if !a.no_samples {
