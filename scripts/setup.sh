@@ -15,6 +15,8 @@ done
 for cmd in unzip npm; do
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$cmd")
 done
+# prlimit (the chaos test fills the store's disk with it).
+command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   apt-get update -qq
@@ -63,6 +65,16 @@ if command -v sccache >/dev/null 2>&1 && [ -z "${RUSTC_WRAPPER:-}" ]; then
   export SCCACHE_CACHE_SIZE="${SCCACHE_CACHE_SIZE:-4G}"
   mkdir -p "$SCCACHE_DIR"
 fi
+
+# cargo-fuzz for the fuzz targets in fuzz/ (scripts/fuzz.sh), next to helm and kubectl.
+if [ ! -x "$LODE_TOOLS/bin/cargo-fuzz" ]; then
+  echo "setup: installing cargo-fuzz 0.13.2"
+  cargo install --quiet --locked cargo-fuzz --version 0.13.2 --root "$LODE_TOOLS"
+fi
+case ":$PATH:" in
+  *":$LODE_TOOLS/bin:"*) ;;
+  *) command -v cargo-fuzz >/dev/null 2>&1 || export PATH="$PATH:$LODE_TOOLS/bin" ;;
+esac
 
 # The protocol vectors live beside the repository unless told otherwise.
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -13,6 +13,8 @@ echo "== cargo test (vectors from $LODE_VECTORS)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+echo "== fuzz smoke (every cargo-fuzz target, 8 s each)"
+bash scripts/fuzz.sh smoke
 # One closing line over every test binary and the doc tests.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' "$log"

@@ -64,6 +64,31 @@ pub struct StoreSpec {
     /// StorageClass; the cluster default when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// When a serving pod answers a relay relative to the store acknowledging it:
+    /// `queue` (default) answers at once and ships in the background from a bounded
+    /// queue; `hold` answers only once the store has acknowledged the relay, so a
+    /// relay answered is never unpaid even if its pod is killed at that moment.
+    #[serde(default)]
+    pub relay_policy: RelayPolicy,
+}
+
+/// See [`StoreSpec::relay_policy`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayPolicy {
+    #[default]
+    Queue,
+    Hold,
+}
+
+impl RelayPolicy {
+    /// The name serve's configuration uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queue => "queue",
+            Self::Hold => "hold",
+        }
+    }
 }
 
 fn default_store_size() -> String {
@@ -75,6 +100,7 @@ impl Default for StoreSpec {
         Self {
             size: default_store_size(),
             storage_class_name: None,
+            relay_policy: RelayPolicy::Queue,
         }
     }
 }

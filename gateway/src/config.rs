@@ -57,6 +57,10 @@ fn default_rps() -> f64 {
     50.0
 }
 
+fn default_max_connections() -> usize {
+    16_384
+}
+
 /// lode-gateway's configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +95,9 @@ pub struct GatewayConfig {
     /// Default per-application rate (requests per second).
     #[serde(default = "default_rps")]
     pub requests_per_second: f64,
+    /// Open client connections, at most; later ones wait until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 /// Why a configuration was refused.
@@ -150,21 +157,29 @@ impl GatewayConfig {
                     return Err("an api key is given to two applications".into());
                 }
             }
-            if a.requests_per_second.is_some_and(|r| r <= 0.0) {
+            if a.requests_per_second.is_some_and(|r| !positive_rate(r)) {
                 return Err(format!(
-                    "application {}: requests_per_second must be positive",
+                    "application {}: requests_per_second must be a positive number",
                     a.address
                 ));
             }
         }
+        if self.max_connections == 0 {
+            return Err("max_connections must be positive".into());
+        }
         if self.max_attempts == 0 {
             return Err("max_attempts must be at least 1".into());
         }
-        if self.requests_per_second <= 0.0 {
-            return Err("requests_per_second must be positive".into());
+        if !positive_rate(self.requests_per_second) {
+            return Err("requests_per_second must be a positive number".into());
         }
         Ok(())
     }
+}
+
+/// A usable rate: YAML's `.nan` and `.inf` parse as floats but would switch limiting off.
+fn positive_rate(r: f64) -> bool {
+    r.is_finite() && r > 0.0
 }
 
 #[cfg(test)]
@@ -180,6 +195,7 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:8080");
         assert_eq!(c.max_attempts, 3);
         assert_eq!(c.routing, Routing::Scored);
+        assert_eq!(c.max_connections, 16_384);
         let err = |yaml: String| GatewayConfig::parse(&yaml).expect_err("refused");
         assert!(
             err(format!(
@@ -195,5 +211,27 @@ mod tests {
             ))
             .contains("bogus")
         );
+        assert!(
+            err(format!(
+                "{BASE}applications: [{{address: pokt1a}}]\nmax_connections: 0\n"
+            ))
+            .contains("max_connections must be positive")
+        );
+        for rate in [".nan", ".inf", "0", "-1"] {
+            assert!(
+                err(format!(
+                    "{BASE}applications: [{{address: pokt1a, requests_per_second: {rate}}}]\n"
+                ))
+                .contains("requests_per_second must be a positive number"),
+                "{rate}"
+            );
+            assert!(
+                err(format!(
+                    "{BASE}applications: [{{address: pokt1a}}]\nrequests_per_second: {rate}\n"
+                ))
+                .contains("requests_per_second must be a positive number"),
+                "{rate}"
+            );
+        }
     }
 }

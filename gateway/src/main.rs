@@ -30,7 +30,9 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // An unwritable log line is dropped, not reported with a panicking `eprintln!`.
+        .log_internal_errors(false);
     if cli.log_json {
         builder.json().init();
     } else {

@@ -104,6 +104,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
         .await
         .with_context(|| format!("binding the admin port {}", config.admin))?;
     let (addr, admin_addr) = (listener.local_addr()?, admin.local_addr()?);
+    let max_connections = config.max_connections;
     let state = Arc::new(GatewayState {
         config,
         sessions,
@@ -137,9 +138,8 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
                 })
                 .await;
         });
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        // Capped connections, no Nagle.
+        let listener = lode_net::CappedListener::new(listener, max_connections);
         let _ = axum::serve(listener, api)
             .with_graceful_shutdown(async {
                 let _ = stop_rx.await;

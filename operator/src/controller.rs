@@ -238,6 +238,7 @@ pub async fn reconcile_model(sm: Arc<ServiceModel>, ctx: Arc<Context>) -> Result
     let deployment = apply::<Deployment>(&ctx.client, &objects.deployment).await?;
     apply::<Service>(&ctx.client, &objects.service).await?;
     apply::<PodDisruptionBudget>(&ctx.client, &objects.pdb).await?;
+    apply::<NetworkPolicy>(&ctx.client, &objects.network_policy).await?;
     let desired = build::servicemodel::desired_replicas(&sm);
     let st = deployment.status.unwrap_or_default();
     let ready = st.ready_replicas.unwrap_or(0);
@@ -301,6 +302,7 @@ async fn remove_serving(client: &Client, sm: &ServiceModel) -> Result<usize, Err
     remove!(Deployment, name.clone());
     remove!(Service, name.clone());
     remove!(PodDisruptionBudget, name.clone());
+    remove!(NetworkPolicy, name.clone());
     remove!(ConfigMap, format!("{name}-serve"));
     Ok(removed)
 }
@@ -432,22 +434,21 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
     let name = s.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let token_name = build::supplier::token_secret_name(&name);
-    if secrets.get_opt(&token_name).await?.is_none() {
-        let secret = build::supplier::token_secret(&s, &new_token())?;
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(_) => {
-                ctx.event(
-                    s.as_ref(),
-                    false,
-                    "StoreTokenCreated",
-                    format!("created Secret {token_name}"),
-                )
-                .await
-            }
-            // Another reconcile created it first: keep that token.
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+    // Create-only, so the operator needs no right to read Secrets: an existing token
+    // answers 409 and is kept.
+    let secret = build::supplier::token_secret(&s, &new_token())?;
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            ctx.event(
+                s.as_ref(),
+                false,
+                "StoreTokenCreated",
+                format!("created Secret {token_name}"),
+            )
+            .await
         }
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
     }
     let store = build::supplier::store(&s, &ctx.images)?;
     let sts = apply::<StatefulSet>(&ctx.client, &store.stateful_set).await?;

@@ -115,7 +115,10 @@ fn main() -> anyhow::Result<()> {
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info".into());
-            let builder = tracing_subscriber::fmt().with_env_filter(filter);
+            // An unwritable log line is dropped, not reported with a panicking `eprintln!`.
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .log_internal_errors(false);
             if log_json {
                 builder.json().init();
             } else {

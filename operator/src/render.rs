@@ -157,6 +157,7 @@ pub fn render(
             value(&o.deployment),
             value(&o.service),
             value(&o.pdb),
+            value(&o.network_policy),
         ]);
     }
     for g in &r.gateways {
@@ -244,12 +245,33 @@ mod tests {
                 "Deployment/qwen-7b",
                 "Service/qwen-7b",
                 "PodDisruptionBudget/qwen-7b",
+                "NetworkPolicy/qwen-7b",
                 "ConfigMap/gateway-gateway",
                 "Deployment/gateway",
                 "Service/gateway",
             ]
         );
         assert!(objects.iter().all(|o| o["metadata"]["namespace"] == "lode"));
+        // Serving pods: the relay port open to all, the admin port to the namespace, the
+        // operator and Prometheus only; the engine's port to nobody.
+        let np = objects
+            .iter()
+            .find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == "qwen-7b")
+            .expect("serving NetworkPolicy");
+        let rules = np["spec"]["ingress"].as_array().expect("rules");
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0]["ports"][0]["port"], 8545);
+        assert!(rules[0]["from"].is_null(), "relays from anywhere");
+        assert_eq!(rules[1]["ports"][0]["port"], 9091);
+        let peers = rules[1]["from"].as_array().expect("admin peers");
+        let apps: Vec<&str> = peers
+            .iter()
+            .filter_map(|p| p["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str())
+            .collect();
+        assert_eq!(
+            (peers.len(), apps),
+            (3, vec!["lode-operator", "prometheus"])
+        );
         let yaml = to_yaml(&objects);
         assert_eq!(documents(&yaml).len(), objects.len());
     }

@@ -109,6 +109,16 @@ fn the_chart_lints_and_renders_objects_that_pass_the_kubernetes_schemas() {
     }
     // Defaults: no monitoring objects unless asked, the images follow appVersion.
     let plain = render(&[]);
+    // The operator may create store-token Secrets but read none.
+    assert_eq!(
+        plain.matches("resources: [\"secrets\"]").count(),
+        1,
+        "{plain}"
+    );
+    assert!(
+        plain.contains("resources: [\"secrets\"]\n    verbs: [\"create\"]"),
+        "{plain}"
+    );
     assert!(!plain.contains("kind: ServiceMonitor") && !plain.contains("kind: PrometheusRule"));
     assert!(
         plain.contains("image: ghcr.io/lode-pokt/lode-operator:0.1.0"),

@@ -142,6 +142,14 @@ async fn a_listed_service_model_gets_its_serving_objects_and_a_ready_status() {
             Value::Null,
         )
         .await;
+        let np = expect_apply(
+            &mut h,
+            "/apis/networking.k8s.io/v1/namespaces/lode/networkpolicies",
+            "qwen-7b",
+            Value::Null,
+        )
+        .await;
+        assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 8545);
         let (method, path, body, send) = next(&mut h).await;
         assert_eq!(method, "PATCH");
         assert!(
@@ -194,6 +202,10 @@ async fn an_unlisted_or_invalid_service_model_gets_a_condition_not_a_hot_loop() 
                 "/apis/policy/v1/namespaces/lode/poddisruptionbudgets/qwen-7b",
                 false,
             ),
+            (
+                "/apis/networking.k8s.io/v1/namespaces/lode/networkpolicies/qwen-7b",
+                true,
+            ),
             ("/api/v1/namespaces/lode/configmaps/qwen-7b-serve", true),
         ] {
             let (method, got, _, send) = next(&mut h).await;
@@ -219,7 +231,7 @@ async fn an_unlisted_or_invalid_service_model_gets_a_condition_not_a_hot_loop() 
             body["note"]
                 .as_str()
                 .expect("note")
-                .contains("removed 3 serving objects")
+                .contains("removed 4 serving objects")
         );
         reply(send, 201, body);
         let (method, path, body, send) = next(&mut h).await;
@@ -284,18 +296,7 @@ async fn a_new_supplier_gets_a_token_once_and_its_store() {
     s.spec.chain.rpc_url = "http://127.0.0.1:1".into();
     let s_json = serde_json::to_value(&s).expect("json");
     let server = tokio::spawn(async move {
-        // No token Secret yet: one is created (not applied: an existing token is kept).
-        let (method, path, _, send) = next(&mut h).await;
-        assert_eq!(method, "GET");
-        assert_eq!(
-            path,
-            "/api/v1/namespaces/lode/secrets/supplier-1-store-token"
-        );
-        reply(
-            send,
-            404,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-        );
+        // No token Secret yet: one is created (create-only: an existing token is kept).
         let (method, path, body, send) = next(&mut h).await;
         assert_eq!(method, "POST");
         assert!(
@@ -493,15 +494,17 @@ async fn no_window_jobs(h: &mut Handle) {
 }
 
 async fn store_and_serving(h: &mut Handle) {
-    let (_, path, _, send) = next(h).await;
-    assert_eq!(
-        path,
-        "/api/v1/namespaces/lode/secrets/supplier-1-store-token"
+    // The token Secret exists: the create answers 409 and the token is kept.
+    let (method, path, _, send) = next(h).await;
+    assert_eq!(method, "POST");
+    assert!(
+        path.starts_with("/api/v1/namespaces/lode/secrets"),
+        "{path}"
     );
     reply(
         send,
-        200,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "supplier-1-store-token", "namespace": "lode"}}),
+        409,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "secrets \"supplier-1-store-token\" already exists"}),
     );
     expect_apply(
         h,

@@ -3,6 +3,7 @@
 //! The `relayminer` binary adds the command line.
 
 pub mod lifecycle;
+#[cfg(feature = "rocksdb")]
 pub mod run;
 pub mod serve;
 pub mod stake;

@@ -357,9 +357,13 @@ enum Fsync {
 fn init_logging(json: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // A log line that cannot be written (a full disk under the log file) is dropped: by
+    // default the subscriber would report it with `eprintln!`, which panics when stderr
+    // fails, taking down whichever thread logged (the store's writer, say).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if json {
         builder.json().init();
     } else {
@@ -388,6 +392,8 @@ async fn shutdown_signal() {
 
 async fn store(args: StoreArgs) -> anyhow::Result<()> {
     let token = read_token(&args.token_file)?;
+    #[cfg(unix)]
+    report_file_size_limit()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let grpc = tokio::net::TcpListener::bind(args.listen)
@@ -409,6 +415,21 @@ async fn store(args: StoreArgs) -> anyhow::Result<()> {
     lode_store::run(config, grpc, admin, shutdown_signal())
         .await
         .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// A write past the process's file-size limit (`RLIMIT_FSIZE`) raises SIGXFSZ, which by
+/// default kills the process mid-write. Handling it turns such writes into the I/O errors
+/// a full disk gives, which the store reports (`/healthz`) and recovers from by reopening.
+#[cfg(unix)]
+fn report_file_size_limit() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut xfsz = signal(SignalKind::from_raw(libc::SIGXFSZ)).context("handling SIGXFSZ")?;
+    tokio::spawn(async move {
+        while xfsz.recv().await.is_some() {
+            tracing::error!("a write exceeded the file-size limit (RLIMIT_FSIZE) and failed");
+        }
+    });
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -317,63 +317,95 @@ impl Devnet {
     ) -> std::io::Result<Running> {
         let rpc_listener = tokio::net::TcpListener::bind(rpc_addr).await?;
         let grpc_listener = tokio::net::TcpListener::bind(grpc_addr).await?;
-        let rpc_url = format!("http://{}", rpc_listener.local_addr()?);
-        let grpc_url = format!("http://{}", grpc_listener.local_addr()?);
+        let (rpc_addr, grpc_addr) = (rpc_listener.local_addr()?, grpc_listener.local_addr()?);
+        let endpoints = self.endpoints(rpc_listener, grpc_listener);
+        let blocks = block_time.map(|every| {
+            let d = self.clone();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                tokio::pin!(stopped);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => { d.advance(1); }
+                        _ = &mut stopped => return,
+                    }
+                }
+            });
+            (stop, task)
+        });
+        Ok(Running {
+            rpc_url: format!("http://{rpc_addr}"),
+            grpc_url: format!("http://{grpc_addr}"),
+            devnet: self.clone(),
+            addrs: (rpc_addr, grpc_addr),
+            endpoints: Some(endpoints),
+            blocks,
+        })
+    }
+
+    /// The RPC and gRPC servers on their listeners.
+    fn endpoints(
+        &self,
+        rpc_listener: tokio::net::TcpListener,
+        grpc_listener: tokio::net::TcpListener,
+    ) -> Endpoints {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let stop = futures_util::future::FutureExt::shared(async move {
             let _ = stop_rx.await;
         });
-        let mut tasks = Vec::new();
         let app = rpc::router(self.clone());
         let s = stop.clone();
-        tasks.push(tokio::spawn(async move {
+        let rpc = tokio::spawn(async move {
             let _ = axum::serve(rpc_listener, app)
                 .with_graceful_shutdown(s)
                 .await;
-        }));
+        });
         let node = grpc::Node {
             chain: self.chain.clone(),
         };
-        let s = stop.clone();
-        tasks.push(tokio::spawn(async move {
+        let grpc = tokio::spawn(async move {
             let incoming =
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             let _ = grpc::router(node)
-                .serve_with_incoming_shutdown(incoming, s)
+                .serve_with_incoming_shutdown(incoming, stop)
                 .await;
-        }));
-        if let Some(every) = block_time {
-            let d = self.clone();
-            let s = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => { d.advance(1); }
-                        _ = s.clone() => return,
-                    }
-                }
-            }));
+        });
+        Endpoints {
+            stop: stop_tx,
+            tasks: vec![rpc, grpc],
         }
-        Ok(Running {
-            rpc_url,
-            grpc_url,
-            stop: Some(stop_tx),
-            events: self.events.clone(),
-            tasks,
-        })
     }
 }
 
-/// The servers of a running devnet.
+/// The servers of a running devnet node.
+#[derive(Debug)]
+struct Endpoints {
+    stop: oneshot::Sender<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Endpoints {
+    async fn stop(self, devnet: &Devnet) {
+        // Websocket subscriptions end on `None`; then the servers stop.
+        let _ = devnet.events.send(None);
+        let _ = self.stop.send(());
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// A running devnet: its node's servers and the block timer.
 #[derive(Debug)]
 pub struct Running {
     pub rpc_url: String,
     pub grpc_url: String,
-    stop: Option<oneshot::Sender<()>>,
-    events: broadcast::Sender<Option<i64>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    devnet: Devnet,
+    addrs: (SocketAddr, SocketAddr),
+    endpoints: Option<Endpoints>,
+    blocks: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Running {
@@ -384,23 +416,43 @@ impl Running {
             rpc_url: self.rpc_url.clone(),
         }
     }
+
+    /// A node outage: the RPC and gRPC servers stop (connections refused, websockets
+    /// closed) while the chain goes on producing blocks. Ends with [`Running::recover`].
+    pub async fn outage(&mut self) {
+        if let Some(e) = self.endpoints.take() {
+            e.stop(&self.devnet).await;
+        }
+    }
+
+    /// Ends an outage: the servers listen again on the same addresses.
+    pub async fn recover(&mut self) -> std::io::Result<()> {
+        if self.endpoints.is_none() {
+            let rpc = tokio::net::TcpListener::bind(self.addrs.0).await?;
+            let grpc = tokio::net::TcpListener::bind(self.addrs.1).await?;
+            self.endpoints = Some(self.devnet.endpoints(rpc, grpc));
+        }
+        Ok(())
+    }
+
     /// Closes websockets, stops the servers and the block timer, and waits for them.
     pub async fn shutdown(mut self) {
-        let _ = self.events.send(None);
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
+        self.outage().await;
+        if let Some((stop, task)) = self.blocks.take() {
+            let _ = stop.send(());
+            let _ = task.await;
         }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.events.send(None);
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+        let _ = self.devnet.events.send(None);
+        if let Some(e) = self.endpoints.take() {
+            let _ = e.stop.send(());
+        }
+        if let Some((stop, _)) = self.blocks.take() {
+            let _ = stop.send(());
         }
     }
 }

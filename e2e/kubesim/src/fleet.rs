@@ -50,6 +50,8 @@ pub struct FleetOptions {
     pub apply_samples: bool,
     /// Extra `engine-sim` arguments for every engine pod.
     pub engine_args: Vec<String>,
+    /// The Supplier's `spec.store.relayPolicy` (`queue` or `hold`); unset: the default.
+    pub relay_policy: Option<String>,
 }
 
 impl FleetOptions {
@@ -67,6 +69,7 @@ impl FleetOptions {
             relay_port: 30545,
             apply_samples: true,
             engine_args: Vec::new(),
+            relay_policy: None,
         }
     }
 }
@@ -141,13 +144,18 @@ pub fn manifests(
                  apiVersion: lode.pokt.network/v1alpha1\nkind: Supplier\nmetadata:\n  name: supplier-1\n  namespace: {ns}\n\
                  spec:\n  operatorAddress: {sa}\n  keySecretRef: {{name: supplier-key, key: operator.key}}\n\
                  \x20 stakeUpokt: \"100000000\"\n  services:\n    - serviceId: llm\n      serviceModel: qwen-7b\n\
-                 \x20 publicEndpoint: http://127.0.0.1:{rp}\n{chain}  store:\n    size: 1Gi\n---\n\
+                 \x20 publicEndpoint: http://127.0.0.1:{rp}\n{chain}  store:\n    size: 1Gi\n{policy}---\n\
                  # The supplier's public relay endpoint: a NodePort in front of its serving pods.\n\
                  apiVersion: v1\nkind: Service\nmetadata:\n  name: relay-public\n  namespace: {ns}\n\
                  spec:\n  type: NodePort\n  selector:\n    app.kubernetes.io/component: serve\n    lode.pokt.network/supplier: supplier-1\n\
                  \x20 ports:\n    - name: relay\n      port: 8545\n      targetPort: relay\n      nodePort: {rp}\n",
                 sa = addr(supplier),
                 rp = o.relay_port,
+                policy = o
+                    .relay_policy
+                    .as_ref()
+                    .map(|p| format!("    relayPolicy: {p}\n"))
+                    .unwrap_or_default(),
             ),
         ),
         (
@@ -283,6 +291,35 @@ pub async fn chat_with(gateway_port: u16, prompt: &str, stream: bool) -> Result<
         .map_err(|_| "timed out".to_string())?
 }
 
+/// The real `lode-operator run` against kubesim, its output appended to
+/// `<root>/operator.log`.
+fn spawn_operator(
+    bin_dir: &std::path::Path,
+    root: &std::path::Path,
+    kubeconfig: &std::path::Path,
+) -> anyhow::Result<tokio::process::Child> {
+    let operator_bin = bin_dir.join("lode-operator");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("operator.log"))?;
+    tokio::process::Command::new(&operator_bin)
+        .arg("run")
+        .args(["--admin", "127.0.0.1:0", "--lease-namespace", "default"])
+        .env("KUBECONFIG", kubeconfig)
+        .env("LODE_SCHEDULER_SECONDS", "1")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", operator_bin.display()))
+}
+
 impl Fleet {
     pub async fn start(options: FleetOptions) -> anyhow::Result<Self> {
         let started = Instant::now();
@@ -342,23 +379,7 @@ impl Fleet {
         for (name, text) in manifests(&devnet, &config, &running, &options) {
             std::fs::write(manifests_dir.join(name), text)?;
         }
-        let operator_bin = options.bin_dir.join("lode-operator");
-        let log = std::fs::File::create(root.join("operator.log"))?;
-        let operator = tokio::process::Command::new(&operator_bin)
-            .arg("run")
-            .args(["--admin", "127.0.0.1:0", "--lease-namespace", "default"])
-            .env("KUBECONFIG", &sim.kubeconfig)
-            .env("LODE_SCHEDULER_SECONDS", "1")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {}", operator_bin.display()))?;
+        let operator = spawn_operator(&options.bin_dir, &root, &sim.kubeconfig)?;
         let fleet = Self {
             devnet,
             sim,
@@ -645,6 +666,62 @@ impl Fleet {
             root = root.display(),
             gw = self.gateway_url(),
             man = self.manifests.display(),
+        )
+    }
+
+    /// Kills the operator with SIGKILL (a crashed operator pod) and starts a new one, as
+    /// its Deployment would; returns once the new process runs.
+    pub async fn restart_operator_after_kill(&mut self, down: Duration) -> anyhow::Result<()> {
+        self.operator.start_kill()?;
+        self.operator.wait().await?;
+        tokio::time::sleep(down).await;
+        self.operator = spawn_operator(
+            &self.options.bin_dir,
+            &self.options.root,
+            &self.sim.kubeconfig,
+        )?;
+        Ok(())
+    }
+
+    /// A chain node outage of `down`: its RPC and gRPC endpoints refuse connections
+    /// while blocks go on.
+    pub async fn chain_outage(&mut self, down: Duration) -> anyhow::Result<()> {
+        self.running.outage().await;
+        tokio::time::sleep(down).await;
+        self.running.recover().await?;
+        Ok(())
+    }
+
+    /// The process id of a running container of a pod with `component` (the
+    /// `app.kubernetes.io/component` label) in the samples' namespace.
+    pub fn container_pid(&self, component: &str, container: &str) -> Option<i32> {
+        self.sim
+            .store
+            .list(&Res::new("", "pods"), Some(NAMESPACE))
+            .into_iter()
+            .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == component)
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .flat_map(|p| {
+                p["status"]["containerStatuses"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|c| c["name"] == container && !c["state"]["running"].is_null())
+            .find_map(|c| {
+                c["containerID"]
+                    .as_str()?
+                    .strip_prefix("process://")?
+                    .parse()
+                    .ok()
+            })
+    }
+
+    /// The requests the load generator completed and failed so far.
+    pub fn load_counts(&self) -> (u64, u64) {
+        (
+            self.load.ok.load(Ordering::Relaxed),
+            self.load.failed.load(Ordering::Relaxed),
         )
     }
 

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lode_kubesim::fleet::{Fleet, FleetOptions, http_get, metric_sum};
+use lode_kubesim::fleet::{Fleet, http_get, metric_sum};
 use lode_kubesim::resources::Res;
 use serde_json::Value;
 
 mod common;
-use common::{bin_dir, free_port};
+use common::fleet_options;
 
 fn model(fleet: &Fleet) -> Value {
     fleet
@@ -58,11 +58,7 @@ async fn until(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Dur
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_load_step_scales_up_within_seconds_and_the_drop_scales_down_losing_nothing() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut o = FleetOptions::new(root.path().to_path_buf(), bin_dir());
-    let any = "127.0.0.1:0".parse().expect("addr");
-    (o.api, o.rpc, o.grpc) = (any, any, any);
-    o.gateway_port = free_port();
-    o.relay_port = free_port();
+    let mut o = fleet_options(root.path());
     o.apply_samples = false;
     // Three GPUs: the fourth serving pod waits for a GPU node, as on a real cluster.
     o.gpus = 3;

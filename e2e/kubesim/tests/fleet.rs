@@ -5,10 +5,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lode_kubesim::fleet::{Fleet, FleetOptions};
+use lode_kubesim::fleet::Fleet;
 
 mod common;
-use common::{bin_dir, free_port, kubectl};
+use common::{fleet_options, kubectl};
 
 async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
@@ -23,13 +23,8 @@ async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> O
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kubectl_apply_of_the_samples_serves_relays_and_gets_the_supplier_paid() {
-    let bins = bin_dir();
     let root = tempfile::tempdir().expect("tempdir");
-    let mut o = FleetOptions::new(root.path().to_path_buf(), bins);
-    let any = "127.0.0.1:0".parse().expect("addr");
-    (o.api, o.rpc, o.grpc) = (any, any, any);
-    o.gateway_port = free_port();
-    o.relay_port = free_port();
+    let mut o = fleet_options(root.path());
     o.apply_samples = false;
     let fleet = Fleet::start(o).await.expect("fleet starts");
     let kc = fleet.sim.kubeconfig.clone();

@@ -12,7 +12,10 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, HTTPGetAction, KeyToPath, PodSecurityContext, Probe,
     SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
@@ -212,6 +215,36 @@ pub fn http_probe(path: &str, port: i32, period: i32) -> Probe {
         period_seconds: Some(period),
         failure_threshold: Some(3),
         ..Probe::default()
+    }
+}
+
+/// An ingress-only NetworkPolicy for the pods matching `select`: what `rules` admit,
+/// nothing else.
+pub fn ingress_policy(
+    metadata: ObjectMeta,
+    select: BTreeMap<String, String>,
+    rules: Vec<NetworkPolicyIngressRule>,
+) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(select),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(rules),
+            ..NetworkPolicySpec::default()
+        }),
+    }
+}
+
+/// A TCP port of a NetworkPolicy rule.
+pub fn tcp_port(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        ..NetworkPolicyPort::default()
     }
 }
 

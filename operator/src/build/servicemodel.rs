@@ -12,6 +12,9 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
     SecretKeySelector, Service, ServiceSpec, TCPSocketAction, Toleration, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -22,8 +25,8 @@ use sha2::{Digest, Sha256};
 use super::supplier::token_secret_name;
 use super::{
     BuildError, Images, STORE_TOKEN_KEY, SUPPLIER_LABEL, child_meta, component, config_volume,
-    container_ports, http_probe, labels, locked_down, mount, name_of, paths, pod_security, ports,
-    resources, secret_volume, selector, service_ports, store_url,
+    container_ports, http_probe, ingress_policy, labels, locked_down, mount, name_of, paths,
+    pod_security, ports, resources, secret_volume, selector, service_ports, store_url, tcp_port,
 };
 
 /// Annotation on the pod template carrying a hash of serve's configuration, so a changed
@@ -39,6 +42,7 @@ pub struct ServingObjects {
     pub deployment: Deployment,
     pub service: Service,
     pub pdb: PodDisruptionBudget,
+    pub network_policy: NetworkPolicy,
 }
 
 /// The replicas the Deployment runs: `spec.replicas` (written by the autoscaler through
@@ -65,7 +69,7 @@ pub fn serve_config(sm: &ServiceModel, supplier: &Supplier) -> String {
          listen: '0.0.0.0:{relay}'\n\
          admin: '0.0.0.0:{admin}'\n\
          chain: {{grpc_url: '{grpc}', rpc_url: '{rpc}'}}\n\
-         store: {{url: '{store}', token_file: '{token}', policy: queue}}\n\
+         store: {{url: '{store}', token_file: '{token}', policy: {policy}}}\n\
          signing_key_files: ['{key}']\n\
          services:\n\
          \x20 - service_id: '{service}'\n\
@@ -78,6 +82,7 @@ pub fn serve_config(sm: &ServiceModel, supplier: &Supplier) -> String {
         grpc = s.chain.grpc_url,
         rpc = s.chain.rpc_url,
         store = store_url(&name_of(supplier)),
+        policy = s.store.relay_policy.as_str(),
         service = sm.spec.service_id,
         port = sm.spec.engine.port,
     )
@@ -438,23 +443,61 @@ pub fn serving(
         ..Service::default()
     };
     let pdb = PodDisruptionBudget {
-        metadata: child_meta(sm, name, labels)?,
+        metadata: child_meta(sm, name.clone(), labels.clone())?,
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
-                match_labels: Some(select),
+                match_labels: Some(select.clone()),
                 ..LabelSelector::default()
             }),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
     };
+    let network_policy = serving_network_policy(child_meta(sm, name, labels)?, select);
     Ok(ServingObjects {
         config,
         deployment,
         service,
         pdb,
+        network_policy,
     })
+}
+
+/// Serving pods: the relay port open to every gateway; the engine's port closed (only
+/// the relayminer beside it, over localhost, calls it); the admin port (metrics,
+/// `/demand`) only from the namespace, the lode operator (the autoscaler reads
+/// `/demand`) and Prometheus pods, wherever they run.
+fn serving_network_policy(metadata: ObjectMeta, select: BTreeMap<String, String>) -> NetworkPolicy {
+    let named = |app: &str| NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector::default()),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                app.to_string(),
+            )])),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let namespace = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    };
+    ingress_policy(
+        metadata,
+        select,
+        vec![
+            NetworkPolicyIngressRule {
+                from: None,
+                ports: Some(vec![tcp_port(ports::RELAY)]),
+            },
+            NetworkPolicyIngressRule {
+                from: Some(vec![namespace, named("lode-operator"), named("prometheus")]),
+                ports: Some(vec![tcp_port(ports::SERVE_ADMIN)]),
+            },
+        ],
+    )
 }
 
 #[cfg(test)]
@@ -559,6 +602,10 @@ mod tests {
         sm.spec.engine.kind = EngineKind::Triton;
         let yaml = serve_config(&sm, &s);
         assert!(yaml.contains("backend: triton"));
+        assert!(yaml.contains("policy: queue}"), "{yaml}");
+        let mut holding = s.clone();
+        holding.spec.store.relay_policy = lode_crds::RelayPolicy::Hold;
+        assert!(serve_config(&sm, &holding).contains("policy: hold}"));
 
         // A custom engine without an image is refused; with one it is used as is.
         let mut sm = sample_model();

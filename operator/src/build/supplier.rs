@@ -9,8 +9,7 @@ use k8s_openapi::api::core::v1::{
     Service, ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -21,8 +20,8 @@ use lode_crds::Supplier;
 
 use super::{
     BuildError, Images, STORE_TOKEN_KEY, SUPPLIER_LABEL, child_meta, component, container_ports,
-    http_probe, labels, locked_down, mount, name_of, paths, pod_security, ports, resources,
-    secret_volume, selector,
+    http_probe, ingress_policy, labels, locked_down, mount, name_of, paths, pod_security, ports,
+    resources, secret_volume, selector, tcp_port,
 };
 
 /// The store's objects.
@@ -183,55 +182,40 @@ pub fn store(s: &Supplier, images: &Images) -> Result<StoreObjects, BuildError> 
     };
     // Only this supplier's serve pods and claim/prove jobs reach the gRPC port; the admin
     // port (metrics, probes) is open inside the namespace.
-    let network_policy = NetworkPolicy {
-        metadata: child_meta(s, store, labels)?,
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(select),
-                ..LabelSelector::default()
-            }),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![
-                NetworkPolicyIngressRule {
-                    from: Some(vec![NetworkPolicyPeer {
-                        pod_selector: Some(LabelSelector {
-                            match_labels: Some(BTreeMap::from([(
-                                SUPPLIER_LABEL.to_string(),
-                                name.clone(),
-                            )])),
-                            match_expressions: Some(vec![LabelSelectorRequirement {
-                                key: "app.kubernetes.io/component".into(),
-                                operator: "In".into(),
-                                values: Some(vec![
-                                    component::SERVE.into(),
-                                    component::CLAIM.into(),
-                                    component::PROVE.into(),
-                                ]),
-                            }]),
-                        }),
-                        ..NetworkPolicyPeer::default()
-                    }]),
-                    ports: Some(vec![NetworkPolicyPort {
-                        port: Some(IntOrString::Int(ports::STORE)),
-                        protocol: Some("TCP".into()),
-                        ..NetworkPolicyPort::default()
-                    }]),
-                },
-                NetworkPolicyIngressRule {
-                    from: Some(vec![NetworkPolicyPeer {
-                        pod_selector: Some(LabelSelector::default()),
-                        ..NetworkPolicyPeer::default()
-                    }]),
-                    ports: Some(vec![NetworkPolicyPort {
-                        port: Some(IntOrString::Int(ports::STORE_ADMIN)),
-                        protocol: Some("TCP".into()),
-                        ..NetworkPolicyPort::default()
-                    }]),
-                },
-            ]),
-            ..NetworkPolicySpec::default()
-        }),
-    };
+    let network_policy = ingress_policy(
+        child_meta(s, store, labels)?,
+        select,
+        vec![
+            NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(
+                            SUPPLIER_LABEL.to_string(),
+                            name.clone(),
+                        )])),
+                        match_expressions: Some(vec![LabelSelectorRequirement {
+                            key: "app.kubernetes.io/component".into(),
+                            operator: "In".into(),
+                            values: Some(vec![
+                                component::SERVE.into(),
+                                component::CLAIM.into(),
+                                component::PROVE.into(),
+                            ]),
+                        }]),
+                    }),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: Some(vec![tcp_port(ports::STORE)]),
+            },
+            NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    pod_selector: Some(LabelSelector::default()),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: Some(vec![tcp_port(ports::STORE_ADMIN)]),
+            },
+        ],
+    );
     Ok(StoreObjects {
         stateful_set,
         service,

@@ -118,13 +118,13 @@ pub fn parse_armored_key(
         .and_then(|s| lode_kernels::hex::decode(s))
         .and_then(|s| s.try_into().ok())
         .ok_or_else(|| armor("the salt header must be 16 bytes of hex"))?;
+    if data.len() < 24 {
+        return Err(armor("the body is too short"));
+    }
     let hashed = bcrypt::hash_with_salt(passphrase.as_bytes(), BCRYPT_COST, salt)
         .map_err(|e| armor(&format!("bcrypt: {e}")))?
         .format_for_version(bcrypt::Version::TwoA);
     let key: [u8; 32] = sha2::Sha256::digest(hashed.as_bytes()).into();
-    if data.len() < 24 {
-        return Err(armor("the body is too short"));
-    }
     let (nonce, sealed) = data.split_at(24);
     use crypto_secretbox::aead::{Aead, KeyInit};
     let plain = crypto_secretbox::XSalsa20Poly1305::new(&key.into())

@@ -73,6 +73,15 @@ impl Lifecycle {
             report.sessions.push(r);
             return Ok(None);
         }
+        // Serving pods accept the session's relays until its grace period ends; freezing
+        // it earlier would turn away the ones still on their way to the store. Wait for
+        // the block after it when the window leaves room.
+        let grace = w.grace_period_end_height;
+        let height = if height <= grace && grace < close {
+            self.next_block(grace).await?
+        } else {
+            height
+        };
         let on_chain = self.query.claim(&id, supplier).await?;
         if height > close {
             if on_chain.is_some() {

@@ -93,6 +93,12 @@ fn default_batch_bytes() -> usize {
     16 << 10
 }
 
+/// Open connections on the relay port, at most (beyond: new ones wait in the backlog).
+/// Each concurrent relay or stream needs one (HTTP/1.1) or shares one (HTTP/2).
+pub fn default_max_connections() -> usize {
+    16_384
+}
+
 /// Where the chain is.
 pub use lode_chain::NodeConfig as ChainConfig;
 
@@ -139,6 +145,9 @@ pub struct ServeConfig {
     /// …or once this many bytes are pending. The first chunk is always sent at once.
     #[serde(default = "default_batch_bytes")]
     pub stream_batch_bytes: usize,
+    /// Open connections on the relay port, at most; later ones wait until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl ServeConfig {
@@ -373,6 +382,9 @@ impl ServeConfig {
         if self.store.queue_capacity == 0 {
             return Err("store.queue_capacity must be positive".into());
         }
+        if self.max_connections == 0 {
+            return Err("max_connections must be positive".into());
+        }
         Ok(())
     }
 }
@@ -466,6 +478,7 @@ fn from_poktroll(p: PoktrollConfig, keys_dir: Option<&Path>) -> Result<ServeConf
         enable_over_servicing: p.enable_over_servicing,
         stream_batch_ms: default_batch_ms(),
         stream_batch_bytes: default_batch_bytes(),
+        max_connections: default_max_connections(),
     })
 }
 
@@ -487,6 +500,7 @@ mod tests {
         assert_eq!(c.store.policy, StorePolicy::Hold);
         assert_eq!(c.services[0].max_body_bytes, 20 << 20);
         assert_eq!(c.services[0].request_timeout_seconds, 600);
+        assert_eq!(c.max_connections, 16_384);
     }
 
     #[test]
@@ -554,6 +568,12 @@ suppliers:
         )
         .expect_err("unknown key");
         assert!(e.contains("colour"), "{e}");
+        let e = ServeConfig::parse(
+            &format!("{base}max_connections: 0\nservices: [{{service_id: llm, backend_url: 'http://x'}}]\n"),
+            None,
+        )
+        .expect_err("no connections");
+        assert!(e.contains("max_connections must be positive"), "{e}");
         assert_eq!(parse_size("20MB"), Ok(20_000_000));
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert!(parse_size("lots").is_err());

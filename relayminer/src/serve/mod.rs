@@ -167,6 +167,7 @@ pub async fn start_with(
     };
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let max_connections = state.config.max_connections;
     let task_state = state.clone();
     let task = tokio::spawn(async move {
         let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
@@ -177,10 +178,8 @@ pub async fn start_with(
                 })
                 .await;
         });
-        // No Nagle: a stream's first batch and small replies leave at once.
-        let relay_listener = axum::serve::ListenerExt::tap_io(relay_listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        // Capped connections, no Nagle (a stream's first batch leaves at once).
+        let relay_listener = lode_net::CappedListener::new(relay_listener, max_connections);
         axum::serve(relay_listener, relay_app)
             .with_graceful_shutdown(async {
                 let _ = stop_rx.await;

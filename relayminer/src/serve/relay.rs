@@ -816,13 +816,9 @@ impl Ctx {
     ) -> Option<oneshot::Receiver<()>> {
         service.relays.fetch_add(1, Ordering::Relaxed);
         self.state.metrics.observe_latency(self.started.elapsed());
-        // Backend errors are not mined; nor are relays served after the claim window
-        // opened (they could never be claimed).
+        // Backend errors are not mined. A relay of a session whose claim is already
+        // being made is refused by the store (it froze the session's trie).
         if backend_status >= 500 {
-            service.not_mined.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        if self.state.sessions.height() >= self.session.claim_window_open {
             service.not_mined.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -890,9 +886,15 @@ impl Ctx {
             res.encode_to(&mut out);
             Bytes::from(out)
         };
+        // With `policy: hold` the newest chunk stays back until the store acknowledged
+        // the relay (it carries the end of the stream, `data: [DONE]`), so a client
+        // holds a complete stream only of a relay the supplier will be paid for.
+        let hold = policy == StorePolicy::Hold;
         tokio::spawn(async move {
             let mut full: Vec<u8> = Vec::new();
             let mut pending: Vec<u8> = Vec::new();
+            // Bytes at the end of `pending` held back (the newest chunk, under `hold`).
+            let mut held = 0usize;
             let mut sent_first = false;
             let mut aborted = false;
             let mut tick = tokio::time::interval(interval);
@@ -907,9 +909,11 @@ impl Ctx {
                                 if tx.send(Ok(batch(true, status, &headers, &data))).await.is_err() { aborted = true; break; }
                             } else {
                                 pending.extend_from_slice(&data);
-                                if pending.len() >= max_pending {
-                                    let b = batch(false, status, &headers, &pending);
-                                    pending.clear();
+                                if hold { held = data.len(); }
+                                if pending.len() - held >= max_pending {
+                                    let n = pending.len() - held;
+                                    let b = batch(false, status, &headers, &pending[..n]);
+                                    pending.drain(..n);
                                     if tx.send(Ok(b)).await.is_err() { aborted = true; break; }
                                 }
                             }
@@ -921,9 +925,10 @@ impl Ctx {
                         }
                         None => break,
                     },
-                    _ = tick.tick(), if !pending.is_empty() => {
-                        let b = batch(false, status, &headers, &pending);
-                        pending.clear();
+                    _ = tick.tick(), if pending.len() > held => {
+                        let n = pending.len() - held;
+                        let b = batch(false, status, &headers, &pending[..n]);
+                        pending.drain(..n);
                         if tx.send(Ok(b)).await.is_err() { aborted = true; break; }
                     }
                     _ = tokio::time::sleep_until(deadline) => {
@@ -940,26 +945,45 @@ impl Ctx {
                 drop(self);
                 return;
             }
-            if !sent_first {
-                // An empty stream: one batch with the status and headers.
-                let _ = tx.send(Ok(batch(true, status, &headers, &[]))).await;
-            } else if !pending.is_empty() {
-                let b = batch(false, status, &headers, &pending);
-                if tx.send(Ok(b)).await.is_err() {
-                    metrics.aborted.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
             if let Some((p, c)) = usage_of(&full) {
                 metrics.prompt_tokens.fetch_add(p, Ordering::Relaxed);
                 metrics.completion_tokens.fetch_add(c, Ordering::Relaxed);
             }
+            // What is left to send: the rest, or for an empty stream one batch with the
+            // status and headers.
+            let last = if !sent_first {
+                Some(batch(true, status, &headers, &[]))
+            } else {
+                (!pending.is_empty()).then(|| batch(false, status, &headers, &pending))
+            };
             // The relay that is mined: the whole response, signed.
             let res = signed(status, headers, full, &self.session.header, &self.key);
-            let ack = self.finish(&metrics, status, &res);
-            if let (StorePolicy::Hold, Some(ack)) = (policy, ack) {
-                // The stream ends only once the store has the relay.
-                let _ = ack.await;
+            if hold {
+                if let Some(ack) = self.finish(&metrics, status, &res)
+                    && ack.await.is_err()
+                {
+                    // Not acknowledged (the store refused it: its session is already
+                    // being claimed): the stream breaks instead of completing.
+                    let _ = tx
+                        .send(Err(std::io::Error::other(
+                            "the store did not acknowledge the relay",
+                        )))
+                        .await;
+                    return;
+                }
+                if let Some(b) = last {
+                    let _ = tx.send(Ok(b)).await;
+                }
+            } else {
+                if let Some(b) = last
+                    && tx.send(Ok(b)).await.is_err()
+                    && sent_first
+                {
+                    // The gateway left before the end: nothing to mine.
+                    metrics.aborted.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.finish(&metrics, status, &res);
             }
             drop(tx);
         });

@@ -23,7 +23,8 @@ pub struct Shipment {
     pub supplier: String,
     pub header: SessionHeader,
     pub relay: MinedRelay,
-    /// Told when the store acknowledged the relay (the `hold` policy waits for it).
+    /// Told when the store acknowledged the relay (the `hold` policy waits for it);
+    /// dropped unsent when the store refused it.
     pub ack: Option<oneshot::Sender<()>>,
     pub slot: OwnedSemaphorePermit,
 }
@@ -128,14 +129,14 @@ async fn append(client: &Client, group: Vec<Shipment>, stats: &ShipStats) {
             .collect(),
     };
     let mut backoff = Duration::from_millis(50);
-    loop {
+    let acknowledged = loop {
         match client.clone().append_relays(req.clone()).await {
             Ok(r) => {
                 let r = r.into_inner();
                 stats.acknowledged.fetch_add(r.accepted, Ordering::Relaxed);
                 stats.duplicates.fetch_add(r.duplicates, Ordering::Relaxed);
                 stats.store_ok.store(true, Ordering::Relaxed);
-                break;
+                break true;
             }
             // A refusal that retrying cannot fix (the session is frozen, the supplier is
             // not this store's): logged loudly, counted, and released.
@@ -151,7 +152,7 @@ async fn append(client: &Client, group: Vec<Shipment>, stats: &ShipStats) {
                 stats
                     .append_failures
                     .fetch_add(group.len() as u64, Ordering::Relaxed);
-                break;
+                break false;
             }
             Err(s) => {
                 stats.store_ok.store(false, Ordering::Relaxed);
@@ -160,9 +161,11 @@ async fn append(client: &Client, group: Vec<Shipment>, stats: &ShipStats) {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
-    }
+    };
     for s in group {
-        if let Some(ack) = s.ack {
+        if let Some(ack) = s.ack
+            && acknowledged
+        {
             let _ = ack.send(());
         }
         drop(s.slot);

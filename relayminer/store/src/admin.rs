@@ -66,8 +66,23 @@ pub fn router<B: Backend>(admin: Arc<Admin<B>>) -> Router {
             }
         }
     };
+    let health = {
+        let admin = admin.clone();
+        move || {
+            let admin = admin.clone();
+            async move {
+                match admin.store.storage_failure().borrow().as_ref() {
+                    None => (StatusCode::OK, "ok\n".to_string()),
+                    Some(e) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("storage write failed: {e}\n"),
+                    ),
+                }
+            }
+        }
+    };
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health))
         .route("/readyz", get(ready))
 }

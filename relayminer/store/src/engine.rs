@@ -11,7 +11,7 @@ use lode_kernels::smst::{self, ProofOptions, Root, SortedBuilder};
 use lode_store_api::{MinedRelay, SessionHeader, SessionInfo, SessionState};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{Backend, BackendError, WriteSet};
 use crate::metrics::Metrics;
@@ -59,6 +59,10 @@ pub fn session_prefix(supplier: &str, session_id: &str) -> Result<Vec<u8>, Store
     Ok(p)
 }
 
+/// The session-records key holding the durable count of acknowledged relays. Session
+/// prefixes start with the supplier's length (≥ 1), so no session has this key.
+const ACKNOWLEDGED_KEY: &[u8] = b"\0relays_acknowledged";
+
 /// What the writer does.
 enum Op {
     Append {
@@ -91,6 +95,8 @@ pub struct Store<B: Backend> {
     /// `None` only while dropping.
     ops: Option<mpsc::Sender<Op>>,
     metrics: Arc<Metrics>,
+    /// The first failed durable write, if any (see [`Store::storage_failure`]).
+    failure: Arc<watch::Sender<Option<String>>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Store<B> {
@@ -105,6 +111,16 @@ impl<B: Backend> Store<B> {
         let backend = Arc::new(backend);
         let mut sessions = HashMap::new();
         for (k, v) in backend.sessions()? {
+            if k == ACKNOWLEDGED_KEY {
+                let total: [u8; 8] = v
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| BackendError("corrupt acknowledged-relays record".into()))?;
+                metrics
+                    .relays_acknowledged
+                    .inc_by(u64::from_be_bytes(total));
+                continue;
+            }
             let info = SessionInfo::decode(v.as_slice())
                 .map_err(|e| BackendError(format!("corrupt session record: {e}")))?;
             sessions.insert(k, info);
@@ -112,14 +128,31 @@ impl<B: Backend> Store<B> {
         metrics.set_sessions(sessions.values());
         let sessions = Arc::new(RwLock::new(sessions));
         let (tx, rx) = mpsc::channel(1024);
+        let failure = Arc::new(watch::Sender::new(None));
         let writer = Writer {
             backend: backend.clone(),
             sessions: sessions.clone(),
             metrics: metrics.clone(),
+            failure: failure.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn({
+                let failure = failure.clone();
+                move || {
+                    // A writer that died would leave the store up but unable to write:
+                    // its panic is a storage failure like any other.
+                    let run = std::panic::AssertUnwindSafe(|| writer.run(rx));
+                    if let Err(panic) = std::panic::catch_unwind(run) {
+                        let why = panic
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| panic.downcast_ref::<&str>().copied())
+                            .unwrap_or("unknown cause");
+                        failure.send_replace(Some(format!("the writer thread panicked: {why}")));
+                    }
+                }
+            })
             .map_err(|e| BackendError(format!("cannot start the writer: {e}")))?;
         let compactor = Compactor::start(backend.clone(), metrics.clone())?;
         Ok(Self {
@@ -129,7 +162,15 @@ impl<B: Backend> Store<B> {
             sessions,
             ops: Some(tx),
             metrics,
+            failure,
         })
+    }
+
+    /// Watches for the first durable write that failed (a full or failing disk). The
+    /// backend may refuse every later write (RocksDB turns read-only after a failed WAL
+    /// write), so the server reports itself unhealthy and exits to reopen the database.
+    pub fn storage_failure(&self) -> watch::Receiver<Option<String>> {
+        self.failure.subscribe()
     }
 
     fn sender(&self) -> Result<&mpsc::Sender<Op>, StoreError> {
@@ -401,6 +442,7 @@ struct Writer<B: Backend> {
     backend: Arc<B>,
     sessions: Arc<RwLock<HashMap<Vec<u8>, SessionInfo>>>,
     metrics: Arc<Metrics>,
+    failure: Arc<watch::Sender<Option<String>>>,
 }
 
 /// Replies waiting for their group's commit.
@@ -530,6 +572,14 @@ impl<B: Backend> Writer<B> {
         for (k, info) in &changed {
             ws.sessions.push((k.clone(), Some(info.encode_to_vec())));
         }
+        if accepted_total > 0 {
+            // The writer is the only one adding to this counter.
+            let total = self.metrics.relays_acknowledged.get() + accepted_total;
+            ws.sessions.push((
+                ACKNOWLEDGED_KEY.to_vec(),
+                Some(total.to_be_bytes().to_vec()),
+            ));
+        }
         let committed = if ws.is_empty() {
             Ok(())
         } else {
@@ -541,6 +591,7 @@ impl<B: Backend> Writer<B> {
                 g.extend(changed);
                 self.metrics.set_sessions(g.values());
                 drop(g);
+                self.metrics.relays_acknowledged.inc_by(accepted_total);
                 self.metrics.observe_commit(
                     t.elapsed(),
                     accepted_total,
@@ -557,6 +608,13 @@ impl<B: Backend> Writer<B> {
             Err(e) => {
                 tracing::error!(error = %e, "store write failed; the group is refused");
                 self.metrics.write_errors.inc();
+                self.failure.send_if_modified(|f| {
+                    let first = f.is_none();
+                    if first {
+                        *f = Some(e.0.clone());
+                    }
+                    first
+                });
                 for r in replies {
                     match r {
                         Reply::Append(tx, _) => {

@@ -10,9 +10,15 @@ pub mod admin;
 pub mod backend;
 pub mod engine;
 pub mod metrics;
+#[cfg(feature = "rocksdb")]
+pub mod rocks;
+#[cfg(feature = "rocksdb")]
 pub mod server;
 pub mod service;
 
-pub use backend::{Backend, Durability, MemoryBackend, RocksBackend};
+pub use backend::{Backend, Durability, MemoryBackend};
 pub use engine::{Store, StoreError, session_prefix};
+#[cfg(feature = "rocksdb")]
+pub use rocks::RocksBackend;
+#[cfg(feature = "rocksdb")]
 pub use server::{ServerConfig, run};

@@ -19,6 +19,8 @@ pub struct StateLabel {
 #[derive(Debug)]
 pub struct Metrics {
     pub relays_ingested: Counter,
+    /// Durable: restored from the database when the store opens.
+    pub relays_acknowledged: Counter,
     pub relays_duplicate: Counter,
     pub commits: Counter,
     pub commit_ops: Counter,
@@ -41,6 +43,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             relays_ingested: Counter::default(),
+            relays_acknowledged: Counter::default(),
             relays_duplicate: Counter::default(),
             commits: Counter::default(),
             commit_ops: Counter::default(),
@@ -73,6 +76,11 @@ impl Metrics {
             "relays_ingested",
             "Relays stored as new leaves",
             self.relays_ingested.clone(),
+        );
+        r.register(
+            "relays_acknowledged",
+            "Relays acknowledged (stored as new leaves) since the database was created; kept in the database, so it survives restarts",
+            self.relays_acknowledged.clone(),
         );
         r.register(
             "relays_duplicate",

@@ -11,9 +11,10 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::admin::{Admin, router};
-use crate::backend::{Durability, RocksBackend};
+use crate::backend::Durability;
 use crate::engine::Store;
 use crate::metrics::Metrics;
+use crate::rocks::RocksBackend;
 use crate::service::{StoreService, TokenCheck};
 
 /// Everything `relayminer store` is configured with.
@@ -50,8 +51,25 @@ pub async fn run(
     tracing::info!(%grpc_addr, admin_addr = %admin.local_addr()?, data_dir = %config.data_dir.display(), "store serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut failure = store.storage_failure();
+    let failed_with = Arc::new(std::sync::Mutex::new(None));
+    let failed = failed_with.clone();
     tokio::spawn(async move {
-        shutdown.await;
+        let first_failure = async move {
+            let e = failure
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|f| f.clone());
+            // A moment for the refusals of the failed group to reach their callers (who
+            // keep the relays and retry), then stop: reopening is how RocksDB recovers.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            e
+        };
+        tokio::select! {
+            _ = shutdown => {}
+            e = first_failure => *failed.lock().unwrap_or_else(|p| p.into_inner()) = e,
+        }
         let _ = stop_tx.send(true);
     });
     let mut admin_stop = stop_rx.clone();
@@ -81,5 +99,11 @@ pub async fn run(
         )
         .await?;
     admin_task.await??;
+    if let Some(e) = failed_with.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(format!(
+            "storage write failed ({e}); exiting so that the database is reopened when the store restarts (a full volume: expand it)"
+        )
+        .into());
+    }
     Ok(())
 }

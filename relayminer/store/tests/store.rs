@@ -173,6 +173,100 @@ async fn lifecycle_in_memory() {
     .await;
 }
 
+/// A backend whose disk is full from a chosen moment: every write fails.
+#[derive(Clone, Default)]
+struct FullDisk {
+    inner: MemoryBackend,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Backend for FullDisk {
+    fn leaves_exist(&self, keys: &[&[u8]]) -> Result<Vec<bool>, lode_store::backend::BackendError> {
+        self.inner.leaves_exist(keys)
+    }
+    fn write(
+        &self,
+        ws: lode_store::backend::WriteSet,
+    ) -> Result<(), lode_store::backend::BackendError> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(lode_store::backend::BackendError(
+                "IO error: No space left on device".into(),
+            ));
+        }
+        self.inner.write(ws)
+    }
+    fn scan_leaves(
+        &self,
+        prefix: &[u8],
+        f: &mut lode_store::backend::LeafVisitor<'_>,
+    ) -> Result<(), lode_store::backend::BackendError> {
+        self.inner.scan_leaves(prefix, f)
+    }
+    fn sessions(&self) -> Result<lode_store::backend::Records, lode_store::backend::BackendError> {
+        self.inner.sessions()
+    }
+    fn delete_prefix(&self, prefix: &[u8]) -> Result<(), lode_store::backend::BackendError> {
+        self.inner.delete_prefix(prefix)
+    }
+    fn compact_range(&self, start: &[u8], end: &[u8]) {
+        self.inner.compact_range(start, end)
+    }
+    fn disk_bytes(&self) -> u64 {
+        self.inner.disk_bytes()
+    }
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        self.inner.stats()
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_appends_and_the_acknowledged_count_survives_reopening() {
+    let backend = FullDisk::default();
+    let store = Arc::new(Store::open(backend.clone(), Arc::new(Metrics::default())).expect("open"));
+    let failure = store.storage_failure();
+    assert!(failure.borrow().is_none());
+    let (a, _, _) = store
+        .append("sup", header("s1"), vec![relay(1)])
+        .await
+        .expect("append");
+    assert_eq!(a, 1);
+    backend
+        .full
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = store
+        .append("sup", header("s1"), vec![relay(2)])
+        .await
+        .expect_err("a full disk refuses the append");
+    assert!(matches!(e, StoreError::Backend(_)), "{e}");
+    // Not acknowledged, so not counted: the session still has the one relay.
+    assert_eq!(store.get("sup", "s1").expect("session").leaves, 1);
+    assert_eq!(
+        failure.borrow().as_deref(),
+        Some("IO error: No space left on device")
+    );
+    assert_eq!(store.metrics().write_errors.get(), 1);
+    assert_eq!(store.metrics().relays_acknowledged.get(), 1);
+    drop(store);
+
+    // The acknowledged count is durable: a reopened store starts from it.
+    backend
+        .full
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let store = Arc::new(Store::open(backend, Arc::new(Metrics::default())).expect("reopen"));
+    assert_eq!(store.metrics().relays_acknowledged.get(), 1);
+    let (a, d, _) = store
+        .append("sup", header("s1"), vec![relay(1), relay(2), relay(3)])
+        .await
+        .expect("append");
+    assert_eq!((a, d), (2, 1));
+    assert_eq!(store.metrics().relays_acknowledged.get(), 3);
+    assert_eq!(
+        store.list("").len(),
+        1,
+        "the count is not listed as a session"
+    );
+}
+
 #[tokio::test]
 async fn lifecycle_on_rocksdb_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");

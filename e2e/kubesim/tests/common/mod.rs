@@ -59,3 +59,13 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// Fleet options for a test: everything under `root`, every port free on loopback.
+pub fn fleet_options(root: &Path) -> lode_kubesim::fleet::FleetOptions {
+    let mut o = lode_kubesim::fleet::FleetOptions::new(root.to_path_buf(), bin_dir());
+    let any = "127.0.0.1:0".parse().expect("addr");
+    (o.api, o.rpc, o.grpc) = (any, any, any);
+    o.gateway_port = free_port();
+    o.relay_port = free_port();
+    o
+}
