@@ -52,7 +52,6 @@ pub struct SessionEntry {
     pub target: [u8; 32],
     pub compute_units_per_relay: u64,
     pub grace_end: i64,
-    pub claim_window_open: i64,
     /// uPOKT one relay costs the application.
     pub relay_cost: u64,
     /// uPOKT the application may still spend with this supplier this session.
@@ -239,7 +238,6 @@ impl Sessions {
         let end_params = self
             .params_at(onchain.session_end_block_height.min(height))
             .await?;
-        let w = end_params.shared.windows(onchain.session_end_block_height);
         let target = self.query.difficulty_at(&onchain.service_id, start).await?;
         let cupr = self
             .query
@@ -282,7 +280,6 @@ impl Sessions {
             target,
             compute_units_per_relay: cupr,
             grace_end: end + end_params.shared.grace_period_end_offset_blocks,
-            claim_window_open: w.claim_window_open_height,
             relay_cost: relay_cost.min(u64::MAX as u128) as u64,
             budget_left: AtomicU64::new(budget.min(u64::MAX as u128) as u64),
         })
