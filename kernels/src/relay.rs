@@ -4,7 +4,7 @@
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
 
-use crate::crypto::ring::{self, AppRing, RingError, RingSignature};
+use crate::crypto::ring::{self, AppRing, RingError};
 use crate::crypto::{PublicKey, SecretKey, supplier};
 use crate::proto::{Message, PoktHttpResponse, ProtoError, Relay, RelayRequest, RelayResponse};
 
@@ -51,7 +51,7 @@ pub fn sign_request_presigned(
 
 /// Verifies a request's ring signature against the application's expected ring.
 pub fn verify_request(req: &RelayRequest, ring: &AppRing) -> Result<bool, RingError> {
-    let sig = RingSignature::from_bytes(&req.meta.signature)?;
+    let sig = ring.parse(&req.meta.signature)?;
     ring.verify(&sig, &request_signable_hash(req))
 }
 

@@ -1,9 +1,10 @@
 //! Cosmos secp256k1 keys and addresses.
 
+use k256::ecdsa::SigningKey;
 use k256::elliptic_curve::bigint::{ArrayEncoding, U256};
 use k256::elliptic_curve::sec1::{FromEncodedPoint, ToEncodedPoint};
 use k256::elliptic_curve::{Curve, PrimeField};
-use k256::{AffinePoint, EncodedPoint, ProjectivePoint, Scalar, Secp256k1};
+use k256::{AffinePoint, EncodedPoint, NonZeroScalar, Scalar, Secp256k1};
 use ripemd::Ripemd160;
 use sha2::{Digest, Sha256};
 
@@ -18,9 +19,10 @@ pub enum KeyError {
     PublicKey,
 }
 
-/// A secp256k1 secret key (a supplier operator key, an application or gateway key).
+/// A secp256k1 secret key (a supplier operator key, an application or gateway key),
+/// kept with its public key so that signing never recomputes it.
 #[derive(Clone)]
-pub struct SecretKey(pub(crate) Scalar);
+pub struct SecretKey(pub(crate) SigningKey);
 
 impl std::fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -34,7 +36,7 @@ impl SecretKey {
         let arr: [u8; 32] = bytes.try_into().map_err(|_| KeyError::SecretKey)?;
         let s: Option<Scalar> = Scalar::from_repr(arr.into()).into();
         match s {
-            Some(s) if !bool::from(s.is_zero()) => Ok(Self(s)),
+            Some(s) if !bool::from(s.is_zero()) => Ok(Self::from_scalar(s)),
             _ => Err(KeyError::SecretKey),
         }
     }
@@ -50,19 +52,30 @@ impl SecretKey {
             h
         };
         let k = reduced.wrapping_add(&U256::ONE);
-        Self(
+        Self::from_scalar(
             Option::from(Scalar::from_repr(k.to_be_byte_array()))
                 .expect("k ∈ [1, N−1] by construction"),
         )
     }
 
+    fn from_scalar(s: Scalar) -> Self {
+        let nz: NonZeroScalar =
+            Option::from(NonZeroScalar::new(s)).expect("checked non-zero by the callers");
+        Self(SigningKey::from(nz))
+    }
+
+    /// The secret scalar.
+    pub(crate) fn scalar(&self) -> Scalar {
+        *self.0.as_nonzero_scalar().as_ref()
+    }
+
     /// 32 big-endian bytes.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes().into()
+        self.scalar().to_bytes().into()
     }
 
     pub fn public_key(&self) -> PublicKey {
-        PublicKey((ProjectivePoint::GENERATOR * self.0).to_affine())
+        PublicKey(*self.0.verifying_key().as_affine())
     }
 }
 

@@ -2,6 +2,7 @@
 //! §2.4–2.5): the applications' linkable ring signatures over requests, and the
 //! suppliers' Cosmos ECDSA signatures over responses.
 
+pub mod fixed;
 pub mod key;
 pub mod ring;
 pub mod supplier;

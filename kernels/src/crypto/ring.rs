@@ -7,6 +7,8 @@
 //! hash-to-scalar copies the reduced SHA3-512 value **left-aligned** into 32 bytes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use k256::elliptic_curve::bigint::U512;
 use k256::elliptic_curve::ops::{LinearCombination, Reduce};
@@ -18,6 +20,7 @@ use k256::{AffinePoint, ProjectivePoint, Scalar};
 use rand_core::CryptoRngCore;
 use sha3::{Digest, Sha3_256, Sha3_512};
 
+use super::fixed::{self, FixedBase};
 use super::key::{KeyError, PublicKey, SecretKey};
 
 /// Most hash-to-curve rounds ring-go tries before giving up.
@@ -126,10 +129,16 @@ fn read_scalar(b: &[u8]) -> Result<Scalar, RingError> {
     Ok(<Scalar as Reduce<k256::U256>>::reduce_bytes(&arr.into()))
 }
 
-fn read_point(b: &[u8]) -> Result<(AffinePoint, [u8; 33]), RingError> {
+fn read_point(
+    b: &[u8],
+    known: &impl Fn(&[u8; 33]) -> Option<AffinePoint>,
+) -> Result<(AffinePoint, [u8; 33]), RingError> {
     let arr: [u8; 33] = b
         .try_into()
         .map_err(|_| RingError::Point(KeyError::PublicKey))?;
+    if let Some(p) = known(&arr) {
+        return Ok((p, arr));
+    }
     let key = PublicKey::from_sec1(&arr).map_err(RingError::Point)?;
     Ok((key.0, arr))
 }
@@ -140,6 +149,15 @@ impl RingSignature {
     /// mod N, points must be valid, and bytes after the n-th member are ignored. Where Go
     /// panics (fewer than 4 bytes) this is an error.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, RingError> {
+        Self::parse_with(bytes, |_| None)
+    }
+
+    /// [`Self::from_bytes`], taking the point of any compressed encoding `known` has
+    /// (which must be the point those bytes decompress to) instead of decompressing it.
+    fn parse_with(
+        bytes: &[u8],
+        known: impl Fn(&[u8; 33]) -> Option<AffinePoint>,
+    ) -> Result<Self, RingError> {
         let size: [u8; 4] = bytes
             .get(..4)
             .ok_or(RingError::MissingSize)?
@@ -156,11 +174,11 @@ impl RingSignature {
             head
         };
         let c0 = read_scalar(take(32))?;
-        let (key_image, _) = read_point(take(33))?;
+        let (key_image, _) = read_point(take(33), &known)?;
         let mut members = Vec::with_capacity(n);
         for _ in 0..n {
             let s = read_scalar(take(32))?;
-            let (p, enc) = read_point(take(33))?;
+            let (p, enc) = read_point(take(33), &known)?;
             members.push((s, p, enc));
         }
         Ok(Self {
@@ -206,7 +224,15 @@ impl RingSignature {
     /// ring-go's `Verify(m)`: recompute the challenge chain from `c_0` and check that it
     /// closes. An empty ring is an error (Go panics there).
     pub fn verify(&self, msg: &[u8; 32]) -> Result<bool, RingError> {
-        self.verify_with(msg, |enc, _| hash_to_curve(enc))
+        let hps = self
+            .members
+            .iter()
+            .map(|(_, _, enc)| hash_to_curve(enc).map(|hp| (*enc, hp)))
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        self.verify_steps(msg, |enc, c, s| {
+            let p = self.members.iter().find(|(_, _, e)| e == enc).map(|m| m.1);
+            self.points(c, s, &p.expect("a member's key"), &hps[enc])
+        })
     }
 
     /// The challenges `c_0 … c_{n−1}` met along verification (for diagnostics and
@@ -216,19 +242,20 @@ impl RingSignature {
         let mut c = self.c0;
         for (s, p, enc) in &self.members {
             out.push(c.to_bytes().into());
-            c = self.step(msg, &c, s, p, &hash_to_curve(enc)?)?;
+            let (l, r) = self.points(&c, s, p, &hash_to_curve(enc)?);
+            c = challenge(msg, &l, &r)?;
         }
         Ok(out)
     }
 
-    fn step(
+    /// One member's `L = s·G + c·P` and `R = s·H_p(P) + c·I`.
+    fn points(
         &self,
-        msg: &[u8; 32],
         c: &Scalar,
         s: &Scalar,
         p: &AffinePoint,
         hp: &AffinePoint,
-    ) -> Result<Scalar, RingError> {
+    ) -> (ProjectivePoint, ProjectivePoint) {
         let l = ProjectivePoint::lincomb(
             &ProjectivePoint::from(*p),
             c,
@@ -241,20 +268,23 @@ impl RingSignature {
             &ProjectivePoint::from(*hp),
             s,
         );
-        challenge(msg, &l, &r)
+        (l, r)
     }
 
-    fn verify_with(
+    /// Walks the challenge chain from `c_0`, with `points(P_i, c_i, s_i)` giving member
+    /// i's `(L, R)`, and says whether it closes. An empty ring is an error (Go panics).
+    fn verify_steps(
         &self,
         msg: &[u8; 32],
-        mut hp: impl FnMut(&[u8; 33], &AffinePoint) -> Result<AffinePoint, RingError>,
+        mut points: impl FnMut(&[u8; 33], &Scalar, &Scalar) -> (ProjectivePoint, ProjectivePoint),
     ) -> Result<bool, RingError> {
         if self.members.is_empty() {
             return Err(RingError::EmptyRing);
         }
         let mut c = self.c0;
-        for (s, p, enc) in &self.members {
-            c = self.step(msg, &c, s, p, &hp(enc, p)?)?;
+        for (s, _, enc) in &self.members {
+            let (l, r) = points(enc, &c, s);
+            c = challenge(msg, &l, &r)?;
         }
         Ok(c == self.c0)
     }
@@ -288,7 +318,7 @@ impl RingSigner {
             .iter()
             .map(|(_, enc)| hash_to_curve(enc).map(ProjectivePoint::from))
             .collect::<Result<Vec<_>, _>>()?;
-        let x = key.0;
+        let x = key.scalar();
         let image = hps[j] * x;
         Ok(Self {
             members,
@@ -462,12 +492,44 @@ pub fn ring_addresses<'a>(
     all
 }
 
-/// An application's expected ring, with each member's hash-to-curve point cached, as a
-/// verifier that sees many relays of the same application keeps it.
-#[derive(Debug, Clone)]
+/// An application's expected ring, with each member's point and hash-to-curve point
+/// cached, as a verifier that sees many relays of the same application keeps it.
+///
+/// Verification multiplies the same points for every relay (the generator, the members'
+/// keys and hash-to-curve points, and the signer's key image, fixed per signing key), so
+/// a ring in steady use can be given tables of their multiples ([`AppRing::accelerate`]),
+/// which make verification several times cheaper. The tables are built off the request
+/// path when [`AppRing::wants_acceleration`] says the ring has earned them; until then,
+/// and for any point without a table, verification uses plain multiplication.
+#[derive(Debug)]
 pub struct AppRing {
-    members: HashMap<[u8; 33], AffinePoint>,
+    members: HashMap<[u8; 33], Member>,
+    /// Tables, once built; replaced whole when a new key image gets one.
+    fast: RwLock<Option<Arc<Fast>>>,
+    /// Key images of signatures that verified without a table for them (at most one per
+    /// member: a key has one image), waiting for `accelerate`.
+    new_images: Mutex<Vec<([u8; 33], AffinePoint)>>,
+    verified: AtomicU64,
+    accelerating: AtomicBool,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    point: AffinePoint,
+    hp: AffinePoint,
+}
+
+/// The tables of one ring: per member `(P, H_p(P))`, per key image seen in a valid
+/// signature `I` (with its point, so parsing skips decompression).
+#[derive(Debug)]
+struct Fast {
+    members: HashMap<[u8; 33], (Arc<FixedBase>, Arc<FixedBase>)>,
+    images: HashMap<[u8; 33], (AffinePoint, Arc<FixedBase>)>,
+}
+
+/// Verified signatures after which a ring is worth its tables (a few milliseconds to
+/// build; each verification with them saves about three quarters of its cost).
+const ACCELERATE_AFTER: u64 = 16;
 
 impl AppRing {
     pub fn new(keys: &[PublicKey]) -> Result<Self, RingError> {
@@ -475,10 +537,33 @@ impl AppRing {
             .iter()
             .map(|k| {
                 let enc = k.to_compressed();
-                hash_to_curve(&enc).map(|hp| (enc, hp))
+                hash_to_curve(&enc).map(|hp| (enc, Member { point: k.0, hp }))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { members })
+        Ok(Self {
+            members,
+            fast: RwLock::new(None),
+            new_images: Mutex::new(Vec::new()),
+            verified: AtomicU64::new(0),
+            accelerating: AtomicBool::new(false),
+        })
+    }
+
+    fn fast(&self) -> Option<Arc<Fast>> {
+        self.fast.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Parses a signature as [`RingSignature::from_bytes`] does, taking the points of
+    /// this ring's members and known key images from the cache instead of decompressing
+    /// them (identical bytes, identical point).
+    pub fn parse(&self, bytes: &[u8]) -> Result<RingSignature, RingError> {
+        let fast = self.fast();
+        RingSignature::parse_with(bytes, |enc| {
+            self.members.get(enc).map(|m| m.point).or_else(|| {
+                fast.as_ref()
+                    .and_then(|f| f.images.get(enc).map(|(p, _)| *p))
+            })
+        })
     }
 
     /// poktroll's check: every public key inside the signature belongs to the expected
@@ -487,6 +572,262 @@ impl AppRing {
         if let Some(outsider) = sig.public_keys().find(|k| !self.members.contains_key(*k)) {
             return Err(RingError::NotAMember(crate::hex::encode(outsider)));
         }
-        sig.verify_with(msg, |enc, _| Ok(self.members[enc]))
+        let fast = self.fast();
+        let image_enc = encode_affine(&sig.key_image);
+        let image_table = fast.as_ref().and_then(|f| f.images.get(&image_enc));
+        let g = FixedBase::generator();
+        let ok = sig.verify_steps(msg, |enc, c, s| {
+            let m = &self.members[enc];
+            let tables = fast.as_ref().and_then(|f| f.members.get(enc));
+            let l = match tables {
+                Some((tp, _)) => fixed::lincomb(g, s, tp, c),
+                None => ProjectivePoint::lincomb(
+                    &ProjectivePoint::from(m.point),
+                    c,
+                    &ProjectivePoint::GENERATOR,
+                    s,
+                ),
+            };
+            let r = match (tables, image_table) {
+                (Some((_, th)), Some((_, ti))) => fixed::lincomb(th, s, ti, c),
+                _ => ProjectivePoint::lincomb(
+                    &ProjectivePoint::from(sig.key_image),
+                    c,
+                    &ProjectivePoint::from(m.hp),
+                    s,
+                ),
+            };
+            (l, r)
+        })?;
+        if ok {
+            self.verified.fetch_add(1, Ordering::Relaxed);
+            if image_table.is_none() {
+                let mut pending = self.new_images.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.len() < self.members.len()
+                    && !pending.iter().any(|(e, _)| *e == image_enc)
+                {
+                    pending.push((image_enc, sig.key_image));
+                }
+            }
+        }
+        Ok(ok)
+    }
+
+    /// Whether [`AppRing::accelerate`] has work worth doing: the ring has verified enough
+    /// signatures and lacks tables for its members or for a key image that verified, and
+    /// nobody is building them.
+    pub fn wants_acceleration(&self) -> bool {
+        if self.verified.load(Ordering::Relaxed) < ACCELERATE_AFTER
+            || self.accelerating.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        self.fast
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+            || !self
+                .new_images
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+    }
+
+    /// Builds (or takes from `tables`, shared across rings and sessions) the tables of
+    /// every member and of the key images that verified. Milliseconds of CPU: call it
+    /// off the request path. Concurrent calls do the work once.
+    pub fn accelerate(&self, tables: &BaseTables) {
+        if self.accelerating.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let old = self.fast();
+        let pending =
+            std::mem::take(&mut *self.new_images.lock().unwrap_or_else(|e| e.into_inner()));
+        if old.is_some() && pending.is_empty() {
+            self.accelerating.store(false, Ordering::Release);
+            return;
+        }
+        let members = match &old {
+            Some(f) => f.members.clone(),
+            None => self
+                .members
+                .iter()
+                .map(|(enc, m)| (*enc, (tables.get(enc, &m.point), tables.get_hp(enc, &m.hp))))
+                .collect(),
+        };
+        let mut images = old.map(|f| f.images.clone()).unwrap_or_default();
+        for (enc, point) in pending {
+            images.insert(enc, (point, tables.get(&enc, &point)));
+        }
+        *self.fast.write().unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::new(Fast { members, images }));
+        self.accelerating.store(false, Ordering::Release);
+    }
+
+    /// Whether tables are in use (for metrics and tests).
+    pub fn is_accelerated(&self) -> bool {
+        self.fast().is_some()
+    }
+}
+
+/// Point tables shared by every ring a process verifies, keyed by what they multiply (a
+/// compressed point, or a member's hash-to-curve point), bounded in memory: the least
+/// recently requested table goes first. A ring holds its tables while it lives, so
+/// eviction only stops sharing them with later rings.
+#[derive(Debug)]
+pub struct BaseTables {
+    inner: Mutex<TableMap>,
+    max_tables: usize,
+}
+
+#[derive(Debug, Default)]
+struct TableMap {
+    tick: u64,
+    /// `(kind, compressed point)` → (last requested, table); kind 0 is the point
+    /// itself, 1 its hash-to-curve point.
+    map: HashMap<(u8, [u8; 33]), (u64, Arc<FixedBase>)>,
+}
+
+impl BaseTables {
+    /// A cache holding up to `max_bytes` of tables (at least one table).
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            inner: Mutex::new(TableMap::default()),
+            max_tables: (max_bytes / FixedBase::table_bytes()).max(1),
+        }
+    }
+
+    /// Tables held now.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, enc: &[u8; 33], point: &AffinePoint) -> Arc<FixedBase> {
+        self.get_kind(0, enc, point)
+    }
+
+    fn get_hp(&self, enc: &[u8; 33], hp: &AffinePoint) -> Arc<FixedBase> {
+        self.get_kind(1, enc, hp)
+    }
+
+    fn get_kind(&self, kind: u8, enc: &[u8; 33], point: &AffinePoint) -> Arc<FixedBase> {
+        let key = (kind, *enc);
+        {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.tick += 1;
+            let tick = inner.tick;
+            if let Some((used, t)) = inner.map.get_mut(&key) {
+                *used = tick;
+                return t.clone();
+            }
+        }
+        // Built outside the lock: other rings keep getting their tables meanwhile.
+        let table = Arc::new(FixedBase::new(point));
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.tick += 1;
+        let tick = inner.tick;
+        if inner.map.len() >= self.max_tables
+            && let Some(oldest) = inner
+                .map
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(k, _)| *k)
+        {
+            inner.map.remove(&oldest);
+        }
+        inner.map.insert(key, (tick, table.clone()));
+        table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> SecretKey {
+        SecretKey::from_secret(name.as_bytes())
+    }
+
+    #[test]
+    fn a_busy_ring_gets_tables_and_verifies_the_same() {
+        let (app, gw) = (key("app"), key("gateway"));
+        let keys = [app.public_key(), gw.public_key()];
+        let ring = AppRing::new(&keys).expect("ring");
+        let tables = BaseTables::new(64 << 20);
+        let mut rng = rand_core::OsRng;
+        let msg = [7u8; 32];
+        let by_gw = sign(&msg, &keys, &gw, &mut rng).expect("member");
+        for _ in 0..ACCELERATE_AFTER - 1 {
+            assert_eq!(ring.verify(&by_gw, &msg), Ok(true));
+        }
+        assert!(!ring.wants_acceleration(), "not busy yet");
+        // A bad signature neither counts nor offers its key image.
+        assert_eq!(ring.verify(&by_gw, &[8; 32]), Ok(false));
+        assert!(!ring.wants_acceleration());
+        assert_eq!(ring.verify(&by_gw, &msg), Ok(true));
+        assert!(ring.wants_acceleration());
+        ring.accelerate(&tables);
+        assert!(ring.is_accelerated() && !ring.wants_acceleration());
+        // Two members' keys and hash-to-curve points, and the gateway's key image.
+        assert_eq!(tables.len(), 5);
+        let parsed = ring.parse(&by_gw.to_bytes()).expect("parses");
+        assert_eq!(parsed, by_gw);
+        assert_eq!(ring.verify(&parsed, &msg), Ok(true));
+        assert_eq!(ring.verify(&parsed, &[8; 32]), Ok(false));
+
+        // The application signing itself: verified without a table for its image, then
+        // with one.
+        let by_app = sign(&msg, &keys, &app, &mut rng).expect("member");
+        assert_eq!(ring.verify(&by_app, &msg), Ok(true));
+        assert!(ring.wants_acceleration(), "a new key image");
+        ring.accelerate(&tables);
+        assert_eq!(tables.len(), 6);
+        assert!(!ring.wants_acceleration());
+        assert_eq!(ring.verify(&by_app, &msg), Ok(true));
+        assert_eq!(ring.verify(&by_app, &[9; 32]), Ok(false));
+
+        // Another application with the same gateway shares the gateway's tables.
+        let other = AppRing::new(&[key("app2").public_key(), gw.public_key()]).expect("ring");
+        other.accelerate(&tables);
+        assert_eq!(tables.len(), 8);
+    }
+
+    #[test]
+    fn tables_stay_within_their_memory() {
+        let tables = BaseTables::new(2 * FixedBase::table_bytes());
+        let keys = [key("a").public_key(), key("b").public_key()];
+        let ring = AppRing::new(&keys).expect("ring");
+        ring.accelerate(&tables);
+        assert_eq!(tables.len(), 2, "the least recently used went");
+        let msg = [1u8; 32];
+        let sig = sign(&msg, &keys, &key("a"), &mut rand_core::OsRng).expect("member");
+        assert_eq!(ring.verify(&sig, &msg), Ok(true));
+    }
+
+    #[test]
+    fn an_outsider_key_is_refused_with_or_without_tables() {
+        let keys = [key("app").public_key(), key("gw").public_key()];
+        let ring = AppRing::new(&keys).expect("ring");
+        let stranger = [key("app").public_key(), key("stranger").public_key()];
+        let msg = [3u8; 32];
+        let sig = sign(&msg, &stranger, &key("stranger"), &mut rand_core::OsRng).expect("member");
+        assert!(matches!(
+            ring.verify(&sig, &msg),
+            Err(RingError::NotAMember(_))
+        ));
+        ring.accelerate(&BaseTables::new(64 << 20));
+        let parsed = ring.parse(&sig.to_bytes()).expect("parses");
+        assert!(matches!(
+            ring.verify(&parsed, &msg),
+            Err(RingError::NotAMember(_))
+        ));
     }
 }

@@ -6,10 +6,12 @@
 //! `msg`, so the curve sees SHA-256 twice.
 
 use k256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
-use k256::ecdsa::{Signature, SigningKey, VerifyingKey};
-use k256::elliptic_curve::ops::Reduce;
+use k256::ecdsa::{Signature, VerifyingKey};
+use k256::elliptic_curve::ops::{MulByGenerator, Reduce};
+use k256::elliptic_curve::point::AffineCoordinates;
 use k256::elliptic_curve::scalar::IsHigh;
-use k256::{Scalar, U256};
+use k256::{NonZeroScalar, ProjectivePoint, Scalar, U256};
+use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
 
 use super::key::{PublicKey, SecretKey};
@@ -17,13 +19,64 @@ use super::key::{PublicKey, SecretKey};
 /// Cosmos `PrivKey.Sign(msg)`: deterministic, low-S, 64 bytes.
 pub fn sign(key: &SecretKey, msg: &[u8]) -> [u8; 64] {
     let digest = Sha256::digest(msg);
-    let sk =
-        SigningKey::from_bytes(&key.to_bytes().into()).expect("a SecretKey is a valid signing key");
-    let sig: Signature = sk
+    let sig: Signature = key
+        .0
         .sign_prehash(&digest)
         .expect("RFC 6979 signing of a 32-byte digest cannot fail");
     let sig = sig.normalize_s().unwrap_or(sig);
     sig.to_bytes().into()
+}
+
+/// The message-independent half of one ECDSA signature: for a random nonce `k`, the
+/// signature's `r` (the x of `k·G`, mod N) and `k⁻¹`. Made ahead of time (a pool refilled
+/// in the background) it takes the scalar multiplication and the inversion off the
+/// signing path, leaving two scalar multiplications. It does not depend on the key.
+///
+/// Deliberately not `Clone`: a nonce used for two messages reveals the key.
+pub struct Nonce {
+    r: Scalar,
+    k_inv: Scalar,
+}
+
+impl std::fmt::Debug for Nonce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Nonce(..)")
+    }
+}
+
+impl Nonce {
+    /// A fresh nonce from a cryptographic random source.
+    pub fn random(rng: &mut impl CryptoRngCore) -> Self {
+        loop {
+            let k = NonZeroScalar::random(&mut *rng);
+            let big_r = ProjectivePoint::mul_by_generator(&k).to_affine();
+            let r = <Scalar as Reduce<U256>>::reduce_bytes(&big_r.x());
+            if bool::from(r.is_zero()) {
+                continue; // probability about 2^-256
+            }
+            return Self {
+                r,
+                k_inv: Option::from(k.invert()).expect("k is not zero"),
+            };
+        }
+    }
+}
+
+/// [`sign`] with a nonce made ahead of time instead of the RFC 6979 one: a valid Cosmos
+/// signature (low-S, 64 bytes) that the chain verifies alike, but not the deterministic
+/// bytes `sign` gives. Falls back to `sign` in the negligible case `s = 0`.
+pub fn sign_with_nonce(key: &SecretKey, msg: &[u8], nonce: Nonce) -> [u8; 64] {
+    let digest: [u8; 32] = Sha256::digest(msg).into();
+    let z = <Scalar as Reduce<U256>>::reduce_bytes(&digest.into());
+    let s = nonce.k_inv * (z + nonce.r * key.scalar());
+    if bool::from(s.is_zero()) {
+        return sign(key, msg);
+    }
+    let s = if bool::from(s.is_high()) { -s } else { s };
+    let mut out = [0u8; 64];
+    out[..32].copy_from_slice(&nonce.r.to_bytes());
+    out[32..].copy_from_slice(&s.to_bytes());
+    out
 }
 
 /// Cosmos `PubKey.VerifySignature(msg, sig)`: exactly 64 bytes; `r` and `s` are read
@@ -53,4 +106,31 @@ pub fn verify_key(key: &PublicKey, msg: &[u8], sig: &[u8]) -> bool {
         return false;
     };
     vk.verify_prehash(&Sha256::digest(msg), &sig).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_with_nonces_made_ahead_verify_and_are_low_s() {
+        let key = SecretKey::from_secret(b"supplier");
+        let other = SecretKey::from_secret(b"someone else");
+        let mut rng = rand_core::OsRng;
+        let mut seen = std::collections::HashSet::new();
+        for i in 0u32..64 {
+            let msg: [u8; 32] = Sha256::digest(i.to_be_bytes()).into();
+            let sig = sign_with_nonce(&key, &msg, Nonce::random(&mut rng));
+            assert!(verify_key(&key.public_key(), &msg, &sig), "message {i}");
+            assert!(!verify_key(&other.public_key(), &msg, &sig));
+            assert!(!verify_key(
+                &key.public_key(),
+                &Sha256::digest(b"other"),
+                &sig
+            ));
+            let s = <Scalar as Reduce<U256>>::reduce_bytes(sig[32..].into());
+            assert!(!bool::from(s.is_high()), "low S");
+            assert!(seen.insert(sig[..32].to_vec()), "a fresh r every time");
+        }
+    }
 }
