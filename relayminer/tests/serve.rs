@@ -179,6 +179,20 @@ impl Fleet {
         }
     }
 
+    /// Sends a relay whose ring signature has one byte of an `s` flipped: refused 401/2.
+    async fn refused_forged(&self) {
+        let mut req = self.relay(CHAT);
+        let n = req.meta.signature.len();
+        req.meta.signature[n - 40] ^= 1;
+        let (status, res) = self.send(&req).await;
+        assert_eq!(
+            (status, error_code(&res)),
+            (401, 2),
+            "{:?}",
+            res.relay_miner_error
+        );
+    }
+
     fn mined(&self) -> u64 {
         let m = self.serve().state.metrics.service(SERVICE);
         m.mined.load(std::sync::atomic::Ordering::Relaxed)
@@ -323,16 +337,7 @@ async fn bad_relays_get_the_right_errors() {
     let (status, res) = f.send(&f.relay(&big)).await;
     assert_eq!((status, error_code(&res)), (413, 11));
     // Bad ring signature.
-    let mut req = f.relay(CHAT);
-    let n = req.meta.signature.len();
-    req.meta.signature[n - 40] ^= 1;
-    let (status, res) = f.send(&req).await;
-    assert_eq!(
-        (status, error_code(&res)),
-        (401, 2),
-        "{:?}",
-        res.relay_miner_error
-    );
+    f.refused_forged().await;
     // Tampered after signing: the signature no longer covers the payload.
     let mut req = f.relay(CHAT);
     req.payload.push(b' ');
@@ -455,6 +460,64 @@ async fn bad_relays_get_the_right_errors() {
         .shutdown()
         .await
         .expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_session_checks_signatures_while_the_engine_starts() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let f = fleet(|_| {}).await;
+    let state = &f.serve().state;
+    // Busy: enough verified relays for the ring to get its point tables.
+    for _ in 0..20 {
+        assert_eq!(f.send(&f.relay(CHAT)).await.0, 200);
+    }
+    for _ in 0..500 {
+        if state.ring_tables() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        state.ring_tables(),
+        5,
+        "the application's and the gateway's keys and hash-to-curve points, the gateway's key image"
+    );
+    let concurrent = || state.metrics.concurrent_checks.load(Relaxed);
+    let before = concurrent();
+    let (status, res) = f.send(&f.relay(CHAT)).await;
+    assert_eq!(status, 200, "{:?}", res.relay_miner_error);
+    assert!(verify_response(&res, &f.supplier.public_key()));
+    assert_eq!(concurrent(), before + 1, "checked while the engine started");
+
+    // A forged relay in the busy session gets the refusal it gets when checked first;
+    // the engine's request is cancelled, the charge given back, nothing mined, and the
+    // session's later relays are checked before the engine sees them.
+    let session = state
+        .sessions
+        .validate(&f.header, &address(&f.supplier))
+        .await
+        .expect("session");
+    let (budget, served, leaves) = (
+        session.budget_left.load(Relaxed),
+        f.sim.successes(),
+        f.leaves().await,
+    );
+    f.refused_forged().await;
+    assert_eq!(concurrent(), before + 2);
+    assert!(session.refused_signature.load(Relaxed));
+    assert_eq!(session.budget_left.load(Relaxed), budget, "refunded");
+    // engine-sim answers after 5 ms; give a request that was not cancelled time to end.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        f.sim.successes(),
+        served,
+        "the engine's request was cancelled"
+    );
+    assert_eq!(f.leaves().await, leaves, "nothing mined");
+    let (status, _) = f.send(&f.relay(CHAT)).await;
+    assert_eq!(status, 200);
+    assert_eq!(concurrent(), before + 2, "checked first from now on");
+    assert_eq!(f.leaves().await, leaves + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,8 @@ struct Sample {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub requests: AtomicU64,
+    /// Ring signatures checked on another thread while the engine started.
+    pub concurrent_checks: AtomicU64,
     refused: Mutex<BTreeMap<u32, u64>>,
     services: Mutex<BTreeMap<String, Arc<ServiceMetrics>>>,
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -159,6 +161,7 @@ impl Metrics {
         acknowledged: u64,
         append_failures: u64,
         height: i64,
+        ring_tables: u64,
     ) -> String {
         let mut o = String::new();
         let _ = writeln!(
@@ -246,6 +249,18 @@ impl Metrics {
                 "gauge",
                 "Latest block height seen.",
                 height,
+            ),
+            (
+                "lode_serve_ring_tables",
+                "gauge",
+                "Point tables held for fast ring-signature verification (about 210 KiB each).",
+                ring_tables as i64,
+            ),
+            (
+                "lode_serve_concurrent_signature_checks_total",
+                "counter",
+                "Ring signatures of busy sessions checked while the engine started.",
+                self.concurrent_checks.load(Ordering::Relaxed) as i64,
             ),
         ] {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod relay;
 pub mod session;
 pub mod ship;
+mod signer;
 mod triton;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use metrics::Metrics;
 use relay::RelayState;
 use session::Sessions;
 use ship::Shipper;
+use signer::Signer;
 
 /// A running `serve`.
 #[derive(Debug)]
@@ -84,7 +86,7 @@ pub async fn start_with(
     let mut keys = HashMap::new();
     for f in &config.signing_key_files {
         let k = lode_chain::keys::load_key(f, passphrase.as_deref())?;
-        keys.insert(k.public_key().address().to_bech32("pokt"), k);
+        keys.insert(k.public_key().address().to_bech32("pokt"), Signer::new(k));
     }
     let retry = RetryPolicy {
         attempts: 3,
@@ -226,6 +228,7 @@ async fn metrics_page(State(a): State<Admin>) -> Response {
         stats.acknowledged.load(Ordering::Relaxed),
         stats.append_failures.load(Ordering::Relaxed),
         s.sessions.height(),
+        s.ring_tables() as u64,
     );
     if let Some(l) = &a.lifecycle {
         body.push_str(&l.render());

@@ -2,6 +2,7 @@
 //! batches) out, the finished relay mined and shipped to the store.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -12,18 +13,19 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
-use lode_kernels::crypto::SecretKey;
+use lode_kernels::crypto::ring::{BaseTables, RingError};
 use lode_kernels::proto::{
     Header, Message, PoktHttpRequest, PoktHttpResponse, RelayMinerError, RelayRequest,
     RelayResponse, SessionHeader,
 };
-use lode_kernels::relay::{STREAM_DELIMITER, mine, sign_response, verify_request};
+use lode_kernels::relay::{STREAM_DELIMITER, mine, request_signable_hash, verify_request};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::config::{ServeConfig, ServiceConfig, StorePolicy};
 use super::metrics::{Metrics, ServiceMetrics};
 use super::session::{SessionEntry, SessionError, Sessions};
 use super::ship::{Shipment, Shipper};
+use super::signer::Signer;
 
 /// poktroll's `relayer_proxy` codespace and the codes lode answers with (1, 3, 5, 7, 9,
 /// 10, 11 and 14 are poktroll's; 2 and 4 are lode's own).
@@ -92,19 +94,27 @@ pub struct Service {
 #[derive(Debug)]
 pub struct RelayState {
     pub config: Arc<ServeConfig>,
-    pub keys: HashMap<String, SecretKey>,
+    /// Supplier operator address → its signer.
+    pub keys: HashMap<String, Arc<Signer>>,
     pub services: HashMap<String, Service>,
     pub sessions: Arc<Sessions>,
     pub shipper: Shipper,
     pub metrics: Arc<Metrics>,
     backend: Backend,
     max_body: usize,
+    /// Point tables for ring verification, shared by every session's ring.
+    tables: Arc<BaseTables>,
 }
+
+/// Memory for ring-verification tables: about 300 points' tables (210 KiB each), so the
+/// rings of some 70 busy applications with one gateway each (the gateway's tables are
+/// shared).
+const RING_TABLE_BYTES: usize = 64 << 20;
 
 impl RelayState {
     pub fn new(
         config: Arc<ServeConfig>,
-        keys: HashMap<String, SecretKey>,
+        keys: HashMap<String, Arc<Signer>>,
         sessions: Arc<Sessions>,
         shipper: Shipper,
         metrics: Arc<Metrics>,
@@ -152,7 +162,13 @@ impl RelayState {
             metrics,
             backend,
             max_body,
+            tables: Arc::new(BaseTables::new(RING_TABLE_BYTES)),
         })
+    }
+
+    /// Point tables held for ring verification.
+    pub fn ring_tables(&self) -> usize {
+        self.tables.len()
     }
 
     /// Whether a backend answers (`GET /v1/models`, any status but a connection error).
@@ -175,11 +191,7 @@ impl RelayState {
 
 /// An error reply: an unsigned (or, once the supplier is known, signed) `RelayResponse`
 /// carrying `RelayMinerError`, with a meaningful HTTP status.
-fn error_reply(
-    f: &RelayFailure,
-    header: Option<&SessionHeader>,
-    key: Option<&SecretKey>,
-) -> Response {
+fn error_reply(f: &RelayFailure, header: Option<&SessionHeader>, key: Option<&Signer>) -> Response {
     let mut res = RelayResponse {
         payload: f.message.clone().into_bytes(),
         relay_miner_error: Some(RelayMinerError {
@@ -192,7 +204,7 @@ fn error_reply(
     };
     res.meta.session_header = header.cloned();
     if let Some(k) = key {
-        sign_response(&mut res, k);
+        k.sign(&mut res);
     }
     (
         f.status,
@@ -342,36 +354,33 @@ pub async fn handle(state: Arc<RelayState>, body: Body) -> Response {
             return refuse(m, fail(status, code, e.to_string()), hdr, Some(key));
         }
     };
-    // 5. The application's (or its gateway's) ring signature.
-    match verify_request(&req, &session.ring) {
-        Ok(true) => {}
-        Ok(false) => {
-            return refuse(
-                m,
-                fail(
-                    StatusCode::UNAUTHORIZED,
-                    codes::INVALID_REQUEST,
-                    "invalid ring signature",
-                ),
-                hdr,
-                Some(key),
-            );
+    // 5. The application's (or its gateway's) ring signature. A busy session that has
+    //    never seen a bad one has it checked on another thread while the engine starts
+    //    (nothing reaches the client, and nothing is mined or kept charged, before it
+    //    passes: `Ctx::after_verdict`); any other relay is checked first.
+    let speculate = service.triton.is_none()
+        && bytes.len() <= SPECULATE_MAX_BODY
+        && session.ring.is_accelerated()
+        && !session.refused_signature.load(Ordering::Relaxed);
+    let gate = if speculate {
+        m.concurrent_checks.fetch_add(1, Ordering::Relaxed);
+        let (session, hash) = (session.clone(), request_signable_hash(&req));
+        let signature = req.meta.signature.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            let ring = &session.ring;
+            ring.parse(&signature)
+                .and_then(|sig| ring.verify(&sig, &hash))
+        }))
+    } else {
+        if let Err(f) = signature_verdict(&state, &session, Ok(verify_request(&req, &session.ring)))
+        {
+            return refuse(m, f, hdr, Some(key));
         }
-        Err(e) => {
-            return refuse(
-                m,
-                fail(
-                    StatusCode::UNAUTHORIZED,
-                    codes::INVALID_REQUEST,
-                    format!("invalid ring signature: {e}"),
-                ),
-                hdr,
-                Some(key),
-            );
-        }
-    }
-    // 6. Over-servicing.
-    if !session.charge() && !state.config.enable_over_servicing {
+        None
+    };
+    // 6. Over-servicing (refunded if a signature checked meanwhile fails).
+    let charged = session.charge();
+    if !charged && !state.config.enable_over_servicing {
         return refuse(
             m,
             fail(
@@ -420,6 +429,8 @@ pub async fn handle(state: Arc<RelayState>, body: Body) -> Response {
         key: key.clone(),
         slot,
         started,
+        gate,
+        charged,
         _guard: guard,
     };
     ctx.proxy(service, http_req).await
@@ -429,7 +440,7 @@ pub(super) fn refuse(
     m: &Metrics,
     f: RelayFailure,
     header: Option<&SessionHeader>,
-    key: Option<&SecretKey>,
+    key: Option<&Signer>,
 ) -> Response {
     m.refused(f.code);
     tracing::debug!(code = f.code, message = %f.message, "relay refused");
@@ -459,10 +470,59 @@ pub(super) struct Ctx {
     pub(super) req: RelayRequest,
     pub(super) session: Arc<SessionEntry>,
     pub(super) supplier: String,
-    pub(super) key: SecretKey,
+    pub(super) key: Arc<Signer>,
     pub(super) slot: OwnedSemaphorePermit,
     pub(super) started: Instant,
+    /// The ring-signature check still running on another thread, if any.
+    gate: Option<Gate>,
+    /// Whether the relay was charged to the session's budget.
+    charged: bool,
     _guard: InFlight,
+}
+
+/// A ring-signature check running on the blocking pool.
+type Gate = tokio::task::JoinHandle<Result<bool, RingError>>;
+
+/// Largest relay whose signature may be checked while the engine starts; a larger one
+/// is checked first (an engine that began on a forged relay stops when it is refused,
+/// but reading a large body is work already done).
+const SPECULATE_MAX_BODY: usize = 64 << 10;
+
+/// What a ring-signature check means for the relay: `Ok` to go on, or the refusal. A
+/// refusal marks the session so that its later relays are checked before the engine
+/// sees them; a pass may start building the ring's tables.
+fn signature_verdict(
+    state: &Arc<RelayState>,
+    session: &Arc<SessionEntry>,
+    checked: Result<Result<bool, RingError>, String>,
+) -> Result<(), RelayFailure> {
+    let failure = match checked {
+        Ok(Ok(true)) => {
+            // A busy ring gets point tables, built off the request path.
+            if session.ring.wants_acceleration() {
+                let (session, tables) = (session.clone(), state.tables.clone());
+                tokio::task::spawn_blocking(move || session.ring.accelerate(&tables));
+            }
+            return Ok(());
+        }
+        Ok(Ok(false)) => fail(
+            StatusCode::UNAUTHORIZED,
+            codes::INVALID_REQUEST,
+            "invalid ring signature",
+        ),
+        Ok(Err(e)) => fail(
+            StatusCode::UNAUTHORIZED,
+            codes::INVALID_REQUEST,
+            format!("invalid ring signature: {e}"),
+        ),
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL,
+            format!("checking the ring signature: {e}"),
+        ),
+    };
+    session.refused_signature.store(true, Ordering::Relaxed);
+    Err(failure)
 }
 
 /// Joins the backend base URL with the relay's path and query (spec §2.2).
@@ -547,7 +607,7 @@ pub(super) fn signed(
     header: BTreeMap<String, Header>,
     body: Vec<u8>,
     session: &SessionHeader,
-    key: &SecretKey,
+    key: &Signer,
 ) -> RelayResponse {
     let payload = PoktHttpResponse {
         status_code: status,
@@ -559,7 +619,7 @@ pub(super) fn signed(
         ..Default::default()
     };
     res.meta.session_header = Some(session.clone());
-    sign_response(&mut res, key);
+    key.sign(&mut res);
     res
 }
 
@@ -581,12 +641,42 @@ fn usage_of(body: &[u8]) -> Option<(u64, u64)> {
 }
 
 impl Ctx {
+    /// Runs `work` (the engine call) while a pending signature check finishes, and
+    /// returns its output only once the signature passed. A refused signature drops
+    /// `work` (the engine request is cancelled), refunds the session's charge and gives
+    /// the refusal the relay would have had if checked first.
+    pub(super) async fn after_verdict<F: Future>(
+        &mut self,
+        work: F,
+    ) -> Result<F::Output, Response> {
+        let Some(mut gate) = self.gate.take() else {
+            return Ok(work.await);
+        };
+        tokio::pin!(work);
+        let (checked, done) = tokio::select! {
+            biased;
+            checked = &mut gate => (checked, None),
+            out = &mut work => ((&mut gate).await, Some(out)),
+        };
+        let checked = checked.map_err(|e| e.to_string());
+        if let Err(f) = signature_verdict(&self.state, &self.session, checked) {
+            if self.charged {
+                self.session.refund();
+            }
+            return Err(self.fail(f));
+        }
+        Ok(match done {
+            Some(out) => out,
+            None => work.await,
+        })
+    }
+
     pub(super) fn fail(&self, f: RelayFailure) -> Response {
         refuse(
             &self.state.metrics,
             f,
             self.req.meta.session_header.as_ref(),
-            Some(&self.key),
+            Some(&*self.key),
         )
     }
 
@@ -671,19 +761,30 @@ impl Ctx {
             })
     }
 
-    async fn proxy(self, service: &Service, http_req: PoktHttpRequest) -> Response {
+    async fn proxy(mut self, service: &Service, http_req: PoktHttpRequest) -> Response {
         if let Some(triton) = &service.triton {
+            if let Err(refused) = self.after_verdict(async {}).await {
+                return refused;
+            }
             return self.proxy_triton(service, triton, http_req).await;
         }
         let backend_req = match self.backend_request(service, &http_req) {
             Ok(r) => r,
-            Err(f) => return self.fail(f),
+            Err(f) => {
+                return match self.after_verdict(async {}).await {
+                    Ok(()) => self.fail(f),
+                    Err(refused) => refused,
+                };
+            }
         };
         let timeout = Duration::from_secs(service.config.request_timeout_seconds);
         let deadline = tokio::time::Instant::now() + timeout;
-        let res = match tokio::time::timeout_at(deadline, self.state.backend.request(backend_req))
-            .await
-        {
+        let engine = tokio::time::timeout_at(deadline, self.state.backend.request(backend_req));
+        let engine = match self.after_verdict(engine).await {
+            Ok(r) => r,
+            Err(refused) => return refused,
+        };
+        let res = match engine {
             Err(_) => {
                 return self.fail(fail(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -796,7 +897,7 @@ impl Ctx {
                 codes::INTERNAL,
                 "the store did not acknowledge the relay",
             );
-            return refuse(&state.metrics, f, Some(&session.header), Some(&key));
+            return refuse(&state.metrics, f, Some(&session.header), Some(&*key));
         }
         (
             StatusCode::OK,

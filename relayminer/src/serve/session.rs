@@ -3,7 +3,7 @@
 //! units at session start, and the over-servicing budget.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,9 @@ pub struct SessionEntry {
     pub relay_cost: u64,
     /// uPOKT the application may still spend with this supplier this session.
     pub budget_left: AtomicU64,
+    /// A relay of this session came with a bad ring signature: check every later one
+    /// before the engine sees it.
+    pub refused_signature: AtomicBool,
 }
 
 impl SessionEntry {
@@ -66,6 +69,15 @@ impl SessionEntry {
                 b.checked_sub(self.relay_cost)
             })
             .is_ok()
+    }
+
+    /// Gives back one relay's charge (its signature was refused after all).
+    pub fn refund(&self) {
+        let _ = self
+            .budget_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_add(self.relay_cost))
+            });
     }
 }
 
@@ -282,6 +294,7 @@ impl Sessions {
             grace_end: end + end_params.shared.grace_period_end_offset_blocks,
             relay_cost: relay_cost.min(u64::MAX as u128) as u64,
             budget_left: AtomicU64::new(budget.min(u64::MAX as u128) as u64),
+            refused_signature: AtomicBool::new(false),
         })
     }
 
