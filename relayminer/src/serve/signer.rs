@@ -2,7 +2,7 @@
 //! thread, so signing a response on the relay path costs two scalar multiplications
 //! instead of a point multiplication and an inversion (about 50 µs here).
 
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, TryLockError, Weak};
 use std::time::Duration;
 
 use lode_kernels::crypto::SecretKey;
@@ -67,17 +67,25 @@ impl Signer {
     }
 
     /// Sets `payload_hash` and the supplier signature of a response, with a nonce from
-    /// the pool (or RFC 6979 when the pool is empty).
+    /// the pool (or RFC 6979 when the pool is empty or busy).
     pub fn sign(&self, res: &mut RelayResponse) {
         res.payload_hash = payload_hash(&res.payload).to_vec();
         let msg = response_signable_hash(res);
-        let nonce = {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            let n = pool.pop();
-            if pool.len() < LOW {
-                self.low.notify_one();
+        // Never waits for the lock: the refill thread runs at idle priority, and a relay
+        // must not wait for it to be scheduled again (priority inversion); it signs
+        // inline instead.
+        let nonce = match self.pool.try_lock() {
+            Ok(mut pool) => {
+                let n = pool.pop();
+                // Woken once, as the pool falls below the mark (a notification is a
+                // system call: not one per signature).
+                if n.is_some() && pool.len() + 1 == LOW {
+                    self.low.notify_one();
+                }
+                n
             }
-            n
+            Err(TryLockError::Poisoned(e)) => e.into_inner().pop(),
+            Err(TryLockError::WouldBlock) => None,
         };
         let sig = match nonce {
             Some(n) => supplier::sign_with_nonce(&self.key, &msg, n),
