@@ -13,6 +13,8 @@ echo "== cargo test (vectors from $LODE_VECTORS)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+echo "== kernels' curve arithmetic under k256's magnitude checks"
+cargo test -p lode-kernels --profile magnitudes --locked --lib --test crypto_vectors 2>&1 | tee -a "$log"
 echo "== fuzz smoke (every cargo-fuzz target, 8 s each)"
 bash scripts/fuzz.sh smoke
 # One closing line over every test binary and the doc tests.

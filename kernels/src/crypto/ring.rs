@@ -104,13 +104,22 @@ fn challenge(
     l: &ProjectivePoint,
     r: &ProjectivePoint,
 ) -> Result<Scalar, RingError> {
-    let mut t = [0u8; 32 + 33 + 33];
-    t[..32].copy_from_slice(msg);
-    // Both points are normalized with a single field inversion.
+    challenge_encoded(msg, &encode_pair(l, r))
+}
+
+/// Both points' encodings, normalized with a single field inversion.
+fn encode_pair(l: &ProjectivePoint, r: &ProjectivePoint) -> [[u8; 33]; 2] {
     let [l, r] =
         <ProjectivePoint as BatchNormalize<[ProjectivePoint; 2]>>::batch_normalize(&[*l, *r]);
-    t[32..65].copy_from_slice(&encode_affine(&l));
-    t[65..].copy_from_slice(&encode_affine(&r));
+    [encode_affine(&l), encode_affine(&r)]
+}
+
+/// [`challenge`] of points already encoded.
+fn challenge_encoded(msg: &[u8; 32], [l, r]: &[[u8; 33]; 2]) -> Result<Scalar, RingError> {
+    let mut t = [0u8; 32 + 33 + 33];
+    t[..32].copy_from_slice(msg);
+    t[32..65].copy_from_slice(l);
+    t[65..].copy_from_slice(r);
     hash_to_scalar(&t)
 }
 
@@ -231,7 +240,8 @@ impl RingSignature {
             .collect::<Result<HashMap<_, _>, _>>()?;
         self.verify_steps(msg, |enc, c, s| {
             let p = self.members.iter().find(|(_, _, e)| e == enc).map(|m| m.1);
-            self.points(c, s, &p.expect("a member's key"), &hps[enc])
+            let (l, r) = self.points(c, s, &p.expect("a member's key"), &hps[enc]);
+            encode_pair(&l, &r)
         })
     }
 
@@ -276,15 +286,14 @@ impl RingSignature {
     fn verify_steps(
         &self,
         msg: &[u8; 32],
-        mut points: impl FnMut(&[u8; 33], &Scalar, &Scalar) -> (ProjectivePoint, ProjectivePoint),
+        mut points: impl FnMut(&[u8; 33], &Scalar, &Scalar) -> [[u8; 33]; 2],
     ) -> Result<bool, RingError> {
         if self.members.is_empty() {
             return Err(RingError::EmptyRing);
         }
         let mut c = self.c0;
         for (s, _, enc) in &self.members {
-            let (l, r) = points(enc, &c, s);
-            c = challenge(msg, &l, &r)?;
+            c = challenge_encoded(msg, &points(enc, &c, s))?;
         }
         Ok(c == self.c0)
     }
@@ -578,26 +587,35 @@ impl AppRing {
         let g = FixedBase::generator();
         let ok = sig.verify_steps(msg, |enc, c, s| {
             let m = &self.members[enc];
-            let tables = fast.as_ref().and_then(|f| f.members.get(enc));
-            let l = match tables {
-                Some((tp, _)) => fixed::lincomb(g, s, tp, c),
-                None => ProjectivePoint::lincomb(
-                    &ProjectivePoint::from(m.point),
-                    c,
-                    &ProjectivePoint::GENERATOR,
-                    s,
-                ),
-            };
-            let r = match (tables, image_table) {
-                (Some((_, th)), Some((_, ti))) => fixed::lincomb(th, s, ti, c),
-                _ => ProjectivePoint::lincomb(
+            let plain_r = || {
+                ProjectivePoint::lincomb(
                     &ProjectivePoint::from(sig.key_image),
                     c,
                     &ProjectivePoint::from(m.hp),
                     s,
-                ),
+                )
             };
-            (l, r)
+            match (fast.as_ref().and_then(|f| f.members.get(enc)), image_table) {
+                // A busy ring: four table walks, one inversion for both points.
+                (Some((tp, th)), Some((_, ti))) => fixed::compress_all(&[
+                    fixed::lincomb(g, s, tp, c),
+                    fixed::lincomb(th, s, ti, c),
+                ]),
+                // A key image without its table yet.
+                (Some((tp, _)), None) => {
+                    let [l] = fixed::compress_all(&[fixed::lincomb(g, s, tp, c)]);
+                    [l, encode(&plain_r())]
+                }
+                _ => {
+                    let l = ProjectivePoint::lincomb(
+                        &ProjectivePoint::from(m.point),
+                        c,
+                        &ProjectivePoint::GENERATOR,
+                        s,
+                    );
+                    encode_pair(&l, &plain_r())
+                }
+            }
         })?;
         if ok {
             self.verified.fetch_add(1, Ordering::Relaxed);
