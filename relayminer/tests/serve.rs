@@ -521,6 +521,26 @@ async fn a_busy_session_checks_signatures_while_the_engine_starts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ring_tables_without_memory_for_them() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let f = fleet(|y| y.push_str("ring_table_mib: 0\n")).await;
+    let state = &f.serve().state;
+    for _ in 0..20 {
+        assert_eq!(f.send(&f.relay(CHAT)).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, res) = f.send(&f.relay(CHAT)).await;
+    assert_eq!(status, 200, "{:?}", res.relay_miner_error);
+    assert_eq!(state.ring_tables(), 0);
+    assert_eq!(
+        state.metrics.concurrent_checks.load(Relaxed),
+        0,
+        "every signature checked first"
+    );
+    f.refused_forged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_loses_nothing() {
     let mut f =
         fleet(|y| *y = y.replace("policy: hold", "policy: queue, queue_capacity: 50")).await;

@@ -90,6 +90,15 @@ pub struct EngineSim {
 }
 
 /// The `i`-th word of every completion.
+/// Waits out a generation time. A zero time answers at once: tokio's timer works in
+/// 1 ms ticks, so even `sleep(0)` would hold a reply until the next tick and release
+/// the replies of a tick together.
+async fn generate(time: Duration) {
+    if !time.is_zero() {
+        tokio::time::sleep(time).await;
+    }
+}
+
 fn word(i: u64) -> String {
     const WORDS: [&str; 8] = [
         "lorem",
@@ -263,7 +272,7 @@ impl EngineSim {
         let model = self.config.model.clone();
         let (ttft, per_token) = (self.config.ttft, self.per_token());
         if !stream {
-            tokio::time::sleep(ttft + per_token * n.saturating_sub(1) as u32).await;
+            generate(ttft + per_token * n.saturating_sub(1) as u32).await;
             let text: String = (0..n).map(word).collect();
             self.counters
                 .generation_tokens
@@ -437,7 +446,7 @@ mod triton {
     use lode_kserve_api as kserve;
     use tonic::{Request, Response, Status, Streaming};
 
-    use super::{EngineSim, Mode, word};
+    use super::{EngineSim, Mode, generate, word};
 
     fn text_response(model: &str, text: &str, last: Option<bool>) -> kserve::ModelInferResponse {
         let mut parameters = std::collections::HashMap::new();
@@ -507,8 +516,7 @@ mod triton {
         ) -> Result<Response<kserve::ModelInferResponse>, Status> {
             let req = req.into_inner();
             let (_, n) = self.triton_gate(&req).await?;
-            tokio::time::sleep(self.config.ttft + self.per_token() * n.saturating_sub(1) as u32)
-                .await;
+            generate(self.config.ttft + self.per_token() * n.saturating_sub(1) as u32).await;
             let text: String = (0..n).map(word).collect();
             self.counters
                 .generation_tokens

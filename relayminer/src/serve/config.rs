@@ -99,6 +99,10 @@ pub fn default_max_connections() -> usize {
     16_384
 }
 
+fn default_ring_table_mib() -> usize {
+    128
+}
+
 /// Where the chain is.
 pub use lode_chain::NodeConfig as ChainConfig;
 
@@ -148,6 +152,10 @@ pub struct ServeConfig {
     /// Open connections on the relay port, at most; later ones wait until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Memory (MiB) for the point tables that speed up the ring signatures of busy
+    /// applications (about 0.6 MiB per point; least recently used out first). 0: none.
+    #[serde(default = "default_ring_table_mib")]
+    pub ring_table_mib: usize,
 }
 
 impl ServeConfig {
@@ -479,6 +487,7 @@ fn from_poktroll(p: PoktrollConfig, keys_dir: Option<&Path>) -> Result<ServeConf
         stream_batch_ms: default_batch_ms(),
         stream_batch_bytes: default_batch_bytes(),
         max_connections: default_max_connections(),
+        ring_table_mib: default_ring_table_mib(),
     })
 }
 
@@ -501,6 +510,7 @@ mod tests {
         assert_eq!(c.services[0].max_body_bytes, 20 << 20);
         assert_eq!(c.services[0].request_timeout_seconds, 600);
         assert_eq!(c.max_connections, 16_384);
+        assert_eq!(c.ring_table_mib, 128);
     }
 
     #[test]

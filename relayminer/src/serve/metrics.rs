@@ -38,7 +38,7 @@ struct Sample {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub requests: AtomicU64,
-    /// Ring signatures checked on another thread while the engine started.
+    /// Ring signatures checked in a task of their own while the engine started.
     pub concurrent_checks: AtomicU64,
     refused: Mutex<BTreeMap<u32, u64>>,
     services: Mutex<BTreeMap<String, Arc<ServiceMetrics>>>,

@@ -121,7 +121,7 @@ fn refill(signer: Weak<Signer>) {
             }
         }
         while s.ready() < POOL {
-            let batch: Vec<Nonce> = (0..BATCH).map(|_| Nonce::random(&mut rng)).collect();
+            let batch = Nonce::batch(&mut rng, BATCH);
             s.pool
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
