@@ -607,13 +607,8 @@ impl AppRing {
                     [l, encode(&plain_r())]
                 }
                 _ => {
-                    let l = ProjectivePoint::lincomb(
-                        &ProjectivePoint::from(m.point),
-                        c,
-                        &ProjectivePoint::GENERATOR,
-                        s,
-                    );
-                    encode_pair(&l, &plain_r())
+                    let (l, r) = sig.points(c, s, &m.point, &m.hp);
+                    encode_pair(&l, &r)
                 }
             }
         })?;
