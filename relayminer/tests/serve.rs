@@ -179,6 +179,20 @@ impl Fleet {
         }
     }
 
+    /// Sends `req` and checks that it is refused with this HTTP status and error code,
+    /// and a message that says `says`.
+    async fn refused(&self, req: &RelayRequest, (status, code): (u16, u32), says: &str) {
+        let (got, res) = self.send(req).await;
+        assert_eq!(
+            (got, error_code(&res)),
+            (status, code),
+            "{:?}",
+            res.relay_miner_error
+        );
+        let message = res.relay_miner_error.expect("an error").message;
+        assert!(message.contains(says), "{message:?} does not say {says:?}");
+    }
+
     /// Sends a relay whose ring signature has one byte of an `s` flipped: refused 401/2.
     async fn refused_forged(&self) {
         let mut req = self.relay(CHAT);
@@ -342,31 +356,28 @@ async fn bad_relays_get_the_right_errors() {
     let mut req = f.relay(CHAT);
     req.payload.push(b' ');
     assert_eq!(f.send(&req).await.0, 401);
-    // Wrong session id.
-    let mut h = f.header.clone();
-    h.session_id = "00".repeat(32);
-    let (status, res) = f.send(&f.relay_for(&h, &me, CHAT)).await;
-    assert_eq!((status, error_code(&res)), (400, 1));
-    assert!(
-        res.relay_miner_error
-            .expect("error")
-            .message
-            .contains("does not match")
-    );
+    // Wrong session ids: refused, and none of them takes a place in the session cache
+    // (which holds the real session only).
+    assert_eq!(f.serve().state.sessions.cached_sessions(), 1);
+    for fill in ["00", "ab", "ff"] {
+        let mut h = f.header.clone();
+        h.session_id = fill.repeat(32);
+        f.refused(&f.relay_for(&h, &me, CHAT), (400, 1), "does not match")
+            .await;
+    }
+    assert_eq!(f.serve().state.sessions.cached_sessions(), 1);
     // A supplier this relayminer does not hold.
     let stranger = address(&SecretKey::from_secret(b"stranger"));
     let (status, res) = f.send(&f.relay_for(&f.header, &stranger, CHAT)).await;
     assert_eq!((status, error_code(&res)), (403, 4));
     // A supplier it holds that is not in the session.
     let other = address(&f.devnet.keys().suppliers[1]);
-    let (status, res) = f.send(&f.relay_for(&f.header, &other, CHAT)).await;
-    assert_eq!((status, error_code(&res)), (400, 1));
-    assert!(
-        res.relay_miner_error
-            .expect("error")
-            .message
-            .contains("not in this session")
-    );
+    f.refused(
+        &f.relay_for(&f.header, &other, CHAT),
+        (400, 1),
+        "not in this session",
+    )
+    .await;
     // Unknown service.
     let mut h = f.header.clone();
     h.service_id = "other-model".into();
@@ -445,14 +456,7 @@ async fn bad_relays_get_the_right_errors() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (status, res) = f.send(&f.relay(CHAT)).await;
-    assert_eq!((status, error_code(&res)), (400, 1));
-    assert!(
-        res.relay_miner_error
-            .expect("error")
-            .message
-            .contains("expired")
-    );
+    f.refused(&f.relay(CHAT), (400, 1), "expired").await;
     assert_eq!(f.leaves().await, 1, "the one mined relay is in the store");
     f.serve
         .take()
@@ -538,6 +542,83 @@ async fn no_ring_tables_without_memory_for_them() {
         "every signature checked first"
     );
     f.refused_forged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sessions_first_relays_share_one_chain_fetch() {
+    let f = fleet(|_| {}).await;
+    let sessions = &f.serve().state.sessions;
+    assert_eq!(sessions.cached_sessions(), 0);
+    // A slow node: the first relays of the session all arrive while it is asked.
+    f.devnet.chain().session_query_delay = Duration::from_millis(300);
+    let before = f.devnet.chain().session_queries;
+    let answers =
+        futures_util::future::join_all((0..8).map(|_| async { f.send(&f.relay(CHAT)).await }))
+            .await;
+    for (status, res) in &answers {
+        assert_eq!(*status, 200, "{:?}", res.relay_miner_error);
+    }
+    assert_eq!(
+        f.devnet.chain().session_queries - before,
+        1,
+        "eight relays, one session query"
+    );
+    assert_eq!(sessions.cached_sessions(), 1);
+    assert_eq!(sessions.fetches_in_flight(), 0, "finished fetches leave");
+
+    // A refusal is shared by the relays that asked together, and not kept: made-up
+    // session ids (the node says no) leave nothing behind.
+    let mut forged = f.header.clone();
+    forged.session_id = "ab".repeat(32);
+    let me = address(&f.supplier);
+    let before = f.devnet.chain().session_queries;
+    let answers = futures_util::future::join_all(
+        (0..4).map(|_| async { f.send(&f.relay_for(&forged, &me, CHAT)).await }),
+    )
+    .await;
+    for (status, res) in &answers {
+        assert_eq!((*status, error_code(res)), (400, 1));
+    }
+    assert_eq!(f.devnet.chain().session_queries - before, 1);
+    assert_eq!(sessions.cached_sessions(), 1);
+    assert_eq!(sessions.fetches_in_flight(), 0);
+    // Asked again later, it is fetched again (refusals are not cached).
+    let (status, res) = f.send(&f.relay_for(&forged, &me, CHAT)).await;
+    assert_eq!((status, error_code(&res)), (400, 1));
+    assert_eq!(f.devnet.chain().session_queries - before, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_header_cannot_spoil_the_real_sessions_entry() {
+    let f = fleet(|_| {}).await;
+    let sessions = &f.serve().state.sessions;
+    let me = address(&f.supplier);
+    let grace = f.devnet.chain().shared().grace_period_end_offset_blocks;
+    let real_grace_end = f.header.session_end_block_height + grace;
+    // The real session id with a later end, then with the previous session's end, each
+    // asked before any real relay: refused, and the entry the fetch leaves is the
+    // session's own (its real end and grace period), under its own id.
+    let mut later = f.header.clone();
+    later.session_end_block_height += 40;
+    let mut earlier = f.header.clone();
+    earlier.session_end_block_height = f.header.session_start_block_height - 1;
+    for forged in [later, earlier] {
+        let (status, res) = f.send(&f.relay_for(&forged, &me, CHAT)).await;
+        assert_eq!((status, error_code(&res)), (400, 1), "{forged:?}");
+        if let Some(e) = sessions.cached(&f.header.session_id) {
+            assert_eq!(e.grace_end, real_grace_end);
+            assert_eq!(e.header, f.header);
+        }
+    }
+    let e = sessions
+        .cached(&f.header.session_id)
+        .expect("the later one fetched it");
+    assert_eq!(e.grace_end, real_grace_end);
+    for _ in 0..3 {
+        let (status, res) = f.send(&f.relay(CHAT)).await;
+        assert_eq!(status, 200, "{:?}", res.relay_miner_error);
+    }
+    assert_eq!(f.mined(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -277,6 +277,10 @@ pub struct Chain {
     /// Fault injection: CheckTx refuses this many of the next transactions as a full
     /// mempool would (code 20).
     pub refuse_next_txs: u32,
+    /// `GetSession` queries answered (tests measure a client's load on the node with it).
+    pub session_queries: u64,
+    /// Fault injection: `GetSession` answers this much later (a slow node).
+    pub session_query_delay: std::time::Duration,
 }
 
 /// Gas a transaction of `len` bytes with `msgs` messages uses.
@@ -342,6 +346,8 @@ impl Chain {
             settlements: Vec::new(),
             settled_relays: BTreeMap::new(),
             refuse_next_txs: 0,
+            session_queries: 0,
+            session_query_delay: std::time::Duration::ZERO,
             genesis,
         };
         let g = chain.genesis.clone();

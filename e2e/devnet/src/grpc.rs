@@ -169,6 +169,14 @@ impl session::query_server::Query for Node {
         req: Request<session::QueryGetSessionRequest>,
     ) -> Reply<session::QueryGetSessionResponse> {
         let r = req.into_inner();
+        let delay = {
+            let mut c = self.chain();
+            c.session_queries += 1;
+            c.session_query_delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let c = self.chain();
         let h = height_arg(&c, r.block_height)?;
         let s = c

@@ -24,7 +24,7 @@ pub mod proto {
 pub const BASE_ACCOUNT_TYPE_URL: &str = "/cosmos.auth.v1beta1.BaseAccount";
 
 /// Why a query failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("gRPC endpoint {0}: {1}")]
     Connect(String, String),

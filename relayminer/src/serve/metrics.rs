@@ -253,7 +253,7 @@ impl Metrics {
             (
                 "lode_serve_ring_tables",
                 "gauge",
-                "Point tables held for fast ring-signature verification (about 210 KiB each).",
+                "Point tables held for fast ring-signature verification (600 KiB each).",
                 ring_tables as i64,
             ),
             (

@@ -631,12 +631,19 @@ fn usage_of(body: &[u8]) -> Option<(u64, u64)> {
         text.rsplit("data: ")
             .find(|e| e.contains("\"usage\"") && e.trim_start().starts_with('{'))?
     };
-    let v: serde_json::Value = serde_json::from_str(json_text.trim()).ok()?;
-    let u = v.get("usage")?;
-    Some((
-        u["prompt_tokens"].as_u64().unwrap_or(0),
-        u["completion_tokens"].as_u64().unwrap_or(0),
-    ))
+    // Only `usage` is read; serde skips the rest (the generated text) without building it.
+    #[derive(serde::Deserialize)]
+    struct Body {
+        usage: Option<Usage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        prompt_tokens: Option<serde_json::Value>,
+        completion_tokens: Option<serde_json::Value>,
+    }
+    let usage = serde_json::from_str::<Body>(json_text.trim()).ok()?.usage?;
+    let count = |v: Option<serde_json::Value>| v.and_then(|v| v.as_u64()).unwrap_or(0);
+    Some((count(usage.prompt_tokens), count(usage.completion_tokens)))
 }
 
 impl Ctx {
@@ -1131,5 +1138,17 @@ mod tests {
         let sse = b"data: {\"choices\":[]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n";
         assert_eq!(usage_of(sse), Some((2, 4)));
         assert_eq!(usage_of(b"data: [DONE]\n\n"), None);
+        // No usage, a null one, counts that are not whole numbers, and broken JSON.
+        assert_eq!(usage_of(br#"{"choices":[{"text":"hi"}]}"#), None);
+        assert_eq!(usage_of(br#"{"usage":null}"#), None);
+        assert_eq!(
+            usage_of(br#"{"usage":{"prompt_tokens":"3","completion_tokens":2.5}}"#),
+            Some((0, 0))
+        );
+        assert_eq!(
+            usage_of(br#"{"usage":{"completion_tokens":7,"total_tokens":7}}"#),
+            Some((0, 7))
+        );
+        assert_eq!(usage_of(br#"{"usage":{"prompt_tokens":3"#), None);
     }
 }

@@ -14,7 +14,7 @@ use lode_kernels::mining::relay_cost_upokt;
 use lode_kernels::proto::SessionHeader;
 
 /// Why a relay's session was refused.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("the chain height is not known yet")]
     NoHeight,
@@ -81,7 +81,31 @@ impl SessionEntry {
     }
 }
 
-type Key = (String, String, String);
+/// A fetch of one session header's answer from the chain, shared by every relay that
+/// asks while it runs: the first relays of a new session make one set of queries to the
+/// node, not one per relay.
+type Flight = Arc<tokio::sync::OnceCell<Result<Arc<SessionEntry>, SessionError>>>;
+
+/// A header's five fields: relays join a fetch only for exactly the header it checks.
+type FlightKey = (String, String, String, i64, i64);
+
+/// A relay's place in a [`Flight`]; the last to leave takes the flight off the map, so
+/// it holds only fetches in progress (a failure is shared, never kept).
+struct Joined<'a> {
+    flights: &'a Mutex<HashMap<FlightKey, Flight>>,
+    key: FlightKey,
+    flight: Flight,
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and this one: nobody else is waiting.
+        if Arc::strong_count(&self.flight) == 2 {
+            flights.remove(&self.key);
+        }
+    }
+}
 
 /// Validates session headers with the chain and caches the answers.
 #[derive(Debug)]
@@ -89,7 +113,11 @@ pub struct Sessions {
     query: PocketQuery,
     height: Arc<AtomicI64>,
     last_block: Mutex<Option<Instant>>,
-    cache: Mutex<HashMap<Key, Arc<SessionEntry>>>,
+    /// By on-chain session id: an entry goes in under its own id only, so a forged header
+    /// (any id, with a real application and service) adds nothing and cannot shadow the
+    /// real session whose id it names.
+    cache: Mutex<HashMap<String, Arc<SessionEntry>>>,
+    flights: Mutex<HashMap<FlightKey, Flight>>,
     num_suppliers: Mutex<Option<u64>>,
 }
 
@@ -100,6 +128,7 @@ impl Sessions {
             height: Arc::new(AtomicI64::new(0)),
             last_block: Mutex::new(None),
             cache: Mutex::default(),
+            flights: Mutex::default(),
             num_suppliers: Mutex::new(None),
         })
     }
@@ -165,19 +194,9 @@ impl Sessions {
         if height == 0 {
             return Err(SessionError::NoHeight);
         }
-        let key = (
-            header.application_address.clone(),
-            header.service_id.clone(),
-            header.session_id.clone(),
-        );
-        let cached = self.cache.lock().expect("lock").get(&key).cloned();
-        let entry = match cached {
+        let entry = match self.cached(&header.session_id) {
             Some(e) => e,
-            None => {
-                let e = Arc::new(self.fetch(header, height).await?);
-                self.cache.lock().expect("lock").insert(key, e.clone());
-                e
-            }
+            None => self.fetch_shared(header, height).await?,
         };
         if height > entry.grace_end {
             return Err(SessionError::Expired {
@@ -200,6 +219,46 @@ impl Sessions {
         Ok(entry)
     }
 
+    /// Fetches `header`'s session and caches it under its on-chain id, or joins the
+    /// fetch already running for the same header.
+    async fn fetch_shared(
+        &self,
+        header: &SessionHeader,
+        height: i64,
+    ) -> Result<Arc<SessionEntry>, SessionError> {
+        let key = (
+            header.application_address.clone(),
+            header.service_id.clone(),
+            header.session_id.clone(),
+            header.session_start_block_height,
+            header.session_end_block_height,
+        );
+        let flight = self
+            .flights
+            .lock()
+            .expect("lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let joined = Joined {
+            flights: &self.flights,
+            key,
+            flight,
+        };
+        // Should the relay doing the fetch go away (its client hung up), a waiting one
+        // takes it over.
+        joined
+            .flight
+            .get_or_init(|| self.fetch(header, height))
+            .await
+            .clone()
+    }
+
+    /// Fetches in progress (tests check that finished ones leave).
+    pub fn fetches_in_flight(&self) -> usize {
+        self.flights.lock().expect("lock").len()
+    }
+
     async fn params_at(&self, h: i64) -> Result<ChainParams, SessionError> {
         Ok(self.query.shared_params_at(h).await?)
     }
@@ -208,7 +267,7 @@ impl Sessions {
         &self,
         header: &SessionHeader,
         height: i64,
-    ) -> Result<SessionEntry, SessionError> {
+    ) -> Result<Arc<SessionEntry>, SessionError> {
         let end = header.session_end_block_height;
         let params = self.params_at(height).await?;
         let grace_end = end + params.shared.grace_period_end_offset_blocks;
@@ -243,7 +302,13 @@ impl Sessions {
                 other => SessionError::Chain(other),
             })?;
         let onchain = header_of(session.header.as_ref().expect("checked by the client"));
+        // A header naming another id of a session already here (a made-up one, say) needs
+        // nothing more from the node.
+        if let Some(known) = self.cached(&onchain.session_id) {
+            return Ok(known);
+        }
         let start = onchain.session_start_block_height;
+        let onchain_end = onchain.session_end_block_height;
         let start_params = self.params_at(start).await?;
         // Timing uses params at the session end; before the end is committed the chain
         // can only tell the params in effect now.
@@ -281,7 +346,7 @@ impl Sessions {
             .unwrap_or(0);
         let budget = stake / num_suppliers as u128 / pending_sessions.max(1) as u128;
         let relay_cost = relay_cost_upokt(cupr, start_params.pricing).unwrap_or(0);
-        Ok(SessionEntry {
+        let entry = Arc::new(SessionEntry {
             suppliers: session
                 .suppliers
                 .iter()
@@ -291,11 +356,25 @@ impl Sessions {
             ring,
             target,
             compute_units_per_relay: cupr,
-            grace_end: end + end_params.shared.grace_period_end_offset_blocks,
+            // The on-chain end, not the header's: the entry serves every relay of the
+            // session, whichever header first asked for it.
+            grace_end: onchain_end + end_params.shared.grace_period_end_offset_blocks,
             relay_cost: relay_cost.min(u64::MAX as u128) as u64,
             budget_left: AtomicU64::new(budget.min(u64::MAX as u128) as u64),
             refused_signature: AtomicBool::new(false),
-        })
+        });
+        Ok(self
+            .cache
+            .lock()
+            .expect("lock")
+            .entry(entry.header.session_id.clone())
+            .or_insert(entry)
+            .clone())
+    }
+
+    /// The cached session with this on-chain id.
+    pub fn cached(&self, session_id: &str) -> Option<Arc<SessionEntry>> {
+        self.cache.lock().expect("lock").get(session_id).cloned()
     }
 
     async fn num_suppliers(&self) -> Result<u64, SessionError> {
