@@ -66,13 +66,9 @@ if command -v sccache >/dev/null 2>&1 && [ -z "${RUSTC_WRAPPER:-}" ]; then
   mkdir -p "$SCCACHE_DIR"
 fi
 
-# No incremental compilation data unless asked for (CARGO_INCREMENTAL=1): a clean build
-# gains nothing from it, it took 3 GB of a clean test run's 8 GB (and grows without bound
-# in a working copy), and sccache caches only crates compiled without it.
-export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
-
 # Fails early, with the numbers, where the disk cannot hold a build: otherwise the
-# compiler stops minutes later with "IO failure on output stream".
+# compiler stops minutes later with "IO failure on output stream". (A working copy's
+# target/debug/incremental grows without bound: clear it now and then.)
 require_disk() {
   local need_gib="$1" what="$2" dir avail_kib
   dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
