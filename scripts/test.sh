@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-# A clean run's build folders (target/, fuzz/target/) grow to 7.6 GB; one that already
+# A clean run's build folders (target/, fuzz/target/) grow to 7.6 GiB; one that already
 # has them needs room only for what changed.
 if [ -d target/debug ]; then require_disk 3 "the tests (with target/ built)"; else require_disk 9 "a clean test run"; fi
 
