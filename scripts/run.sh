@@ -9,5 +9,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-cargo build --locked -p lode-relayminer -p lode-gateway -p lode-operator -p lode-engine-sim -p lode-kubesim
+cargo build --locked -p lode-relayminer -p lode-gateway -p lode-operator -p lode-engine-sim -p lode-fleet
 exec target/debug/lode-fleet "$@"

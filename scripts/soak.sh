@@ -11,7 +11,7 @@ rps="${2:-4}"
 share="${3:-0.5}"
 out=target/soak
 rm -rf "$out" && mkdir -p "$out"
-cargo build --locked -p lode-relayminer -p lode-gateway -p lode-operator -p lode-engine-sim -p lode-kubesim
+cargo build --locked -p lode-relayminer -p lode-gateway -p lode-operator -p lode-engine-sim -p lode-fleet
 target/debug/lode-fleet --root "$out/fleet" --exit-after "$((minutes * 60))" --rps "$rps" \
   --stream-share "$share" --summary-seconds 60 --rss-log "$out/rss.csv" | tee "$out/fleet.log"
 python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check matplotlib==3.10.7

@@ -81,16 +81,6 @@ pub enum RelayPolicy {
     Hold,
 }
 
-impl RelayPolicy {
-    /// The name serve's configuration uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queue => "queue",
-            Self::Hold => "hold",
-        }
-    }
-}
-
 fn default_store_size() -> String {
     "20Gi".into()
 }
@@ -241,8 +231,10 @@ pub struct SupplierStatus {
     /// Serve pods ready across the supplier's ServiceModels.
     #[serde(default)]
     pub ready_replicas: i32,
-    #[serde(default)]
-    pub sessions_in_flight: i32,
+    /// Sessions in the store whose reward is not settled yet (open, being frozen, frozen
+    /// or claimed), as the store last reported them; absent while it cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_in_flight: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_claim: Option<WindowOutcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -459,22 +451,27 @@ pub struct ScaleDecision {
     pub completion_tokens_per_second: i64,
 }
 
+/// A ServiceModel's status. Two writers share it, each applying (server-side) only the
+/// fields it owns: the serving controller (`replicas`, `readyReplicas`, `selector`,
+/// `observedGeneration`, `conditions`) and the autoscaler (`pendingReplicas`,
+/// `observedDemand`, `decisions`). A field a writer leaves `None` is not sent, so it
+/// stays the other writer's.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceModelStatus {
-    #[serde(default)]
-    pub replicas: i32,
-    #[serde(default)]
-    pub ready_replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
     /// Pods waiting for a GPU node.
-    #[serde(default)]
-    pub pending_replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_replicas: Option<i32>,
     /// The pods' label selector (for the scale subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
     /// In-flight plus queued relays across the pods, last observed.
-    #[serde(default)]
-    pub observed_demand: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_demand: Option<i64>,
     /// BLAKE3 of the model weights, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_digest: Option<String>,

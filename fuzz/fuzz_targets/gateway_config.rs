@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match GatewayConfig::parse(text) {
+    match GatewayConfig::from_yaml(text) {
         Ok(c) => {
             assert!(!c.applications.is_empty() && !c.models.is_empty());
             let rate_ok = |r: f64| r.is_finite() && r > 0.0;
@@ -21,6 +21,6 @@ fuzz_target!(|data: &[u8]| {
             }
             assert!(c.max_attempts > 0);
         }
-        Err(e) => assert!(!e.is_empty(), "a refusal without a reason"),
+        Err(e) => assert!(!e.0.is_empty(), "a refusal without a reason"),
     }
 });

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lode_chain::keys;
+use lode_chain_tx::keys;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

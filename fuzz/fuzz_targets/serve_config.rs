@@ -5,14 +5,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lode_relayminer::serve::ServeConfig;
+use lode_relayminer::serve::config;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     // A keys directory so that poktroll configs (named keys) are translated, not refused.
-    match ServeConfig::parse(text, Some(std::path::Path::new("/keys"))) {
+    match config::parse(text, Some(std::path::Path::new("/keys"))) {
         Ok(c) => {
             assert!(!c.services.is_empty());
             assert!(!c.signing_key_files.is_empty());

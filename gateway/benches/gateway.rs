@@ -98,7 +98,7 @@ async fn main() {
     .expect("key");
     let app = &devnet.keys().applications[0];
     let g = lode_gateway::start(
-        lode_gateway::GatewayConfig::parse(&format!(
+        lode_gateway::GatewayConfig::from_yaml(&format!(
             "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nchain: {{grpc_url: '{}', rpc_url: '{}'}}\nsigning_key_file: '{}'\napplications: [{{address: {}, api_keys: [sk-bench], requests_per_second: 1000000}}]\nmodels: {{sim-model: llm}}\n",
             chain.grpc_url,
             chain.rpc_url,

@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         builder.init();
     }
-    let config = lode_gateway::GatewayConfig::load(&cli.config)?;
+    let config = lode_gateway::config::load(&cli.config)?;
     if cli.check {
         let mut shown = config.clone();
         if shown.key_passphrase.is_some() {

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -70,12 +69,23 @@ fn openai_error(
     (status, axum::Json(body)).into_response()
 }
 
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Key(#[from] lode_chain_tx::keys::KeyFileError),
+    #[error(transparent)]
+    Chain(#[from] lode_chain::QueryError),
+    #[error(transparent)]
+    Bind(#[from] lode_net::BindError),
+}
+
 /// Starts the API and admin ports and block following.
-pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
+pub async fn start(config: GatewayConfig) -> Result<GatewayHandle, StartError> {
     let passphrase = std::env::var("LODE_KEY_PASSPHRASE")
         .ok()
         .or_else(|| config.key_passphrase.clone());
-    let key = lode_chain::keys::load_key(&config.signing_key_file, passphrase.as_deref())?;
+    let key = lode_chain_tx::keys::load_key(&config.signing_key_file, passphrase.as_deref())?;
     let retry = RetryPolicy {
         attempts: 3,
         first_backoff: Duration::from_millis(100),
@@ -97,13 +107,8 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
         .iter()
         .flat_map(|a| a.api_keys.iter().map(move |k| (k.clone(), a.clone())))
         .collect();
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let admin = tokio::net::TcpListener::bind(&config.admin)
-        .await
-        .with_context(|| format!("binding the admin port {}", config.admin))?;
-    let (addr, admin_addr) = (listener.local_addr()?, admin.local_addr()?);
+    let (listener, addr) = lode_net::bind("API", &config.listen).await?;
+    let (admin, admin_addr) = lode_net::bind("admin", &config.admin).await?;
     let max_connections = config.max_connections;
     let state = Arc::new(GatewayState {
         config,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use lode_chain::pocket::{KeyError, PocketQuery, header_of};
+use lode_chain::pocket::{KeyError, PocketQuery};
 use lode_chain::{CometRpc, QueryError};
 use lode_kernels::crypto::ring::{Presigned, RingSigner};
 use lode_kernels::crypto::{PublicKey, SecretKey};
@@ -187,7 +187,7 @@ impl Sessions {
             return Ok(s.clone());
         }
         let wire = self.query.session(app, service, height).await?;
-        let header = header_of(wire.header.as_ref().expect("checked by the query"));
+        let header = wire.header.clone().expect("checked by the query");
         let mut suppliers = Vec::new();
         for s in &wire.suppliers {
             let url = s

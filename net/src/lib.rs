@@ -1,7 +1,8 @@
 //! A TCP listener for `axum::serve` that holds at most a fixed number of connections
 //! open: past the cap it stops accepting (new connections wait in the kernel's backlog)
 //! until one closes, so a flood of idle or slow connections cannot exhaust the
-//! process's memory or file descriptors. Accepted sockets have Nagle off.
+//! process's memory or file descriptors. Accepted sockets have Nagle off. And [`bind`],
+//! which names the port in its error.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,6 +13,29 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A port that could not be bound (or whose address could not be read).
+#[derive(Debug, thiserror::Error)]
+#[error("binding the {what} port {addr}: {source}")]
+pub struct BindError {
+    pub what: &'static str,
+    pub addr: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Binds `addr`, the `what` port (`relay`, `admin`, …), and reads back its address (port
+/// 0 picks a free one).
+pub async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), BindError> {
+    let error = |source| BindError {
+        what,
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let local = listener.local_addr().map_err(error)?;
+    Ok((listener, local))
+}
 
 /// A listener with a connection cap.
 #[derive(Debug)]

@@ -1,16 +1,15 @@
 //! What the last claim and prove Jobs of a Supplier achieved, read from their pods'
-//! termination messages (the JSON report `relayminer claim|prove` writes to
+//! termination messages (the [`JobSummary`] `relayminer claim|prove` writes to
 //! `/dev/termination-log`), for `status.lastClaim` / `status.lastProof` and the
-//! `ClaimsHealthy` condition.
+//! `ClaimsHealthy` condition. Pure: the Jobs and pods come from `fetch`.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use lode_contracts::report::{JobSummary, SessionOutcome};
 use lode_crds::WindowOutcome;
 
 use crate::build::jobs::Window;
-use crate::build::{SUPPLIER_LABEL, component};
 
 const OPEN_HEIGHT: &str = "lode.pokt.network/window-open-height";
 
@@ -21,7 +20,8 @@ fn open_height(j: &Job) -> i64 {
         .unwrap_or(0)
 }
 
-fn finished(j: &Job) -> Option<bool> {
+/// `Some(true)` for a Job that completed, `Some(false)` for one that failed.
+pub fn finished(j: &Job) -> Option<bool> {
     let st = j.status.as_ref()?;
     st.conditions.iter().flatten().find_map(|c| {
         (c.status == "True")
@@ -35,7 +35,7 @@ fn finished(j: &Job) -> Option<bool> {
 }
 
 /// The termination message of the job's last finished pod.
-fn report_of<'a>(job: &str, pods: &'a [Pod]) -> Option<&'a str> {
+fn message_of<'a>(job: &str, pods: &'a [Pod]) -> Option<&'a str> {
     pods.iter()
         .filter(|p| p.labels().get("job-name").map(String::as_str) == Some(job))
         .filter_map(|p| {
@@ -47,10 +47,58 @@ fn report_of<'a>(job: &str, pods: &'a [Pod]) -> Option<&'a str> {
         .map(|(_, m)| m)
 }
 
+/// The latest outcome of a window's Jobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LastOutcome {
+    /// The latest session a Job acted on, and how many others that Job acted on.
+    Session {
+        session: SessionOutcome,
+        more_sessions: u64,
+    },
+    /// A Job failed without acting on a session: no summary, or only errors.
+    JobFailed { job: String, reason: String },
+}
+
+impl LastOutcome {
+    /// Whether money is at risk: a session failed or was missed, or a Job failed.
+    pub fn at_risk(&self) -> bool {
+        match self {
+            Self::Session { session, .. } => session.outcome.is_problem(),
+            Self::JobFailed { .. } => true,
+        }
+    }
+
+    /// As the Supplier's status shows it.
+    pub fn to_status(&self) -> WindowOutcome {
+        match self {
+            Self::Session {
+                session,
+                more_sessions,
+            } => {
+                let mut outcome = session.outcome.as_str().to_string();
+                if *more_sessions > 0 {
+                    outcome = format!("{outcome} (+{more_sessions} more sessions)");
+                }
+                WindowOutcome {
+                    session_end_height: session.session_end_height,
+                    outcome,
+                    tx_hash: session.tx_hash.clone(),
+                }
+            }
+            Self::JobFailed { job, reason } => WindowOutcome {
+                session_end_height: 0,
+                outcome: format!("failed: Job {job} {reason}"),
+                tx_hash: None,
+            },
+        }
+    }
+}
+
 /// The outcome of the latest finished `window` Job that dealt with a session (Jobs that
-/// found nothing to do, or only sessions whose window had not opened, are passed over); a failed Job without a readable report counts
-/// as `failed`.
-pub fn last_outcome(jobs: &[Job], pods: &[Pod], window: Window) -> Option<WindowOutcome> {
+/// found nothing to do, or only sessions whose window had not opened, are passed over);
+/// a failed Job without a readable summary, or whose summary holds only errors, counts
+/// as failed.
+pub fn last_outcome(jobs: &[Job], pods: &[Pod], window: Window) -> Option<LastOutcome> {
     let mut mine: Vec<&Job> = jobs
         .iter()
         .filter(|j| {
@@ -63,93 +111,66 @@ pub fn last_outcome(jobs: &[Job], pods: &[Pod], window: Window) -> Option<Window
         .collect();
     mine.sort_by_key(|j| std::cmp::Reverse(open_height(j)));
     for j in mine {
-        let report = report_of(&j.name_any(), pods)
-            .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok());
-        let Some(report) = report else {
-            if finished(j) == Some(false) {
-                return Some(WindowOutcome {
-                    session_end_height: 0,
-                    outcome: format!("failed: Job {} failed without a report", j.name_any()),
-                    tx_hash: None,
+        let failed = finished(j) == Some(false);
+        let summary = message_of(&j.name_any(), pods)
+            .and_then(|m| lode_contracts::from_json::<JobSummary>(m).ok());
+        match summary {
+            Some(JobSummary {
+                latest: Some(session),
+                more_sessions,
+                ..
+            }) => {
+                return Some(LastOutcome::Session {
+                    session,
+                    more_sessions,
                 });
             }
-            continue;
-        };
-        // Sessions whose window had not opened yet were not acted on by this Job.
-        let sessions: Vec<serde_json::Value> = report["sessions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| s["outcome"] != "not_yet")
-            .cloned()
-            .collect();
-        let Some(s) = sessions
-            .iter()
-            .rev()
-            .max_by_key(|s| s["session_end_height"].as_i64().unwrap_or(0))
-        else {
-            continue;
-        };
-        let mut outcome = s["outcome"].as_str().unwrap_or("unknown").to_string();
-        if sessions.len() > 1 {
-            outcome = format!("{outcome} (+{} more sessions)", sessions.len() - 1);
+            Some(s) if failed => {
+                let reason = s
+                    .errors
+                    .first()
+                    .map_or_else(|| "failed".to_string(), |e| format!("failed: {e}"));
+                return Some(LastOutcome::JobFailed {
+                    job: j.name_any(),
+                    reason,
+                });
+            }
+            None if failed => {
+                return Some(LastOutcome::JobFailed {
+                    job: j.name_any(),
+                    reason: "failed without a report".into(),
+                });
+            }
+            _ => continue,
         }
-        return Some(WindowOutcome {
-            session_end_height: s["session_end_height"].as_i64().unwrap_or(0),
-            outcome,
-            tx_hash: s["tx_hash"].as_str().map(String::from),
-        });
     }
     None
-}
-
-/// Whether an outcome means money is at risk.
-pub fn unhealthy(o: &WindowOutcome) -> bool {
-    o.outcome.starts_with("failed") || o.outcome.starts_with("missed")
 }
 
 /// What the Supplier's claim and prove Jobs show.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcomes {
-    pub last_claim: Option<WindowOutcome>,
-    pub last_proof: Option<WindowOutcome>,
+    pub last_claim: Option<LastOutcome>,
+    pub last_proof: Option<LastOutcome>,
     /// Claim/prove Jobs that failed (kept until their TTL): a window may be at risk.
     pub failed_jobs: u64,
 }
 
-/// Reads the Supplier's claim and prove Jobs and their pods.
-pub async fn fetch(
-    client: &kube::Client,
-    ns: &str,
-    supplier: &str,
-) -> Result<Outcomes, kube::Error> {
-    let sel = format!(
-        "{SUPPLIER_LABEL}={supplier},app.kubernetes.io/component in ({},{})",
-        component::CLAIM,
-        component::PROVE
-    );
-    let lp = ListParams::default().labels(&sel);
-    let jobs = Api::<Job>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await?
-        .items;
-    if jobs.is_empty() {
-        return Ok(Outcomes::default());
+impl Outcomes {
+    /// From the Supplier's claim and prove Jobs and their pods.
+    pub fn of(jobs: &[Job], pods: &[Pod]) -> Self {
+        Self {
+            last_claim: last_outcome(jobs, pods, Window::Claim),
+            last_proof: last_outcome(jobs, pods, Window::Prove),
+            failed_jobs: jobs.iter().filter(|j| finished(j) == Some(false)).count() as u64,
+        }
     }
-    let pods = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await?
-        .items;
-    Ok(Outcomes {
-        last_claim: last_outcome(&jobs, &pods, Window::Claim),
-        last_proof: last_outcome(&jobs, &pods, Window::Prove),
-        failed_jobs: jobs.iter().filter(|j| finished(j) == Some(false)).count() as u64,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lode_contracts::report::{JobKind, JobReport, Outcome, SessionReport};
     use serde_json::json;
 
     fn job(name: &str, component: &str, height: i64, cond: &str) -> Job {
@@ -170,6 +191,32 @@ mod tests {
         .expect("pod")
     }
 
+    /// The termination message a pass over `sessions` (end height, outcome, tx) leaves.
+    fn summary(height: i64, sessions: &[(i64, Outcome, Option<&str>)], errors: &[&str]) -> String {
+        let mut r = JobReport::new(JobKind::Claim);
+        r.height = height;
+        r.sessions = sessions
+            .iter()
+            .map(|(end, outcome, tx)| SessionReport {
+                supplier: "pokt1s".into(),
+                session_id: format!("s{end}"),
+                service_id: "llm".into(),
+                application: "pokt1a".into(),
+                session_end_height: *end,
+                relays: 1,
+                compute_units: 1,
+                root: String::new(),
+                estimated_reward_upokt: None,
+                proof: None,
+                tx_hash: tx.map(String::from),
+                outcome: *outcome,
+                detail: String::new(),
+            })
+            .collect();
+        r.errors = errors.iter().map(|e| e.to_string()).collect();
+        lode_contracts::to_json(&r.status_summary())
+    }
+
     #[test]
     fn the_latest_job_with_sessions_gives_the_outcome() {
         let jobs = vec![
@@ -181,32 +228,82 @@ mod tests {
         let pods = vec![
             pod(
                 "s-claim-12",
-                r#"{"job":"claim","height":12,"sessions":[{"session_end_height":10,"outcome":"claimed","tx_hash":"AB"}],"errors":[]}"#,
+                &summary(12, &[(10, Outcome::Claimed, Some("AB"))], &[]),
             ),
             pod(
                 "s-claim-22",
-                r#"{"job":"claim","height":22,"sessions":[{"session_end_height":20,"outcome":"claimed","tx_hash":"CD"},{"session_end_height":20,"outcome":"unprofitable"}],"errors":[]}"#,
+                &summary(
+                    22,
+                    &[
+                        (20, Outcome::Claimed, Some("CD")),
+                        (20, Outcome::Unprofitable, None),
+                    ],
+                    &[],
+                ),
+            ),
+            pod("s-claim-32", &summary(32, &[], &[])),
+        ];
+        let claim = last_outcome(&jobs, &pods, Window::Claim).expect("claim");
+        let shown = claim.to_status();
+        assert_eq!(
+            shown.session_end_height, 20,
+            "the empty pass at 32 is skipped"
+        );
+        assert_eq!(shown.outcome, "claimed (+1 more sessions)");
+        assert_eq!(shown.tx_hash.as_deref(), Some("CD"));
+        assert!(!claim.at_risk());
+        let prove = last_outcome(&jobs, &pods, Window::Prove).expect("prove");
+        assert!(
+            prove
+                .to_status()
+                .outcome
+                .starts_with("failed: Job s-prove-16"),
+            "{:?}",
+            prove
+        );
+        assert!(prove.at_risk());
+        assert_eq!(last_outcome(&jobs[..0], &pods, Window::Claim), None);
+    }
+
+    #[test]
+    fn a_failed_job_that_only_saw_errors_is_an_outcome_not_a_pass_over() {
+        // The chain was down for the whole pass: no session was acted on, the Job failed.
+        let jobs = vec![
+            job("s-claim-12", "claim", 12, "Complete"),
+            job("s-claim-22", "claim", 22, "Failed"),
+        ];
+        let pods = vec![
+            pod(
+                "s-claim-12",
+                &summary(12, &[(10, Outcome::Claimed, Some("AB"))], &[]),
             ),
             pod(
-                "s-claim-32",
-                r#"{"job":"claim","height":32,"sessions":[],"errors":[]}"#,
+                "s-claim-22",
+                &summary(22, &[], &["the chain node is unreachable"]),
             ),
         ];
         let claim = last_outcome(&jobs, &pods, Window::Claim).expect("claim");
+        assert!(claim.at_risk());
         assert_eq!(
-            claim.session_end_height, 20,
-            "the empty pass at 32 is skipped"
+            claim.to_status().outcome,
+            "failed: Job s-claim-22 failed: the chain node is unreachable"
         );
-        assert_eq!(claim.outcome, "claimed (+1 more sessions)");
-        assert_eq!(claim.tx_hash.as_deref(), Some("CD"));
-        assert!(!unhealthy(&claim));
-        let prove = last_outcome(&jobs, &pods, Window::Prove).expect("prove");
-        assert!(
-            prove.outcome.starts_with("failed: Job s-prove-16"),
-            "{}",
-            prove.outcome
+        // A missed session puts money at risk too.
+        let pods = vec![pod(
+            "s-claim-12",
+            &summary(12, &[(10, Outcome::Missed, None)], &[]),
+        )];
+        let missed = last_outcome(&jobs[..1], &pods, Window::Claim).expect("claim");
+        assert!(missed.at_risk());
+        assert_eq!(missed.to_status().outcome, "missed");
+        // Text that is not a summary is not read.
+        let pods = vec![pod("s-claim-22", "{\"job\":\"claim\",\"sessions\":[")];
+        assert_eq!(
+            last_outcome(&jobs[1..], &pods, Window::Claim)
+                .expect("failed")
+                .to_status()
+                .outcome,
+            "failed: Job s-claim-22 failed without a report"
         );
-        assert!(unhealthy(&prove));
-        assert_eq!(last_outcome(&jobs[..0], &pods, Window::Claim), None);
     }
 }

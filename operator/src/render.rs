@@ -87,31 +87,6 @@ pub fn parse(text: &str, namespace: &str) -> Result<Resources, RenderError> {
     Ok(r)
 }
 
-/// The Supplier that lists `model` (same namespace), if exactly one does.
-pub fn supplier_of<'a>(
-    model: &ServiceModel,
-    suppliers: &'a [Supplier],
-) -> Result<Option<&'a Supplier>, RenderError> {
-    let name = build::name_of(model);
-    let ns = &model.metadata.namespace;
-    let listing: Vec<&Supplier> = suppliers
-        .iter()
-        .filter(|s| &s.metadata.namespace == ns)
-        .filter(|s| s.spec.services.iter().any(|x| x.service_model == name))
-        .collect();
-    match listing.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some(one)),
-        many => Err(RenderError::SharedModel(
-            name,
-            many.iter()
-                .map(|s| build::name_of(*s))
-                .collect::<Vec<_>>()
-                .join(", "),
-        )),
-    }
-}
-
 fn value(o: &impl Serialize) -> serde_json::Value {
     serde_json::to_value(o).expect("k8s objects serialize")
 }
@@ -145,7 +120,9 @@ pub fn render(
     }
     for m in &r.models {
         let name = build::name_of(m);
-        let Some(s) = supplier_of(m, &r.suppliers)? else {
+        let listing = crate::validate::supplier_of(m, &r.suppliers)
+            .map_err(|e| RenderError::SharedModel(e.model, e.suppliers))?;
+        let Some(s) = listing else {
             notes.push(format!(
                 "ServiceModel {name}: no Supplier lists it, so nothing serves it yet"
             ));

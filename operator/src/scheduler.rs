@@ -7,8 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use lode_chain::pocket::PocketQuery;
 use lode_chain::{ChainGrpc, CometRpc, RetryPolicy};
@@ -46,21 +45,14 @@ pub fn jobs_due(height: i64, p: &SharedParams) -> Vec<(Window, i64)> {
     })
 }
 
-/// Creates `job` unless it exists; `true` when this call created it.
-pub async fn ensure_job(client: &Client, job: &Job) -> Result<bool, kube::Error> {
-    let api: Api<Job> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
-    match api.create(&PostParams::default(), job).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(e),
-    }
-}
+/// The chain clients of each (RPC, gRPC) pair of endpoints, kept between passes.
+pub type Chains = BTreeMap<(String, String), (CometRpc, PocketQuery)>;
 
 /// One pass: for every Supplier, the Jobs due at its chain's current height.
 pub async fn pass(
     client: &Client,
     images: &Images,
-    chains: &mut BTreeMap<(String, String), (CometRpc, PocketQuery)>,
+    chains: &mut Chains,
 ) -> Result<usize, kube::Error> {
     let suppliers = Api::<Supplier>::all(client.clone())
         .list(&ListParams::default())
@@ -68,45 +60,60 @@ pub async fn pass(
         .items;
     let mut created = 0;
     for s in suppliers {
-        let key = (s.spec.chain.rpc_url.clone(), s.spec.chain.grpc_url.clone());
-        if !chains.contains_key(&key) {
-            let retry = RetryPolicy::default();
-            let Ok(grpc) = ChainGrpc::new(&key.1, retry) else {
-                tracing::warn!(supplier = %s.name_any(), url = %key.1, "bad chain gRPC URL");
-                continue;
-            };
-            chains.insert(
-                key.clone(),
-                (CometRpc::new(&key.0, retry), PocketQuery::new(grpc)),
-            );
+        created += supplier_pass(client, images, chains, &s).await?;
+    }
+    Ok(created)
+}
+
+/// The Jobs due for one Supplier; how many this call created. A chain that cannot be
+/// read is logged and skipped (the next pass tries again).
+#[tracing::instrument(skip_all, fields(namespace = s.namespace().unwrap_or_default(), supplier = %s.name_any(), height = tracing::field::Empty))]
+async fn supplier_pass(
+    client: &Client,
+    images: &Images,
+    chains: &mut Chains,
+    s: &Supplier,
+) -> Result<usize, kube::Error> {
+    let key = (s.spec.chain.rpc_url.clone(), s.spec.chain.grpc_url.clone());
+    if !chains.contains_key(&key) {
+        let retry = RetryPolicy::default();
+        let Ok(grpc) = ChainGrpc::new(&key.1, retry) else {
+            tracing::warn!(url = %key.1, "bad chain gRPC URL");
+            return Ok(0);
+        };
+        chains.insert(
+            key.clone(),
+            (CometRpc::new(&key.0, retry), PocketQuery::new(grpc)),
+        );
+    }
+    let (rpc, query) = &chains[&key];
+    let height = match rpc.status().await {
+        Ok(st) => st.latest_height,
+        Err(e) => {
+            tracing::warn!(error = %e, "chain node unreachable");
+            return Ok(0);
         }
-        let (rpc, query) = &chains[&key];
-        let height = match rpc.status().await {
-            Ok(st) => st.latest_height,
+    };
+    tracing::Span::current().record("height", height);
+    let params = match query.shared_params_at(height).await {
+        Ok(p) => p.shared,
+        Err(e) => {
+            tracing::warn!(error = %e, "shared params");
+            return Ok(0);
+        }
+    };
+    let mut created = 0;
+    for (window, open) in jobs_due(height, &params) {
+        let job = match window_job(s, window, open, images) {
+            Ok(j) => j,
             Err(e) => {
-                tracing::warn!(supplier = %s.name_any(), error = %e, "chain node unreachable");
+                tracing::warn!(error = %e, "job not built");
                 continue;
             }
         };
-        let params = match query.shared_params_at(height).await {
-            Ok(p) => p.shared,
-            Err(e) => {
-                tracing::warn!(supplier = %s.name_any(), error = %e, "shared params");
-                continue;
-            }
-        };
-        for (window, open) in jobs_due(height, &params) {
-            let job = match window_job(&s, window, open, images) {
-                Ok(j) => j,
-                Err(e) => {
-                    tracing::warn!(supplier = %s.name_any(), error = %e, "job not built");
-                    continue;
-                }
-            };
-            if ensure_job(client, &job).await? {
-                created += 1;
-                tracing::info!(supplier = %s.name_any(), job = %job.name_any(), height, "window job started");
-            }
+        if crate::apply::ensure_job(client, &job).await? {
+            created += 1;
+            tracing::info!(job = %job.name_any(), "window job started");
         }
     }
     Ok(created)

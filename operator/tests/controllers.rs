@@ -81,6 +81,29 @@ async fn expect_apply(handle: &mut Handle, path_prefix: &str, name: &str, status
     sent
 }
 
+/// The termination message of a claim Job that claimed session 20 in tx AB12.
+fn claim_summary() -> String {
+    use lode_contracts::report::{JobKind, JobReport, Outcome, SessionReport};
+    let mut r = JobReport::new(JobKind::Claim);
+    r.height = 22;
+    r.sessions = vec![SessionReport {
+        supplier: "pokt1s".into(),
+        session_id: "s20".into(),
+        service_id: "llm".into(),
+        application: "pokt1a".into(),
+        session_end_height: 20,
+        relays: 3,
+        compute_units: 3,
+        root: String::new(),
+        estimated_reward_upokt: None,
+        proof: None,
+        tx_hash: Some("AB12".into()),
+        outcome: Outcome::Claimed,
+        detail: String::new(),
+    }];
+    lode_contracts::to_json(&r.status_summary())
+}
+
 fn supplier_list(items: Vec<Value>) -> Value {
     json!({"apiVersion": "lode.pokt.network/v1alpha1", "kind": "SupplierList", "metadata": {}, "items": items})
 }
@@ -158,7 +181,18 @@ async fn a_listed_service_model_gets_its_serving_objects_and_a_ready_status() {
             ),
             "{path}"
         );
+        // The typed status, server-side applied by the serving controller: its fields
+        // only (the autoscaler owns pendingReplicas, observedDemand and decisions).
+        assert!(
+            path.contains("fieldManager=lode-operator&")
+                || path.ends_with("fieldManager=lode-operator"),
+            "{path}"
+        );
+        assert_eq!(body["kind"], "ServiceModel");
         let status = &body["status"];
+        for theirs in ["pendingReplicas", "observedDemand", "decisions"] {
+            assert_eq!(status[theirs], Value::Null, "{theirs} is not sent");
+        }
         assert_eq!(status["readyReplicas"], 1);
         assert_eq!(status["observedGeneration"], 2);
         let ready = status["conditions"]
@@ -296,6 +330,47 @@ async fn a_new_supplier_gets_a_token_once_and_its_store() {
     s.spec.chain.rpc_url = "http://127.0.0.1:1".into();
     let s_json = serde_json::to_value(&s).expect("json");
     let server = tokio::spawn(async move {
+        // Facts first: what serves, what the chain and the Jobs say, the store's sessions.
+        // The serving Deployment of its ServiceModel: two pods ready.
+        let (method, path, _, send) = next(&mut h).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/apis/apps/v1/namespaces/lode/deployments/qwen-7b")
+        );
+        reply(
+            send,
+            200,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "qwen-7b", "namespace": "lode"}, "status": {"readyReplicas": 2}}),
+        );
+        // Its claim Job finished: the outcome comes from the pod's termination message.
+        let (method, path, _, send) = next(&mut h).await;
+        assert_eq!(method, "GET");
+        assert!(
+            path.starts_with("/apis/batch/v1/namespaces/lode/jobs?"),
+            "{path}"
+        );
+        reply(
+            send,
+            200,
+            json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": [{
+                "metadata": {"name": "supplier-1-claim-22", "labels": {"app.kubernetes.io/component": "claim"},
+                    "annotations": {"lode.pokt.network/window-open-height": "22"}},
+                "status": {"conditions": [{"type": "Complete", "status": "True"}]}}]}),
+        );
+        let (method, path, _, send) = next(&mut h).await;
+        assert_eq!(method, "GET");
+        assert!(path.starts_with("/api/v1/namespaces/lode/pods?"), "{path}");
+        reply(
+            send,
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+                "metadata": {"name": "supplier-1-claim-22-x", "labels": {"job-name": "supplier-1-claim-22"}},
+                "status": {"containerStatuses": [{"name": "claim", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "finishedAt": "2026-01-01T00:00:00Z",
+                        "message": claim_summary()}}}]}}]}),
+        );
+        // The store's pod: none running yet, so its sessions are not known.
+        expect_empty_list(&mut h, "/api/v1/namespaces/lode/pods?", "store", "PodList").await;
         // No token Secret yet: one is created (create-only: an existing token is kept).
         let (method, path, body, send) = next(&mut h).await;
         assert_eq!(method, "POST");
@@ -342,44 +417,6 @@ async fn a_new_supplier_gets_a_token_once_and_its_store() {
             Value::Null,
         )
         .await;
-        // The serving Deployment of its ServiceModel: two pods ready.
-        let (method, path, _, send) = next(&mut h).await;
-        assert_eq!(
-            (method.as_str(), path.as_str()),
-            ("GET", "/apis/apps/v1/namespaces/lode/deployments/qwen-7b")
-        );
-        reply(
-            send,
-            200,
-            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "qwen-7b", "namespace": "lode"}, "status": {"readyReplicas": 2}}),
-        );
-        // Its claim Job finished: the outcome comes from the pod's termination message.
-        let (method, path, _, send) = next(&mut h).await;
-        assert_eq!(method, "GET");
-        assert!(
-            path.starts_with("/apis/batch/v1/namespaces/lode/jobs?"),
-            "{path}"
-        );
-        reply(
-            send,
-            200,
-            json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": [{
-                "metadata": {"name": "supplier-1-claim-22", "labels": {"app.kubernetes.io/component": "claim"},
-                    "annotations": {"lode.pokt.network/window-open-height": "22"}},
-                "status": {"conditions": [{"type": "Complete", "status": "True"}]}}]}),
-        );
-        let (method, path, _, send) = next(&mut h).await;
-        assert_eq!(method, "GET");
-        assert!(path.starts_with("/api/v1/namespaces/lode/pods?"), "{path}");
-        reply(
-            send,
-            200,
-            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
-                "metadata": {"name": "supplier-1-claim-22-x", "labels": {"job-name": "supplier-1-claim-22"}},
-                "status": {"containerStatuses": [{"name": "claim", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-                    "state": {"terminated": {"exitCode": 0, "finishedAt": "2026-01-01T00:00:00Z",
-                        "message": "{\"job\":\"claim\",\"height\":22,\"sessions\":[{\"session_end_height\":20,\"outcome\":\"claimed\",\"tx_hash\":\"AB12\"}],\"errors\":[]}"}}}]}}]}),
-        );
         let (method, path, body, send) = next(&mut h).await;
         assert_eq!(method, "PATCH");
         assert!(path.contains("/suppliers/supplier-1/status"), "{path}");
@@ -388,6 +425,11 @@ async fn a_new_supplier_gets_a_token_once_and_its_store() {
             json!({"sessionEndHeight": 20, "outcome": "claimed", "txHash": "AB12"})
         );
         assert_eq!(body["status"]["lastProof"], Value::Null);
+        assert_eq!(
+            body["status"]["sessionsInFlight"],
+            Value::Null,
+            "no store pod to ask"
+        );
         assert_eq!(body["status"]["readyReplicas"], 2);
         assert_eq!(body["status"]["services"], "llm");
         let conds = body["status"]["conditions"]
@@ -476,25 +518,51 @@ async fn the_window_scheduler_starts_each_job_once_at_the_height_read_from_the_c
     chain.shutdown().await;
 }
 
-/// Answers a Supplier reconcile's requests up to the stake decision: token exists, store
-/// applied (ready), its serving Deployment has one ready pod.
-/// The Supplier's claim/prove Jobs are listed for `status.lastClaim`/`lastProof`; none.
-async fn no_window_jobs(h: &mut Handle) {
+/// Expects a list request under `prefix` (with `selecting` in its query) and answers it
+/// with no items.
+async fn expect_empty_list(h: &mut Handle, prefix: &str, selecting: &str, kind: &str) {
     let (method, path, _, send) = next(h).await;
     assert_eq!(method, "GET");
     assert!(
-        path.starts_with("/apis/batch/v1/namespaces/lode/jobs?") && path.contains("labelSelector"),
+        path.starts_with(prefix) && path.contains(selecting),
         "{path}"
     );
+    let api = if prefix.starts_with("/api/v1") {
+        "v1"
+    } else {
+        "batch/v1"
+    };
     reply(
         send,
         200,
-        json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": []}),
+        json!({"apiVersion": api, "kind": kind, "metadata": {}, "items": []}),
     );
 }
 
-async fn store_and_serving(h: &mut Handle) {
-    // The token Secret exists: the create answers 409 and the token is kept.
+/// Answers a Supplier reconcile's reads: its serving Deployment has one ready pod, its
+/// claim/prove Jobs (for `status.lastClaim`/`lastProof`) are none, its store has no
+/// running pod yet (no session counts).
+async fn serving_facts(h: &mut Handle) {
+    let (_, path, _, send) = next(h).await;
+    assert_eq!(path, "/apis/apps/v1/namespaces/lode/deployments/qwen-7b");
+    reply(
+        send,
+        200,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "qwen-7b", "namespace": "lode"}, "status": {"readyReplicas": 1}}),
+    );
+    expect_empty_list(
+        h,
+        "/apis/batch/v1/namespaces/lode/jobs?",
+        "labelSelector",
+        "JobList",
+    )
+    .await;
+    expect_empty_list(h, "/api/v1/namespaces/lode/pods?", "store", "PodList").await;
+}
+
+/// Answers the store's writes: the token Secret exists (the create answers 409 and the
+/// token is kept), the store is applied and ready.
+async fn store_applied(h: &mut Handle) {
     let (method, path, _, send) = next(h).await;
     assert_eq!(method, "POST");
     assert!(
@@ -527,13 +595,6 @@ async fn store_and_serving(h: &mut Handle) {
         Value::Null,
     )
     .await;
-    let (_, path, _, send) = next(h).await;
-    assert_eq!(path, "/apis/apps/v1/namespaces/lode/deployments/qwen-7b");
-    reply(
-        send,
-        200,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "qwen-7b", "namespace": "lode"}, "status": {"readyReplicas": 1}}),
-    );
 }
 
 #[tokio::test]
@@ -550,7 +611,8 @@ async fn the_stake_job_starts_only_when_the_chain_differs_and_pods_serve() {
     let (ctx, mut h) = context();
     let reply_json = s_json.clone();
     let server = tokio::spawn(async move {
-        store_and_serving(&mut h).await;
+        serving_facts(&mut h).await;
+        store_applied(&mut h).await;
         let (method, path, body, send) = next(&mut h).await;
         assert_eq!(method, "POST");
         assert!(
@@ -568,7 +630,6 @@ async fn the_stake_job_starts_only_when_the_chain_differs_and_pods_serve() {
         assert_eq!(method, "POST", "an Event");
         assert_eq!(body["reason"], "StakeJobStarted");
         reply(send, 201, body);
-        no_window_jobs(&mut h).await;
         let (_, path, body, send) = next(&mut h).await;
         assert!(path.contains("/suppliers/supplier-1/status"), "{path}");
         let staked = condition(&body, "Staked");
@@ -590,8 +651,8 @@ async fn the_stake_job_starts_only_when_the_chain_differs_and_pods_serve() {
         .expect("staked");
     let (ctx, mut h) = context();
     let server = tokio::spawn(async move {
-        store_and_serving(&mut h).await;
-        no_window_jobs(&mut h).await;
+        serving_facts(&mut h).await;
+        store_applied(&mut h).await;
         let (method, path, body, send) = next(&mut h).await;
         assert_eq!(method, "PATCH", "no Job this time: {path}");
         let staked = condition(&body, "Staked");

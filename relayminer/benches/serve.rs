@@ -7,16 +7,12 @@
 //! signing, hashing, shipping to a real store), the delay serve adds to a stream's first
 //! chunk, and the memory each open slow stream costs the serve process.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{StoreProcess, cpu_seconds, free_port};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,6 +20,7 @@ use lode_devnet::{Devnet, DevnetConfig, HRP};
 use lode_engine_sim::{EngineSim, SimConfig};
 use lode_kernels::proto::{Message, PoktHttpRequest, RelayRequest};
 use lode_kernels::relay::sign_request;
+use lode_testkit::{StoreProcess, cpu_seconds, free_addr};
 
 const SERVICE: &str = "llm";
 /// About 1 KB of response JSON.
@@ -191,7 +188,7 @@ async fn main() {
     store.client().await;
     let key_file = dir.path().join("supplier.key");
     std::fs::write(&key_file, lode_kernels::hex::encode(&supplier.to_bytes())).expect("key");
-    let (relay_addr, admin_addr) = (free_port(), free_port());
+    let (relay_addr, admin_addr) = (free_addr(), free_addr());
     let config = dir.path().join("serve.yaml");
     std::fs::write(
         &config,
@@ -367,7 +364,7 @@ async fn main() {
         .serve(any, std::future::pending())
         .await
         .expect("slow engine");
-    let (slow_relay, slow_admin) = (free_port(), free_port());
+    let (slow_relay, slow_admin) = (free_addr(), free_addr());
     let slow_config = dir.path().join("serve-slow.yaml");
     let text = std::fs::read_to_string(&config)
         .expect("config")

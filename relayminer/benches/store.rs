@@ -7,17 +7,14 @@
 //! Baseline from the same machine class: Go smt holding 1M leaves in memory, 21–23 µs per
 //! insert+commit (~22 s) and 2.9 GB.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::time::Instant;
 
-use common::{Client, StoreProcess, relay};
 use lode_kernels::smst::{self, SortedBuilder};
 use lode_store_api::{
     AppendRelaysRequest, ListSessionsRequest, MinedRelay, ProveClosestRequest, SessionHeader,
     SessionKey,
 };
+use lode_testkit::{Client, StoreProcess, relay};
 
 fn header(id: &str) -> SessionHeader {
     SessionHeader {
@@ -138,11 +135,14 @@ async fn main() {
     let fsync = std::env::var("LODE_BENCH_FSYNC").unwrap_or_else(|_| "always".into());
     let store = StoreProcess::start(&data, &["--fsync", &fsync]);
     let mut client = store.client().await;
-    let (server_cpu, client_cpu) = (store.cpu_seconds(), common::cpu_seconds("/proc/self/stat"));
+    let (server_cpu, client_cpu) = (
+        store.cpu_seconds(),
+        lode_testkit::cpu_seconds("/proc/self/stat"),
+    );
     let secs = ingest(&client, "big", batches, 32).await;
     let (server_cpu, client_cpu) = (
         store.cpu_seconds() - server_cpu,
-        common::cpu_seconds("/proc/self/stat") - client_cpu,
+        lode_testkit::cpu_seconds("/proc/self/stat") - client_cpu,
     );
     println!(
         "ingest with --fsync {fsync}: {n} relays of 250 B in batches of 100 over 32 streams: {secs:.2} s = {:.0} relays/s (target ≥ 100,000)",

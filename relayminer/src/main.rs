@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use lode_contracts::stake::{RevShare, ServiceStake, StakeSpec};
 use lode_relayminer::lifecycle::{Lifecycle, LifecycleConfig};
 use lode_store::{Durability, ServerConfig};
 
@@ -114,8 +115,9 @@ struct JobArgs {
     key_files: Vec<PathBuf>,
     #[command(flatten)]
     tx: TxArgs,
-    /// Also write the JSON report to this file (e.g. /dev/termination-log, where
-    /// Kubernetes shows it in the pod's status).
+    /// Also write the pass's summary (JSON, under 4 KiB: the latest session acted on,
+    /// counts by outcome, the first errors) to this file, e.g. /dev/termination-log, where
+    /// Kubernetes keeps it in the pod's status for the operator.
     #[arg(long, env = "LODE_REPORT_FILE")]
     report_file: Option<PathBuf>,
 }
@@ -141,7 +143,7 @@ struct SignerArgs {
 impl SignerArgs {
     fn key(&self) -> anyhow::Result<lode_kernels::crypto::SecretKey> {
         let passphrase = std::env::var("LODE_KEY_PASSPHRASE").ok();
-        Ok(lode_chain::keys::load_key(
+        Ok(lode_chain_tx::keys::load_key(
             &self.key_file,
             passphrase.as_deref(),
         )?)
@@ -163,18 +165,23 @@ impl SignerArgs {
 struct StakeArgs {
     #[command(flatten)]
     signer: SignerArgs,
+    /// The wanted state as one JSON document (what the operator's stake Job passes):
+    /// {"operator","owner","stake_upokt":"<uPOKT>","services":[{"service_id","url",
+    /// "rev_share":[{"address","percent"}]}]}. Instead of the flags below.
+    #[arg(long, env = "LODE_STAKE_SPEC", conflicts_with_all = ["owner", "stake_upokt", "services", "rev_shares"])]
+    spec: Option<String>,
     /// The owner address (default: the operator, custodial staking).
     #[arg(long, env = "LODE_OWNER")]
     owner: Option<String>,
     /// Stake in uPOKT.
-    #[arg(long, env = "LODE_STAKE_UPOKT")]
-    stake_upokt: u128,
+    #[arg(long, env = "LODE_STAKE_UPOKT", required_unless_present = "spec")]
+    stake_upokt: Option<u128>,
     /// A service and its public endpoint, `SERVICE_ID=URL`; repeat for several.
     #[arg(
         long = "service",
         env = "LODE_SERVICES",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "spec"
     )]
     services: Vec<String>,
     /// A revenue share, `SERVICE_ID:ADDRESS=PERCENT`; repeat for several.
@@ -203,18 +210,17 @@ async fn unstake(a: UnstakeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The wanted on-chain state from `relayminer stake`'s flags.
-fn stake_spec(a: &StakeArgs, operator: &str) -> anyhow::Result<lode_chain::stake::StakeSpec> {
+/// The wanted on-chain state: `--spec`, or built from `relayminer stake`'s flags.
+fn stake_spec(a: &StakeArgs, operator: &str) -> anyhow::Result<StakeSpec> {
+    if let Some(json) = &a.spec {
+        return StakeSpec::from_json(json).context("--spec");
+    }
     let mut services = Vec::new();
     for s in &a.services {
         let (id, url) = s
             .split_once('=')
             .ok_or_else(|| anyhow::anyhow!("--service {s:?} is not SERVICE_ID=URL"))?;
-        anyhow::ensure!(
-            url.starts_with("http://") || url.starts_with("https://"),
-            "--service {s:?}: the endpoint must be an http(s) URL"
-        );
-        services.push(lode_chain::stake::ServiceStake {
+        services.push(ServiceStake {
             service_id: id.to_string(),
             url: url.to_string(),
             rev_share: Vec::new(),
@@ -232,22 +238,19 @@ fn stake_spec(a: &StakeArgs, operator: &str) -> anyhow::Result<lode_chain::stake
             .iter_mut()
             .find(|s| s.service_id == id)
             .ok_or_else(|| anyhow::anyhow!("--rev-share {r:?}: no --service {id}"))?;
-        svc.rev_share.push((addr.to_string(), pct));
+        svc.rev_share.push(RevShare {
+            address: addr.to_string(),
+            percent: pct,
+        });
     }
-    for s in &services {
-        let total: u64 = s.rev_share.iter().map(|(_, p)| p).sum();
-        anyhow::ensure!(
-            s.rev_share.is_empty() || total == 100,
-            "service {}: revenue shares add up to {total}%, not 100%",
-            s.service_id
-        );
-    }
-    Ok(lode_chain::stake::StakeSpec {
+    let spec = StakeSpec {
         operator: operator.to_string(),
         owner: a.owner.clone().unwrap_or_else(|| operator.to_string()),
-        stake_upokt: a.stake_upokt,
+        stake_upokt: a.stake_upokt.unwrap_or_default(),
         services,
-    })
+    };
+    spec.validate()?;
+    Ok(spec)
 }
 
 async fn stake(a: StakeArgs) -> anyhow::Result<()> {
@@ -433,7 +436,7 @@ fn report_file_size_limit() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = lode_relayminer::serve::ServeConfig::load(&args.config, args.keys_dir.as_deref())?;
+    let config = lode_relayminer::serve::config::load(&args.config, args.keys_dir.as_deref())?;
     if args.check {
         // Secrets stay out of the printout.
         let mut shown = config.clone();
@@ -451,7 +454,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let handle = lode_relayminer::serve::start(config).await?;
     tracing::info!(relay = %handle.relay_addr, admin = %handle.admin_addr, "serving relays");
     shutdown_signal().await;
-    handle.shutdown().await
+    Ok(handle.shutdown().await?)
 }
 
 impl TxArgs {
@@ -477,7 +480,7 @@ fn job_config(args: &JobArgs) -> anyhow::Result<LifecycleConfig> {
     let serve = args
         .config
         .as_deref()
-        .map(|p| lode_relayminer::serve::ServeConfig::load(p, args.keys_dir.as_deref()))
+        .map(|p| lode_relayminer::serve::config::load(p, args.keys_dir.as_deref()))
         .transpose()?;
     let need = |flag: &str| {
         anyhow::anyhow!("{flag} is required (or --config with a serve configuration that has it)")
@@ -519,7 +522,7 @@ fn job_config(args: &JobArgs) -> anyhow::Result<LifecycleConfig> {
         .or_else(|| serve.as_ref().and_then(|s| s.key_passphrase.clone()));
     let mut keys = Vec::new();
     for f in &files {
-        keys.push(lode_chain::keys::load_key(f, passphrase.as_deref())?);
+        keys.push(lode_chain_tx::keys::load_key(f, passphrase.as_deref())?);
     }
     let mut c = LifecycleConfig::new(&grpc, &rpc, &store, &read_token(&token_file)?);
     c.keys = keys;
@@ -536,11 +539,12 @@ async fn job(args: JobArgs, claim: bool) -> anyhow::Result<()> {
     } else {
         lifecycle.prove().await
     };
-    report.log();
-    let json = serde_json::to_string(&report)?;
-    println!("{json}");
+    lode_relayminer::lifecycle::report::log(&report);
+    println!("{}", lode_contracts::to_json(&report));
     if let Some(f) = &args.report_file {
-        std::fs::write(f, &json).with_context(|| format!("writing {}", f.display()))?;
+        // The summary: a termination message keeps only 4096 bytes of a full report.
+        let summary = lode_contracts::to_json(&report.status_summary());
+        std::fs::write(f, summary).with_context(|| format!("writing {}", f.display()))?;
     }
     tracing::info!("{}", report.summary());
     if report.failed() {
@@ -570,7 +574,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await?;
     tracing::info!(relay = %handle.serve.relay_addr, admin = %handle.serve.admin_addr, store = %handle.store_addr, "running: serving relays, claiming and proving as blocks arrive");
     shutdown_signal().await;
-    handle.shutdown().await
+    Ok(handle.shutdown().await?)
 }
 
 #[tokio::main]

@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio::sync::oneshot;
 
 use crate::lifecycle::schedule::Scheduler;
 use crate::lifecycle::{Lifecycle, LifecycleConfig};
-use crate::serve::{self, ServeConfig, ServeHandle};
+use crate::serve::{self, ServeHandle};
 
 /// What `run` is started with (besides serve's configuration).
 #[derive(Clone, Debug)]
@@ -47,6 +46,35 @@ impl RunOptions {
     }
 }
 
+/// Why `run` could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] serve::config::ConfigError),
+    #[error(transparent)]
+    Key(#[from] lode_chain_tx::keys::KeyFileError),
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::PassError),
+    #[error(transparent)]
+    Serve(#[from] serve::ServeError),
+    #[error("the store: {0}")]
+    Store(String),
+    #[error("the store task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+fn io(what: &'static str, path: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RunError {
+    let path = path.to_string();
+    move |source| RunError::Io { what, path, source }
+}
+
 /// A running `relayminer run`.
 #[derive(Debug)]
 pub struct RunHandle {
@@ -60,7 +88,7 @@ pub struct RunHandle {
 }
 
 /// The store token: kept in the data directory, created (random) on first start.
-fn token(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
+fn token(dir: &Path) -> Result<(PathBuf, String), RunError> {
     let path = dir.join("store-token");
     if let Ok(t) = std::fs::read_to_string(&path)
         && !t.trim().is_empty()
@@ -70,30 +98,32 @@ fn token(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     let mut bytes = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
     let t = lode_kernels::hex::encode(&bytes);
-    std::fs::write(&path, &t).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, &t).map_err(io("writing", path.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("restricting", path.display()))?;
     }
     Ok((path, t))
 }
 
 /// Starts the store, serve and the scheduler.
-pub async fn start(opts: RunOptions) -> anyhow::Result<RunHandle> {
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+pub async fn start(opts: RunOptions) -> Result<RunHandle, RunError> {
+    std::fs::create_dir_all(&opts.data_dir).map_err(io("creating", opts.data_dir.display()))?;
     let (token_file, token) = token(&opts.data_dir)?;
     let grpc = tokio::net::TcpListener::bind(opts.store_listen)
         .await
-        .with_context(|| format!("binding the store port {}", opts.store_listen))?;
+        .map_err(io("binding the store port", opts.store_listen))?;
     let admin = tokio::net::TcpListener::bind(opts.store_admin)
         .await
-        .with_context(|| format!("binding the store admin port {}", opts.store_admin))?;
-    let store_addr = grpc.local_addr()?;
+        .map_err(io("binding the store admin port", opts.store_admin))?;
+    let store_addr = grpc
+        .local_addr()
+        .map_err(io("binding the store port", opts.store_listen))?;
     let url = format!("http://{store_addr}");
     let config =
-        ServeConfig::load_for_run(&opts.config, opts.keys_dir.as_deref(), &url, &token_file)?;
+        serve::config::load_for_run(&opts.config, opts.keys_dir.as_deref(), &url, &token_file)?;
 
     let (store_stop, stop_rx) = oneshot::channel::<()>();
     let store_config = lode_store::ServerConfig {
@@ -116,7 +146,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<RunHandle> {
         .or_else(|| config.key_passphrase.clone());
     let mut keys = Vec::new();
     for f in &config.signing_key_files {
-        keys.push(lode_chain::keys::load_key(f, passphrase.as_deref())?);
+        keys.push(lode_chain_tx::keys::load_key(f, passphrase.as_deref())?);
     }
     let lifecycle = Arc::new(Lifecycle::new(LifecycleConfig {
         grpc_url: config.chain.grpc_url.clone(),
@@ -148,12 +178,12 @@ impl RunHandle {
     /// Stops serve (finishing relays and flushing mined ones to the store), then the
     /// scheduler (a pass cut short is redone by the next start: passes are idempotent),
     /// then the store.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> Result<(), RunError> {
         let served = self.serve.shutdown().await;
         drop(self.scheduler);
         let _ = self.store_stop.send(());
-        let stored = self.store_task.await.context("store task")?;
+        let stored = self.store_task.await?;
         served?;
-        stored.map_err(|e| anyhow::anyhow!("store: {e}"))
+        stored.map_err(RunError::Store)
     }
 }

@@ -1,34 +1,13 @@
 //! `relayminer stake`: makes the supplier's on-chain stake, owner, services and endpoints
-//! what they should be, and does nothing when they already are (a Job that runs twice
-//! sends one transaction).
+//! what its [`StakeSpec`] says, and does nothing when they already are (a Job that runs
+//! twice sends one transaction). `relayminer unstake` starts unbonding.
 
 use lode_chain::pocket::PocketQuery;
-use lode_chain::stake::StakeSpec;
-use lode_chain::{ChainGrpc, CometRpc, RetryPolicy, SendConfig, TxSender};
+use lode_chain::{ChainGrpc, CometRpc, QueryError, RetryPolicy, RpcError};
+use lode_chain_tx::{SendConfig, SendError, TxSender};
+use lode_contracts::report::{StakeOutcome, StakeReport};
+use lode_contracts::stake::StakeSpec;
 use lode_kernels::crypto::SecretKey;
-use serde::Serialize;
-
-/// What a stake run did.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct StakeReport {
-    pub operator: String,
-    /// `unchanged` (the chain already matched), `staked` or `unstaking` (a transaction
-    /// was included).
-    pub outcome: String,
-    pub tx_hash: Option<String>,
-    pub height: Option<i64>,
-}
-
-impl StakeReport {
-    fn unchanged(operator: String) -> Self {
-        Self {
-            operator,
-            outcome: "unchanged".into(),
-            tx_hash: None,
-            height: None,
-        }
-    }
-}
 
 /// Transaction settings of a stake run.
 #[derive(Clone, Debug)]
@@ -42,9 +21,26 @@ pub struct StakeConfig {
     pub poll: std::time::Duration,
 }
 
+/// Why a stake or unstake run did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum StakeError {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error("the key is {key}'s, not the operator {operator}'s")]
+    WrongKey { key: String, operator: String },
+    #[error("the stake spec is refused: {0}")]
+    Invalid(#[from] lode_contracts::Invalid),
+}
+
 /// Starts unbonding the supplier unless it is not staked or already unbonding.
-pub async fn unstake(config: &StakeConfig, key: SecretKey) -> anyhow::Result<StakeReport> {
+#[tracing::instrument(skip_all, fields(supplier = tracing::field::Empty))]
+pub async fn unstake(config: &StakeConfig, key: SecretKey) -> Result<StakeReport, StakeError> {
     let operator = key.public_key().address().to_bech32("pokt");
+    tracing::Span::current().record("supplier", operator.as_str());
     let retry = RetryPolicy::default();
     let grpc = ChainGrpc::new(&config.grpc_url, retry)?;
     let rpc = CometRpc::new(&config.rpc_url, retry);
@@ -55,14 +51,14 @@ pub async fn unstake(config: &StakeConfig, key: SecretKey) -> anyhow::Result<Sta
     let sender = signer(config, rpc, grpc, key).await?;
     let sent = sender
         .send(
-            vec![lode_chain::stake::unstake_message(&operator)],
+            vec![lode_chain_tx::stake::unstake_message(&operator)],
             "lode unstake",
             0,
         )
         .await?;
     Ok(StakeReport {
         operator,
-        outcome: "unstaking".into(),
+        outcome: StakeOutcome::Unstaking,
         tx_hash: Some(sent.hash),
         height: Some(sent.height),
     })
@@ -75,14 +71,8 @@ async fn signer(
     rpc: CometRpc,
     grpc: ChainGrpc,
     key: SecretKey,
-) -> anyhow::Result<TxSender> {
-    let node = rpc.status().await?.chain_id;
-    if let Some(want) = &config.chain_id {
-        anyhow::ensure!(
-            *want == node,
-            "the node is on chain {node:?}, not the configured {want:?}: refusing to sign"
-        );
-    }
+) -> Result<TxSender, StakeError> {
+    let node = lode_chain_tx::signing_chain_id(&rpc, config.chain_id.as_deref()).await?;
     Ok(TxSender::new(
         rpc,
         grpc,
@@ -96,31 +86,36 @@ async fn signer(
     ))
 }
 
+/// Stakes (or updates) the supplier unless the chain already has `spec`.
+#[tracing::instrument(skip_all, fields(supplier = %spec.operator))]
 pub async fn stake(
     config: &StakeConfig,
     key: SecretKey,
     spec: &StakeSpec,
-) -> anyhow::Result<StakeReport> {
+) -> Result<StakeReport, StakeError> {
+    spec.validate()?;
     let operator = key.public_key().address().to_bech32("pokt");
-    anyhow::ensure!(
-        operator == spec.operator,
-        "the key is {operator}'s, not the operator {}'s",
-        spec.operator
-    );
+    if operator != spec.operator {
+        return Err(StakeError::WrongKey {
+            key: operator,
+            operator: spec.operator.clone(),
+        });
+    }
     let retry = RetryPolicy::default();
     let grpc = ChainGrpc::new(&config.grpc_url, retry)?;
     let rpc = CometRpc::new(&config.rpc_url, retry);
     let query = PocketQuery::new(grpc.clone());
     if let Some(onchain) = query.supplier(&operator).await?
-        && spec.is_met_by(&onchain)
+        && lode_chain::stake::is_met_by(spec, &onchain)
     {
         return Ok(StakeReport::unchanged(operator));
     }
     let sender = signer(config, rpc, grpc, key).await?;
-    let sent = sender.send(vec![spec.message()], "lode stake", 0).await?;
+    let message = lode_chain_tx::stake::stake_message(spec);
+    let sent = sender.send(vec![message], "lode stake", 0).await?;
     Ok(StakeReport {
         operator,
-        outcome: "staked".into(),
+        outcome: StakeOutcome::Staked,
         tx_hash: Some(sent.hash),
         height: Some(sent.height),
     })

@@ -2,13 +2,10 @@
 //! serve on loopback; a gateway's relays served, signed, streamed and mined; every kind
 //! of bad relay refused with its reason; nothing acknowledged lost.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::StoreProcess;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,7 +14,8 @@ use lode_engine_sim::{EngineSim, Mode, SimConfig};
 use lode_kernels::crypto::SecretKey;
 use lode_kernels::proto::{Message, PoktHttpResponse, RelayRequest, RelayResponse, SessionHeader};
 use lode_kernels::relay::{decode_stream, join_stream_payloads, verify_response};
-use lode_relayminer::serve::{self, ServeConfig, ServeHandle};
+use lode_relayminer::serve::{self, ServeHandle};
+use lode_testkit::StoreProcess;
 
 const SERVICE: &str = "llm";
 
@@ -44,7 +42,8 @@ async fn fleet(tune: impl FnOnce(&mut String)) -> Fleet {
 }
 
 async fn fleet_with(chain_config: DevnetConfig, tune: impl FnOnce(&mut String)) -> Fleet {
-    let (devnet, chain, supplier, header) = common::staked_devnet(&chain_config, SERVICE).await;
+    let (devnet, chain, supplier, header) =
+        lode_testkit::staked_devnet(&chain_config, SERVICE).await;
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
 
     let sim = EngineSim::new(SimConfig {
@@ -93,7 +92,7 @@ async fn fleet_with(chain_config: DevnetConfig, tune: impl FnOnce(&mut String)) 
     );
     tune(&mut yaml);
     let yaml = yaml.replace("{triton}", &triton_addr.to_string());
-    let config = ServeConfig::parse(&yaml, None).expect("config");
+    let config = serve::config::parse(&yaml, None).expect("config");
     let handle = serve::start(config).await.expect("serve");
     // Ready once the first block arrived.
     for _ in 0..200 {
@@ -132,7 +131,7 @@ impl Fleet {
     }
 
     fn relay_for(&self, header: &SessionHeader, supplier: &str, body: &str) -> RelayRequest {
-        common::gateway_relay(self.devnet.keys(), header, supplier, body)
+        lode_testkit::gateway_relay(self.devnet.keys(), header, supplier, body)
     }
 
     async fn post(&self, bytes: Vec<u8>) -> (u16, String, Bytes) {

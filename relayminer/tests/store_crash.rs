@@ -1,14 +1,12 @@
 //! SIGKILL during sustained ingest loses nothing acknowledged.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{StoreProcess, relay};
 use lode_kernels::smst::SortedBuilder;
 use lode_store_api::{AppendRelaysRequest, MinedRelay, SessionHeader, SessionKey};
+use lode_testkit::{StoreProcess, relay};
 
 const CLIENTS: u64 = 4;
 const BATCHES_PER_CLIENT: u64 = 400;

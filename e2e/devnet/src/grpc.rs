@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use lode_chain::proto::cosmos::{auth, bank, base, tx};
 use lode_chain::proto::pocket::{application, proof, service, session, shared, supplier};
+use lode_kernels::proto::Message;
 use lode_kernels::proto::cosmos::SECP256K1_PUBKEY_TYPE_URL;
-use lode_kernels::proto::{Message, SessionHeader};
 use tonic::{Request, Response, Status};
 
 use crate::chain::{Chain, DENOM, HydratedSession, SupplierState};
@@ -30,16 +30,6 @@ fn coin(amount: u128) -> Option<base::v1beta1::Coin> {
         denom: DENOM.into(),
         amount: amount.to_string(),
     })
-}
-
-fn header(h: &SessionHeader) -> session::SessionHeader {
-    session::SessionHeader {
-        application_address: h.application_address.clone(),
-        service_id: h.service_id.clone(),
-        session_id: h.session_id.clone(),
-        session_start_block_height: h.session_start_block_height,
-        session_end_block_height: h.session_end_block_height,
-    }
 }
 
 fn wire_service_config(
@@ -109,7 +99,7 @@ fn wire_application(c: &Chain, address: &str) -> Option<application::Application
 
 fn wire_session(c: &Chain, s: &HydratedSession) -> session::Session {
     session::Session {
-        header: Some(header(&s.header)),
+        header: Some(s.header.clone()),
         session_id: s.header.session_id.clone(),
         session_number: s.number,
         num_blocks_per_session: s.num_blocks,
@@ -369,7 +359,7 @@ impl proof::query_server::Query for Node {
         Ok(Response::new(proof::QueryGetClaimResponse {
             claim: Some(proof::Claim {
                 supplier_operator_address: claim.claim.supplier_operator_address.clone(),
-                session_header: claim.claim.session_header.as_ref().map(header),
+                session_header: claim.claim.session_header.clone(),
                 root_hash: claim.claim.root_hash.clone(),
                 proof_validation_status: claim.claim.proof_validation_status,
             }),

@@ -278,11 +278,11 @@ impl Devnet {
             .get(index)
             .ok_or("no such supplier")?
             .clone();
-        let mut cfg = lode_chain::SendConfig::pocket(&self.chain().genesis.chain_id);
+        let mut cfg = lode_chain_tx::SendConfig::pocket(&self.chain().genesis.chain_id);
         cfg.poll = Duration::from_millis(20);
         let grpc =
             lode_chain::ChainGrpc::new(&running.grpc_url, retry).map_err(|e| e.to_string())?;
-        let sender = lode_chain::TxSender::new(
+        let sender = lode_chain_tx::TxSender::new(
             lode_chain::CometRpc::new(&running.rpc_url, retry),
             grpc,
             key.clone(),
@@ -410,8 +410,8 @@ pub struct Running {
 
 impl Running {
     /// The node's endpoints as lode's configuration files name them.
-    pub fn node(&self) -> lode_chain::NodeConfig {
-        lode_chain::NodeConfig {
+    pub fn node(&self) -> lode_contracts::NodeConfig {
+        lode_contracts::NodeConfig {
             grpc_url: self.grpc_url.clone(),
             rpc_url: self.rpc_url.clone(),
         }
@@ -466,15 +466,14 @@ pub fn stake_supplier_msg(
     url: &str,
 ) -> lode_kernels::proto::cosmos::Any {
     let a = key.public_key().address().to_bech32(HRP);
-    lode_chain::stake::StakeSpec {
+    lode_chain_tx::stake::stake_message(&lode_contracts::stake::StakeSpec {
         operator: a.clone(),
         owner: a,
         stake_upokt: upokt,
-        services: vec![lode_chain::stake::ServiceStake {
+        services: vec![lode_contracts::stake::ServiceStake {
             service_id: service_id.into(),
             url: url.into(),
             rev_share: Vec::new(),
         }],
-    }
-    .message()
+    })
 }

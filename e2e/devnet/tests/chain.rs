@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use lode_chain::pocket::PocketQuery;
-use lode_chain::{ChainGrpc, CometRpc, RetryPolicy, SendConfig, SendError, TxSender};
+use lode_chain::{ChainGrpc, CometRpc, RetryPolicy};
+use lode_chain_tx::{SendConfig, SendError, TxSender};
 use lode_devnet::{Devnet, DevnetConfig, HRP, Running};
 use lode_kernels::crypto::SecretKey;
 use lode_kernels::mining::claimed_upokt;
@@ -180,7 +181,7 @@ async fn staked_session(net: &Net, key: &SecretKey) -> SessionHeader {
             .any(|s| s.operator_address == address(key)),
         "the staked supplier is in the session"
     );
-    lode_chain::pocket::header_of(&session.header.expect("header"))
+    session.header.expect("header")
 }
 
 /// `n` relays of the session, ring-signed by the gateway and signed by the supplier.
@@ -287,7 +288,7 @@ impl Served {
     }
 
     /// Moves to the first block of the claim window and claims the trie's root there.
-    async fn claim_in_window(&mut self, net: &Net) -> Result<lode_chain::Sent, SendError> {
+    async fn claim_in_window(&mut self, net: &Net) -> Result<lode_chain_tx::Sent, SendError> {
         net.advance_to(self.w.earliest_supplier_claim_commit_height - 1);
         let msg = self.claim();
         let close = self.w.claim_window_close_height as u64;
@@ -308,7 +309,7 @@ impl Served {
         proof_for(&mut self.trie, &proof_path(seed, &self.header.session_id))
     }
 
-    async fn submit(&self, net: &Net, proof: Vec<u8>) -> Result<lode_chain::Sent, SendError> {
+    async fn submit(&self, net: &Net, proof: Vec<u8>) -> Result<lode_chain_tx::Sent, SendError> {
         let msg = proof_msg(&self.me, &self.header, proof);
         let close = self.w.proof_window_close_height as u64;
         net.include(self.sender.send(vec![msg], "proof", close))
@@ -882,7 +883,7 @@ async fn a_transaction_lost_from_the_mempool_is_broadcast_again() {
     // Broadcast at height 1 and lost; only the re-broadcast, once
     // REBROADCAST_AFTER_BLOCKS passed, can have put the same bytes in a block.
     assert!(
-        sent.height > 1 + lode_chain::tx::REBROADCAST_AFTER_BLOCKS,
+        sent.height > 1 + lode_chain_tx::send::REBROADCAST_AFTER_BLOCKS,
         "included at {} — before any re-broadcast?",
         sent.height
     );

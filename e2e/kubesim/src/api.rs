@@ -325,7 +325,7 @@ async fn dispatch(
             if existing.is_none() && kind != PatchKind::Apply {
                 return Err(ApiError::not_found(&t.def, name));
             }
-            let mut out = patch::patch(kind, existing.as_ref(), &p, &manager)?;
+            let mut out = patch::patch(kind, existing.as_ref(), &p, &manager, sub)?;
             if dry_run {
                 return Ok(json_response(StatusCode::OK, &out, &[]));
             }
@@ -487,6 +487,7 @@ fn scale(
             Some(&current),
             &patch::parse_body(kind, body)?,
             "scale",
+            Some("scale"),
         )?
     };
     let replicas = new_scale["spec"]["replicas"]

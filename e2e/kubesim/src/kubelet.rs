@@ -1,7 +1,6 @@
 //! The process kubelet: binds pods to the one node (GPU capacity counted), and runs each
-//! pod's containers as local processes of lode's built binaries — lode's images as
-//! themselves, engine images (vLLM, TensorRT-LLM, SGLang, Triton, custom) as
-//! `engine-sim`. Every pod gets its own loopback IP (127.2.x.y), so pods listen on the
+//! pod's containers as local processes, the programs a [`Runtime`] names for their
+//! images. Every pod gets its own loopback IP (127.2.x.y), so pods listen on the
 //! same ports side by side. Volumes become directories; the text the process sees (args,
 //! env, mounted ConfigMap/Secret files) has mount paths mapped to those directories,
 //! `0.0.0.0` and `localhost:<own port>` mapped to the pod IP, and Service names mapped
@@ -20,22 +19,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::resources::Res;
+use crate::runtime::Runtime;
 use crate::store::{Store, now};
 
 /// The node's name.
 pub const NODE: &str = "kubesim";
 
-/// Where the kubelet finds binaries and keeps pod directories.
+/// What the kubelet runs images as, and where it keeps pod directories.
 #[derive(Clone, Debug)]
 pub struct KubeletConfig {
-    /// Directory with `relayminer`, `lode-gateway`, `lode-operator`, `engine-sim`.
-    pub bin_dir: PathBuf,
+    /// What each image runs as.
+    pub runtime: Arc<dyn Runtime>,
     /// Pod directories, logs, and persistent volumes live here.
     pub root: PathBuf,
     /// GPUs the node offers (`nvidia.com/gpu` and MIG resources together).
     pub gpus: i64,
-    /// Extra arguments for every `engine-sim` (e.g. `--ttft-ms 50`).
-    pub engine_args: Vec<String>,
     /// Pod IPs are 127.<pod_net>.x.y.
     pub pod_net: u8,
 }
@@ -590,7 +588,7 @@ impl Kubelet {
             .filter_map(|a| a.as_str())
             .map(|a| rw.apply(a))
             .collect();
-        let (program, args) = self.program(image, args, ip);
+        let (program, args) = self.config.runtime.program(image, args, ip)?;
         Ok(ProcSpec {
             name: cname.clone(),
             program,
@@ -602,57 +600,6 @@ impl Kubelet {
             fallback_to_logs: c["terminationMessagePolicy"] == "FallbackToLogsOnError",
         })
     }
-
-    /// The binary for an image, and its arguments.
-    fn program(&self, image: &str, args: Vec<String>, ip: &str) -> (PathBuf, Vec<String>) {
-        let repo = image.rsplit('/').next().unwrap_or(image);
-        let repo = repo.split(':').next().unwrap_or(repo);
-        let bin = |b: &str| self.config.bin_dir.join(b);
-        match repo {
-            "relayminer" => (bin("relayminer"), args),
-            "gateway" | "lode-gateway" => (bin("lode-gateway"), args),
-            "operator" | "lode-operator" => (bin("lode-operator"), args),
-            _ => (
-                bin("engine-sim"),
-                engine_args(&args, ip, &self.config.engine_args),
-            ),
-        }
-    }
-}
-
-/// `engine-sim` arguments standing in for an engine's command line: its model name,
-/// HTTP port and (Triton) gRPC port.
-fn engine_args(args: &[String], ip: &str, extra: &[String]) -> Vec<String> {
-    let mut model = None;
-    let mut port = None;
-    let mut grpc = None;
-    let mut it = args.iter().peekable();
-    while let Some(a) = it.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) => (f, Some(v.to_string())),
-            None => (a.as_str(), None),
-        };
-        let mut value = || inline.clone().or_else(|| it.next().cloned());
-        match flag {
-            "--served-model-name" => model = value(),
-            "--model" | "--model-path" if model.is_none() => model = value(),
-            "--port" | "--http-port" => port = value(),
-            "--grpc-port" => grpc = value(),
-            _ => {}
-        }
-    }
-    let mut out = vec![
-        "--listen".to_string(),
-        format!("{ip}:{}", port.unwrap_or_else(|| "8000".into())),
-        "--model".to_string(),
-        model.unwrap_or_else(|| "sim-model".into()),
-    ];
-    if let Some(g) = grpc {
-        out.push("--triton-listen".into());
-        out.push(format!("{ip}:{g}"));
-    }
-    out.extend(extra.iter().cloned());
-    out
 }
 
 /// Maps what a container names to what exists on this machine.
@@ -1155,39 +1102,5 @@ mod tests {
             "another namespace's short name"
         );
         assert_eq!(rw.apply("supplier-1-store-token"), "supplier-1-store-token");
-        assert_eq!(
-            engine_args(
-                &[
-                    "--model".into(),
-                    "Qwen".into(),
-                    "--host".into(),
-                    "127.2.0.5".into(),
-                    "--port".into(),
-                    "8000".into()
-                ],
-                "127.2.0.5",
-                &[]
-            ),
-            vec!["--listen", "127.2.0.5:8000", "--model", "Qwen"]
-        );
-        assert_eq!(
-            engine_args(
-                &[
-                    "--model-repository=/models".into(),
-                    "--grpc-port=8001".into(),
-                    "--http-port=8002".into()
-                ],
-                "127.2.0.5",
-                &[]
-            ),
-            vec![
-                "--listen",
-                "127.2.0.5:8002",
-                "--model",
-                "sim-model",
-                "--triton-listen",
-                "127.2.0.5:8001"
-            ]
-        );
     }
 }

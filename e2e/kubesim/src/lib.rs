@@ -1,16 +1,17 @@
 //! `kubesim`: a Kubernetes API emulator on loopback that kubectl and kube-rs clients use
-//! through an ordinary kubeconfig, with a process kubelet that runs lode's pods as local
-//! processes; and the one-command local fleet built on it. What is simplified is listed
-//! in `e2e/kubesim/README.md`.
+//! through an ordinary kubeconfig, with a process kubelet that runs pods as local
+//! processes (what an image runs as is a [`runtime::Runtime`]'s answer). It knows nothing
+//! of lode: lode's fleet (`e2e/fleet`) brings the runtime for lode's images. What is
+//! simplified is listed in `e2e/kubesim/README.md`.
 
 pub mod api;
 pub mod cel;
 pub mod controllers;
-pub mod fleet;
 pub mod kubelet;
 pub mod patch;
 pub mod proxy;
 pub mod resources;
+pub mod runtime;
 pub mod schema;
 pub mod select;
 pub mod store;

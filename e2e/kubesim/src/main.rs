@@ -5,13 +5,15 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use lode_kubesim::kubelet::KubeletConfig;
+use lode_kubesim::runtime::BinDir;
 use lode_kubesim::{KubeSim, KubeSimOptions};
 
-/// Serves enough of the Kubernetes API for kubectl and the lode operator to work
+/// Serves enough of the Kubernetes API for kubectl and kube-rs controllers to work
 /// unchanged (discovery, CRDs with schema and CEL validation, CRUD, list/watch,
 /// server-side apply and patches, status and scale subresources, owner-reference garbage
-/// collection, finalizers, Events, Leases), and runs pods as local processes of lode's
-/// binaries. It writes a kubeconfig to <root>/kubeconfig:
+/// collection, finalizers, Events, Leases), and runs pods as local processes: an image
+/// `…/name:tag` runs the executable `name` from --bin-dir (rename with --image). It
+/// writes a kubeconfig to <root>/kubeconfig:
 ///
 ///     export KUBECONFIG=<root>/kubeconfig; kubectl get pods -A
 #[derive(Debug, Parser)]
@@ -23,10 +25,15 @@ struct Args {
     /// Directory for the kubeconfig, pod directories, logs and volumes.
     #[arg(long, default_value = "target/kubesim")]
     root: PathBuf,
-    /// Directory with the built `relayminer`, `lode-gateway`, `lode-operator` and
-    /// `engine-sim` binaries (default: the directory of this binary).
+    /// Directory of the executables images run as (default: the directory of this
+    /// binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// An image repository and the executable it runs as, `REPOSITORY=PROGRAM` (e.g.
+    /// `gateway=lode-gateway`); repeat for several. Others run the executable of their
+    /// own name.
+    #[arg(long = "image", value_parser = parse_alias)]
+    images: Vec<(String, String)>,
     /// GPUs the simulated node offers; pods asking for more stay Pending.
     #[arg(long, default_value_t = 8)]
     gpus: i64,
@@ -36,6 +43,13 @@ struct Args {
     /// CRD files to install at start (e.g. crds/*.yaml).
     #[arg(long = "crd")]
     crds: Vec<PathBuf>,
+}
+
+fn parse_alias(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(r, p)| !r.is_empty() && !p.is_empty())
+        .map(|(r, p)| (r.to_string(), p.to_string()))
+        .ok_or_else(|| format!("{s:?} is not REPOSITORY=PROGRAM"))
 }
 
 #[tokio::main]
@@ -51,10 +65,12 @@ async fn main() -> anyhow::Result<()> {
         listen: a.listen,
         root: root.clone(),
         kubelet: (!a.no_kubelet).then(|| KubeletConfig {
-            bin_dir,
+            runtime: std::sync::Arc::new(BinDir {
+                dir: bin_dir,
+                aliases: a.images.into_iter().collect(),
+            }),
             root: root.clone(),
             gpus: a.gpus,
-            engine_args: Vec::new(),
             pod_net: 0,
         }),
         crds: a.crds,

@@ -45,12 +45,15 @@ pub fn parse_body(kind: PatchKind, body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// Applies a patch of `kind` to `target` (`None`: no such object yet, which only apply
-/// may create). `manager` is the field manager of an apply.
+/// may create). `manager` is the field manager of an apply, and `subresource` the part
+/// it applies to (`status`, or `None` for the object): like the API server, a manager's
+/// fields are tracked apart for the object and each subresource.
 pub fn patch(
     kind: PatchKind,
     target: Option<&Value>,
     body: &Value,
     manager: &str,
+    subresource: Option<&str>,
 ) -> Result<Value, ApiError> {
     match kind {
         PatchKind::Json => {
@@ -72,7 +75,7 @@ pub fn patch(
             strategic(&mut doc, body);
             Ok(doc)
         }
-        PatchKind::Apply => Ok(apply(target, body, manager)),
+        PatchKind::Apply => Ok(apply(target, body, manager, subresource)),
     }
 }
 
@@ -195,16 +198,23 @@ fn deep_merge(doc: &mut Value, config: &Value) {
     }
 }
 
-fn apply(target: Option<&Value>, config: &Value, manager: &str) -> Value {
+fn apply(
+    target: Option<&Value>,
+    config: &Value,
+    manager: &str,
+    subresource: Option<&str>,
+) -> Value {
     let mut doc = target.cloned().unwrap_or_else(|| json!({}));
     let mut managed: Vec<Value> = doc["metadata"]["managedFields"]
         .as_array()
         .cloned()
         .unwrap_or_default();
     let new_set = field_set(config);
-    let mine = managed
-        .iter()
-        .position(|m| m["manager"] == manager && m["operation"] == "Apply");
+    let mine = managed.iter().position(|m| {
+        m["manager"] == manager
+            && m["operation"] == "Apply"
+            && m["subresource"].as_str() == subresource
+    });
     if let Some(i) = mine {
         let old_set = managed[i]["fieldsV1"].clone();
         prune(&mut doc, &old_set, &new_set);
@@ -216,11 +226,15 @@ fn apply(target: Option<&Value>, config: &Value, manager: &str) -> Value {
         m.remove("resourceVersion");
     }
     deep_merge(&mut doc, &cfg);
-    managed.push(json!({
+    let mut entry = json!({
         "manager": manager, "operation": "Apply",
         "apiVersion": config["apiVersion"], "time": now(),
         "fieldsType": "FieldsV1", "fieldsV1": new_set,
-    }));
+    });
+    if let Some(s) = subresource {
+        entry["subresource"] = json!(s);
+    }
+    managed.push(entry);
     doc["metadata"]["managedFields"] = json!(managed);
     doc
 }
@@ -232,17 +246,51 @@ mod tests {
     #[test]
     fn apply_removes_what_the_manager_stopped_sending_and_keeps_others_fields() {
         let first = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "labels": {"x": "1", "y": "2"}}, "data": {"k": "v", "old": "o"}});
-        let created = patch(PatchKind::Apply, None, &first, "op").expect("apply");
+        let created = patch(PatchKind::Apply, None, &first, "op", None).expect("apply");
         let mut edited = created.clone();
         edited["metadata"]["labels"]["z"] = json!("kubectl");
         let second = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "labels": {"x": "1"}}, "data": {"k": "v2"}});
-        let out = patch(PatchKind::Apply, Some(&edited), &second, "op").expect("apply");
+        let out = patch(PatchKind::Apply, Some(&edited), &second, "op", None).expect("apply");
         assert_eq!(out["data"], json!({"k": "v2"}));
         assert_eq!(out["metadata"]["labels"], json!({"x": "1", "z": "kubectl"}));
         assert_eq!(
             out["metadata"]["managedFields"].as_array().map(Vec::len),
             Some(1)
         );
+    }
+
+    #[test]
+    fn a_manager_owns_its_object_fields_and_its_status_fields_apart() {
+        let obj =
+            json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "a"}, "spec": {"n": 1}});
+        let created = patch(PatchKind::Apply, None, &obj, "op", None).expect("apply");
+        let st = json!({"apiVersion": "v1", "kind": "X", "status": {"ready": 1, "old": true}});
+        let with_status =
+            patch(PatchKind::Apply, Some(&created), &st, "op", Some("status")).expect("status");
+        let st2 = json!({"apiVersion": "v1", "kind": "X", "status": {"ready": 2}});
+        let out = patch(
+            PatchKind::Apply,
+            Some(&with_status),
+            &st2,
+            "op",
+            Some("status"),
+        )
+        .expect("status");
+        assert_eq!(
+            out["status"],
+            json!({"ready": 2}),
+            "the status field it stopped sending is gone"
+        );
+        assert_eq!(
+            out["spec"],
+            json!({"n": 1}),
+            "its object fields are not touched"
+        );
+        let entries = out["metadata"]["managedFields"]
+            .as_array()
+            .expect("managed");
+        assert_eq!(entries.len(), 2);
+        assert!(entries.iter().any(|e| e["subresource"] == "status"));
     }
 
     #[test]
@@ -261,6 +309,7 @@ mod tests {
             Some(&json!({"a": 1, "b": {"c": 2}})),
             &json!({"b": {"c": null, "d": 3}}),
             "",
+            None,
         )
         .expect("merge");
         assert_eq!(merged, json!({"a": 1, "b": {"d": 3}}));
@@ -269,6 +318,7 @@ mod tests {
             Some(&json!({"a": [1]})),
             &json!([{"op": "add", "path": "/a/-", "value": 2}]),
             "",
+            None,
         )
         .expect("json patch");
         assert_eq!(jp, json!({"a": [1, 2]}));

@@ -7,7 +7,7 @@
 //! independent implementation (`cosmpy`) in `tests/cosmpy_crosscheck.rs`.
 
 use super::Message;
-use crate::crypto::{PublicKey, SecretKey, supplier};
+use crate::crypto::{PublicKey, supplier};
 
 proto_message! {
     /// `google.protobuf.Any`.
@@ -208,9 +208,10 @@ pub fn signer_info(key: &PublicKey, sequence: u64) -> SignerInfo {
     }
 }
 
+#[cfg(feature = "tx-signing")]
 /// Builds and signs (SIGN_MODE_DIRECT) a transaction carrying `messages`; the signature is
 /// the Cosmos secp256k1 one over the SignDoc bytes.
-pub fn sign_tx(messages: Vec<Any>, params: &TxParams, key: &SecretKey) -> TxRaw {
+pub fn sign_tx(messages: Vec<Any>, params: &TxParams, key: &crate::crypto::SecretKey) -> TxRaw {
     let body = TxBody {
         messages,
         memo: params.memo.clone(),

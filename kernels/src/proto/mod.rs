@@ -7,7 +7,7 @@ macro_rules! proto_message {
         $($(#[$fdoc:meta])* $num:literal $field:ident : $kind:ident < $ty:ty >),* $(,)?
     }) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
         pub struct $name {
             $($(#[$fdoc])* pub $field: $ty,)*
         }
@@ -41,6 +41,8 @@ macro_rules! proto_message {
 pub mod cosmos;
 mod field;
 mod messages;
+#[cfg(feature = "prost")]
+mod prost_impl;
 pub mod wire;
 
 pub use messages::{

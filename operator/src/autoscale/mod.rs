@@ -19,47 +19,39 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use lode_crds::{AutoscalingMode, ScaleDecision, ServiceModel};
-use serde_json::json;
+use lode_contracts::demand::{DemandReport, MAX_DEMAND_BYTES};
+use lode_crds::{AutoscalingMode, ScaleDecision, ServiceModel, ServiceModelStatus};
 
-use crate::build::{component, ports, servicemodel::desired_replicas};
-use crate::controller::Context;
+use crate::build::{ports, servicemodel::desired_replicas};
+use crate::context::Context;
+use crate::{fetch, status};
+
+/// A merge patch of the scale subresource: the replicas wanted.
+#[derive(Debug, serde::Serialize)]
+struct Scale {
+    spec: ScaleSpec,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ScaleSpec {
+    replicas: i32,
+}
 use decide::{Decision, Policy, Recommender, Signals};
 
 /// Decisions kept in `status.decisions`.
 pub const HISTORY: usize = 10;
 
-/// `GET /demand` of one serve pod (`{"height": …, "services": [{"service_id", "in_flight",
-/// "completion_tokens_per_second", …}]}`): the in-flight relays and completion tokens
-/// per second of `service`.
+/// The in-flight relays and completion tokens per second of `service` on one serve pod
+/// (its `GET /demand`, bounded in size and time); `None` when it does not answer.
 async fn demand(addr: &str, service: &str) -> Option<Signals> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET /demand HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf);
-        let (_, body) = text.split_once("\r\n\r\n")?;
-        let v: serde_json::Value = serde_json::from_str(body).ok()?;
-        let mut out = Signals::default();
-        for d in v["services"]
-            .as_array()?
-            .iter()
-            .filter(|d| d["service_id"] == service)
-        {
-            out.in_flight += d["in_flight"].as_u64().unwrap_or(0);
-            out.completion_tokens_per_second +=
-                d["completion_tokens_per_second"].as_f64().unwrap_or(0.0);
-        }
-        Some(out)
-    };
-    tokio::time::timeout(Duration::from_millis(800), attempt)
-        .await
-        .ok()
-        .flatten()
+    let report: DemandReport =
+        fetch::admin_get(addr, "/demand", MAX_DEMAND_BYTES, fetch::ADMIN_TIMEOUT).await?;
+    let mut out = Signals::default();
+    for d in report.services.iter().filter(|d| d.service_id == service) {
+        out.in_flight += d.in_flight;
+        out.completion_tokens_per_second += d.completion_tokens_per_second;
+    }
+    Some(out)
 }
 
 fn ready(p: &Pod) -> bool {
@@ -122,82 +114,81 @@ async fn pass(
         .collect();
     state.retain(|k, _| live.contains(k));
     for sm in models {
-        if sm.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let ns = sm.namespace().unwrap_or_default();
-        let name = sm.name_any();
-        let selector = format!(
-            "app.kubernetes.io/component={},app.kubernetes.io/instance={name}",
-            component::SERVE
-        );
-        let pods = Api::<Pod>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items;
-        let pending = pods.iter().filter(|p| unschedulable(p)).count() as i32;
-        let status = sm.status.clone().unwrap_or_default();
-        if sm.spec.autoscaling.mode != AutoscalingMode::Lode {
-            // Replicas are someone else's; pods waiting for a GPU node are still shown.
-            if status.pending_replicas != pending {
-                patch_status(client, &sm, json!({"pendingReplicas": pending})).await?;
-            }
-            continue;
-        }
-        let mut signals = Signals::default();
-        let mut heard = 0;
-        let ready_pods: Vec<&Pod> = pods.iter().filter(|p| ready(p)).collect();
-        for p in &ready_pods {
-            let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
-                continue;
-            };
-            if let Some(s) =
-                demand(&format!("{ip}:{}", ports::SERVE_ADMIN), &sm.spec.service_id).await
-            {
-                signals.in_flight += s.in_flight;
-                signals.completion_tokens_per_second += s.completion_tokens_per_second;
-                heard += 1;
-            }
-        }
-        if heard < ready_pods.len() {
-            // A pod that does not answer could be the busiest: no decision on half a view.
-            tracing::debug!(model = %name, heard, ready = ready_pods.len(), "demand incomplete");
-            continue;
-        }
-        let current = desired_replicas(&sm);
-        let rec = state.entry((ns.clone(), name.clone())).or_default();
-        let now = epoch.elapsed().as_secs_f64();
-        let decision = rec.decide(now, current, &signals, &policy(&sm));
-        let demand_now = signals.in_flight as i64;
-        match decision {
-            Some(d) => apply(ctx, &sm, &d, &signals, pending).await?,
-            None if status.observed_demand != demand_now || status.pending_replicas != pending => {
-                patch_status(
-                    client,
-                    &sm,
-                    json!({"observedDemand": demand_now, "pendingReplicas": pending}),
-                )
-                .await?;
-            }
-            None => {}
+        if sm.metadata.deletion_timestamp.is_none() {
+            model_pass(ctx, state, epoch, &sm).await?;
         }
     }
     Ok(())
 }
 
-async fn patch_status(
-    client: &Client,
+/// One ServiceModel: its pods' demand read, a decision made, written when it changes.
+#[tracing::instrument(skip_all, fields(namespace = sm.namespace().unwrap_or_default(), model = %sm.name_any()))]
+async fn model_pass(
+    ctx: &Context,
+    state: &mut HashMap<(String, String), Recommender>,
+    epoch: Instant,
     sm: &ServiceModel,
-    status: serde_json::Value,
 ) -> Result<(), kube::Error> {
-    Api::<ServiceModel>::namespaced(client.clone(), &sm.namespace().unwrap_or_default())
-        .patch_status(
-            &sm.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await
-        .map(|_| ())
+    let client: &Client = &ctx.client;
+    let ns = sm.namespace().unwrap_or_default();
+    let name = sm.name_any();
+    let pods = fetch::serving_pods(client, sm).await?;
+    let pending = pods.iter().filter(|p| unschedulable(p)).count() as i32;
+    let status = sm.status.clone().unwrap_or_default();
+    if sm.spec.autoscaling.mode != AutoscalingMode::Lode {
+        // Replicas are someone else's; pods waiting for a GPU node are still shown.
+        if status.pending_replicas != Some(pending) {
+            let mine = owned(&status, status.observed_demand, pending);
+            status::write(client, sm, status::AUTOSCALER, &mine).await?;
+        }
+        return Ok(());
+    }
+    let mut signals = Signals::default();
+    let mut heard = 0;
+    let ready_pods: Vec<&Pod> = pods.iter().filter(|p| ready(p)).collect();
+    for p in &ready_pods {
+        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            continue;
+        };
+        if let Some(s) = demand(&format!("{ip}:{}", ports::SERVE_ADMIN), &sm.spec.service_id).await
+        {
+            signals.in_flight += s.in_flight;
+            signals.completion_tokens_per_second += s.completion_tokens_per_second;
+            heard += 1;
+        }
+    }
+    if heard < ready_pods.len() {
+        // A pod that does not answer could be the busiest: no decision on half a view.
+        tracing::debug!(heard, ready = ready_pods.len(), "demand incomplete");
+        return Ok(());
+    }
+    let current = desired_replicas(sm);
+    let rec = state.entry((ns, name)).or_default();
+    let now = epoch.elapsed().as_secs_f64();
+    let decision = rec.decide(now, current, &signals, &policy(sm));
+    let demand_now = signals.in_flight as i64;
+    match decision {
+        Some(d) => apply(ctx, sm, &d, &signals, pending).await?,
+        None if status.observed_demand != Some(demand_now)
+            || status.pending_replicas != Some(pending) =>
+        {
+            let mine = owned(&status, Some(demand_now), pending);
+            status::write(client, sm, status::AUTOSCALER, &mine).await?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// The autoscaler's part of a status: the decisions kept, the demand and the pending
+/// pods. Sent whole every time (server-side apply removes what a manager stops sending).
+fn owned(status: &ServiceModelStatus, demand: Option<i64>, pending: i32) -> ServiceModelStatus {
+    ServiceModelStatus {
+        decisions: status.decisions.clone(),
+        observed_demand: demand,
+        pending_replicas: Some(pending),
+        ..ServiceModelStatus::default()
+    }
 }
 
 /// Writes a decision: the scale subresource, an Event, the status history.
@@ -214,7 +205,9 @@ async fn apply(
     api.patch_scale(
         &name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"replicas": d.to}})),
+        &Patch::Merge(Scale {
+            spec: ScaleSpec { replicas: d.to },
+        }),
     )
     .await?;
     tracing::info!(model = %name, from = d.from, to = d.to, reason = %d.reason, "scaled");
@@ -235,12 +228,13 @@ async fn apply(
     });
     let skip = decisions.len().saturating_sub(HISTORY);
     decisions.drain(..skip);
-    patch_status(
-        &ctx.client,
-        sm,
-        json!({"decisions": decisions, "observedDemand": s.in_flight, "pendingReplicas": pending}),
-    )
-    .await?;
+    let mine = ServiceModelStatus {
+        decisions,
+        observed_demand: Some(s.in_flight as i64),
+        pending_replicas: Some(pending),
+        ..ServiceModelStatus::default()
+    };
+    status::write(&ctx.client, sm, status::AUTOSCALER, &mine).await?;
     ctx.metrics
         .scale_decisions
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

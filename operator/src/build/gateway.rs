@@ -8,6 +8,8 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, PodSpec, PodTemplateSpec, Service, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use lode_contracts::NodeConfig;
+use lode_contracts::gateway::{ApplicationConfig, GatewayConfig, Routing};
 use lode_crds::{GatewayPool, RoutingPolicy};
 
 use super::servicemodel::CONFIG_HASH;
@@ -25,45 +27,37 @@ pub struct GatewayObjects {
     pub service: Service,
 }
 
-/// The gateway's configuration for `g`.
-pub fn gateway_config(g: &GatewayPool) -> String {
+/// The gateway's configuration for `g`: the typed document the gateway reads.
+pub fn gateway_config(g: &GatewayPool) -> GatewayConfig {
     let s = &g.spec;
-    let routing = match s.routing {
-        RoutingPolicy::Scored => "scored",
-        RoutingPolicy::RoundRobin => "round-robin",
-        RoutingPolicy::Random => "random",
+    let mut config = GatewayConfig::new(
+        NodeConfig {
+            grpc_url: s.chain.grpc_url.clone(),
+            rpc_url: s.chain.rpc_url.clone(),
+        },
+        format!("{}/{}", paths::KEYS, s.key_secret_ref.key),
+        s.applications
+            .iter()
+            .map(|a| ApplicationConfig::new(a))
+            .collect(),
+        s.services.clone(),
+    );
+    config.listen = format!("0.0.0.0:{}", ports::GATEWAY);
+    config.admin = format!("0.0.0.0:{}", ports::GATEWAY_ADMIN);
+    config.routing = match s.routing {
+        RoutingPolicy::Scored => Routing::Scored,
+        RoutingPolicy::RoundRobin => Routing::RoundRobin,
+        RoutingPolicy::Random => Routing::Random,
     };
-    let apps: String = s
-        .applications
-        .iter()
-        .map(|a| format!("  - address: '{a}'\n"))
-        .collect();
-    let models: String = s
-        .services
-        .iter()
-        .map(|(model, service)| {
-            format!(
-                "  {}: '{service}'\n",
-                serde_json::to_string(model).expect("a string")
-            )
-        })
-        .collect();
+    config
+}
+
+/// The text of the gateway's ConfigMap: where it comes from, then the YAML.
+pub fn gateway_config_yaml(g: &GatewayPool) -> String {
     format!(
-        "# lode-gateway's configuration, written by lode-operator for GatewayPool {name}.\n\
-         listen: '0.0.0.0:{api}'\n\
-         admin: '0.0.0.0:{admin}'\n\
-         chain: {{grpc_url: '{grpc}', rpc_url: '{rpc}'}}\n\
-         signing_key_file: '{keys}/{key}'\n\
-         routing: {routing}\n\
-         applications:\n{apps}\
-         models:\n{models}",
-        name = name_of(g),
-        api = ports::GATEWAY,
-        admin = ports::GATEWAY_ADMIN,
-        grpc = s.chain.grpc_url,
-        rpc = s.chain.rpc_url,
-        keys = paths::KEYS,
-        key = s.key_secret_ref.key,
+        "# lode-gateway's configuration, written by lode-operator for GatewayPool {}.\n{}",
+        name_of(g),
+        gateway_config(g).to_yaml()
     )
 }
 
@@ -71,7 +65,7 @@ pub fn gateway(g: &GatewayPool, images: &Images) -> Result<GatewayObjects, Build
     let name = name_of(g);
     let labels = labels(&name, component::GATEWAY);
     let select = selector(&name, component::GATEWAY);
-    let yaml = gateway_config(g);
+    let yaml = gateway_config_yaml(g);
     let config_name = format!("{name}-gateway");
     let config = ConfigMap {
         metadata: child_meta(g, config_name.clone(), labels.clone())?,
@@ -169,18 +163,34 @@ mod tests {
     #[test]
     fn the_gateway_config_is_one_the_gateway_accepts() {
         let g = sample_gateway();
-        let yaml = gateway_config(&g);
-        for want in [
-            "pokt1dqkvq3mfz8nccuy2qx228u9lshdn908mhjg7jg",
-            "\"Qwen/Qwen2.5-7B-Instruct\": 'llm'",
-            "/var/run/lode/keys/gateway.key",
-            "routing: scored",
-        ] {
-            assert!(yaml.contains(want), "{want} in\n{yaml}");
-        }
-        let parsed: serde_json::Value = serde_saphyr::from_str(&yaml).expect("YAML");
-        assert_eq!(parsed["models"]["Qwen/Qwen2.5-7B-Instruct"], "llm");
         let o = gateway(&g, &Images::default()).expect("builds");
+        let yaml = &o.config.data.clone().expect("data")["gateway.yaml"];
+        let config = GatewayConfig::from_yaml(yaml).expect("the gateway accepts it");
+        assert_eq!(config, gateway_config(&g));
+        assert_eq!(
+            config.applications[0].address,
+            "pokt1dqkvq3mfz8nccuy2qx228u9lshdn908mhjg7jg"
+        );
+        assert_eq!(config.models["Qwen/Qwen2.5-7B-Instruct"], "llm");
+        assert_eq!(
+            config.signing_key_file,
+            std::path::PathBuf::from("/var/run/lode/keys/gateway.key")
+        );
+        assert_eq!(config.routing, Routing::Scored);
         assert_eq!(o.deployment.spec.expect("s").replicas, Some(1));
+    }
+
+    #[test]
+    fn a_quote_in_a_chain_url_or_a_model_name_cannot_break_the_config() {
+        let mut g = sample_gateway();
+        g.spec.chain.grpc_url = "http://node:9090/it's".into();
+        g.spec
+            .services
+            .insert("model 'x'\nsecond: line # here".into(), "llm".into());
+        let o = gateway(&g, &Images::default()).expect("builds");
+        let yaml = &o.config.data.clone().expect("data")["gateway.yaml"];
+        let config = GatewayConfig::from_yaml(yaml).expect("the gateway accepts it");
+        assert_eq!(config.chain.grpc_url, "http://node:9090/it's");
+        assert_eq!(config.models["model 'x'\nsecond: line # here"], "llm");
     }
 }

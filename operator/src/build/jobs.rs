@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use lode_chain::stake::{ServiceStake, StakeSpec};
 use lode_crds::Supplier;
 
 use super::supplier::token_secret_name;
@@ -171,46 +170,6 @@ pub fn window_job(
     )
 }
 
-/// The on-chain state a Supplier asks for: its stake, owner, and every service at its
-/// public endpoint with its revenue shares.
-pub fn stake_spec(s: &Supplier) -> Result<StakeSpec, BuildError> {
-    let spec = &s.spec;
-    let stake_upokt = spec.stake_upokt.parse().map_err(|_| {
-        BuildError::Invalid(format!("stakeUpokt {:?} is not a number", spec.stake_upokt))
-    })?;
-    let services = spec
-        .services
-        .iter()
-        .map(|svc| {
-            let total: u32 = svc.rev_share_percent.values().map(|p| u32::from(*p)).sum();
-            if !svc.rev_share_percent.is_empty() && total != 100 {
-                return Err(BuildError::Invalid(format!(
-                    "service {}: revSharePercent adds up to {total}, not 100",
-                    svc.service_id
-                )));
-            }
-            Ok(ServiceStake {
-                service_id: svc.service_id.clone(),
-                url: spec.public_endpoint.clone(),
-                rev_share: svc
-                    .rev_share_percent
-                    .iter()
-                    .map(|(a, p)| (a.clone(), u64::from(*p)))
-                    .collect(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(StakeSpec {
-        operator: spec.operator_address.clone(),
-        owner: spec
-            .owner_address
-            .clone()
-            .unwrap_or_else(|| spec.operator_address.clone()),
-        stake_upokt,
-        services,
-    })
-}
-
 /// The `relayminer unstake` Job run when a Supplier with `unstakeOnDelete` is deleted.
 /// It has no owner reference: its owner is on its way out, and the Job must outlive
 /// the garbage collection of the Supplier's other children only until it finished.
@@ -237,43 +196,21 @@ pub fn unstake_job(s: &Supplier, images: &Images) -> Result<Job, BuildError> {
     Ok(job)
 }
 
-/// The `relayminer stake` Job that makes the chain match the Supplier's spec. Its name
-/// carries a hash of that spec: one Job per wanted state.
+/// The `relayminer stake` Job that makes the chain match the Supplier's spec, which it
+/// gets whole (`LODE_STAKE_SPEC`, JSON). Its name carries a hash of that spec: one Job
+/// per wanted state.
 pub fn stake_job(s: &Supplier, images: &Images) -> Result<Job, BuildError> {
-    let want = stake_spec(s)?;
+    let want = crate::validate::stake_spec(s)?.to_json();
     let name = name_of(s);
-    let services: Vec<String> = want
-        .services
-        .iter()
-        .map(|x| format!("{}={}", x.service_id, x.url))
-        .collect();
-    let shares: Vec<String> = want
-        .services
-        .iter()
-        .flat_map(|x| {
-            x.rev_share
-                .iter()
-                .map(move |(a, p)| format!("{}:{a}={p}", x.service_id))
-        })
-        .collect();
     let digest = {
         use sha2::Digest;
-        let h = sha2::Sha256::digest(
-            format!(
-                "{}|{}|{}|{}",
-                want.owner,
-                want.stake_upokt,
-                services.join(","),
-                shares.join(",")
-            )
-            .as_bytes(),
-        );
+        let h = sha2::Sha256::digest(want.as_bytes());
         h[..4]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     };
-    let mut env = vec![
+    let env = vec![
         ("LODE_CHAIN_GRPC", s.spec.chain.grpc_url.clone()),
         ("LODE_CHAIN_RPC", s.spec.chain.rpc_url.clone()),
         ("LODE_CHAIN_ID", s.spec.chain.chain_id.clone()),
@@ -281,13 +218,8 @@ pub fn stake_job(s: &Supplier, images: &Images) -> Result<Job, BuildError> {
             "LODE_KEY_FILE",
             format!("{}/{}", paths::KEYS, s.spec.key_secret_ref.key),
         ),
-        ("LODE_OWNER", want.owner.clone()),
-        ("LODE_STAKE_UPOKT", want.stake_upokt.to_string()),
-        ("LODE_SERVICES", services.join(",")),
+        ("LODE_STAKE_SPEC", want),
     ];
-    if !shares.is_empty() {
-        env.push(("LODE_REV_SHARES", shares.join(",")));
-    }
     relayminer_job(
         s,
         format!("{name}-stake-{digest}"),
@@ -369,8 +301,17 @@ mod tests {
         let c = &j.spec.expect("spec").template.spec.expect("pod").containers[0];
         assert_eq!(c.args, Some(vec!["stake".to_string()]));
         let env = env_of(c);
-        assert_eq!(env["LODE_SERVICES"], "llm=https://relay.example.com");
-        assert_eq!(env["LODE_STAKE_UPOKT"], "100000000");
+        let spec = lode_contracts::stake::StakeSpec::from_json(&env["LODE_STAKE_SPEC"])
+            .expect("relayminer reads it");
+        assert_eq!(spec, crate::validate::stake_spec(&s).expect("valid"));
+        assert_eq!(
+            (
+                spec.services[0].service_id.as_str(),
+                spec.services[0].url.as_str()
+            ),
+            ("llm", "https://relay.example.com")
+        );
+        assert_eq!(spec.stake_upokt, 100_000_000);
         // Another wanted state, another Job.
         s.spec.stake_upokt = "200000000".into();
         let other = stake_job(&s, &Images::default()).expect("builds");
@@ -379,7 +320,7 @@ mod tests {
             .rev_share_percent
             .insert("pokt1x".into(), 60);
         assert!(
-            matches!(stake_spec(&s), Err(BuildError::Invalid(m)) if m.contains("adds up to 60"))
+            matches!(crate::validate::stake_spec(&s), Err(BuildError::Invalid(m)) if m.contains("adds up to 60"))
         );
     }
 

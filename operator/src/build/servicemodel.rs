@@ -19,6 +19,8 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lode_contracts::NodeConfig;
+use lode_contracts::serve::{BackendKind, ServeConfig, ServiceConfig, StoreConfig, StorePolicy};
 use lode_crds::{EngineKind, ServiceModel, Supplier};
 use sha2::{Digest, Sha256};
 
@@ -54,37 +56,47 @@ pub fn desired_replicas(sm: &ServiceModel) -> i32 {
         .clamp(sm.spec.min_replicas, sm.spec.max_replicas)
 }
 
-/// serve's configuration for `sm` under `supplier`.
-pub fn serve_config(sm: &ServiceModel, supplier: &Supplier) -> String {
+/// serve's configuration for `sm` under `supplier`: the typed document serve reads.
+pub fn serve_config(sm: &ServiceModel, supplier: &Supplier) -> ServeConfig {
     let s = &supplier.spec;
     let backend = if sm.spec.engine.kind == EngineKind::Triton {
-        "triton"
+        BackendKind::Triton
     } else {
-        "openai"
+        BackendKind::Openai
     };
-    let key = format!("{}/{}", paths::KEYS, s.key_secret_ref.key);
-    let token = format!("{}/{STORE_TOKEN_KEY}", paths::STORE_TOKEN);
+    let mut store = StoreConfig::new(
+        &store_url(&name_of(supplier)),
+        format!("{}/{STORE_TOKEN_KEY}", paths::STORE_TOKEN),
+    );
+    store.policy = match s.store.relay_policy {
+        lode_crds::RelayPolicy::Hold => StorePolicy::Hold,
+        lode_crds::RelayPolicy::Queue => StorePolicy::Queue,
+    };
+    let mut config = ServeConfig::new(
+        NodeConfig {
+            grpc_url: s.chain.grpc_url.clone(),
+            rpc_url: s.chain.rpc_url.clone(),
+        },
+        store,
+        vec![format!("{}/{}", paths::KEYS, s.key_secret_ref.key).into()],
+        vec![ServiceConfig::new(
+            &sm.spec.service_id,
+            &format!("http://127.0.0.1:{}", sm.spec.engine.port),
+            backend,
+        )],
+    );
+    config.listen = format!("0.0.0.0:{}", ports::RELAY);
+    config.admin = format!("0.0.0.0:{}", ports::SERVE_ADMIN);
+    config
+}
+
+/// The text of serve's ConfigMap: a line saying where it comes from, then the YAML.
+pub fn serve_config_yaml(sm: &ServiceModel, supplier: &Supplier) -> String {
     format!(
-        "# serve's configuration, written by lode-operator for ServiceModel {sm} (Supplier {sup}).\n\
-         listen: '0.0.0.0:{relay}'\n\
-         admin: '0.0.0.0:{admin}'\n\
-         chain: {{grpc_url: '{grpc}', rpc_url: '{rpc}'}}\n\
-         store: {{url: '{store}', token_file: '{token}', policy: {policy}}}\n\
-         signing_key_files: ['{key}']\n\
-         services:\n\
-         \x20 - service_id: '{service}'\n\
-         \x20   backend_url: 'http://127.0.0.1:{port}'\n\
-         \x20   backend: {backend}\n",
-        sm = name_of(sm),
-        sup = name_of(supplier),
-        relay = ports::RELAY,
-        admin = ports::SERVE_ADMIN,
-        grpc = s.chain.grpc_url,
-        rpc = s.chain.rpc_url,
-        store = store_url(&name_of(supplier)),
-        policy = s.store.relay_policy.as_str(),
-        service = sm.spec.service_id,
-        port = sm.spec.engine.port,
+        "# serve's configuration, written by lode-operator for ServiceModel {} (Supplier {}).\n{}",
+        name_of(sm),
+        name_of(supplier),
+        serve_config(sm, supplier).to_yaml()
     )
 }
 
@@ -336,15 +348,13 @@ pub fn serving(
     supplier: &Supplier,
     images: &Images,
 ) -> Result<ServingObjects, BuildError> {
-    if sm.spec.engine.kind == EngineKind::Custom && sm.spec.engine.image.is_none() {
-        return Err(BuildError::Invalid("a custom engine needs an image".into()));
-    }
+    crate::validate::service_model(sm)?;
     let name = name_of(sm);
     let supplier_name = name_of(supplier);
     let mut labels = labels(&name, component::SERVE);
     labels.insert(SUPPLIER_LABEL.into(), supplier_name.clone());
     let select = selector(&name, component::SERVE);
-    let yaml = serve_config(sm, supplier);
+    let yaml = serve_config_yaml(sm, supplier);
     let config_name = format!("{name}-serve");
     let config = ConfigMap {
         metadata: child_meta(sm, config_name.clone(), labels.clone())?,
@@ -469,17 +479,6 @@ pub fn serving(
 /// `/demand`) only from the namespace, the lode operator (the autoscaler reads
 /// `/demand`) and Prometheus pods, wherever they run.
 fn serving_network_policy(metadata: ObjectMeta, select: BTreeMap<String, String>) -> NetworkPolicy {
-    let named = |app: &str| NetworkPolicyPeer {
-        namespace_selector: Some(LabelSelector::default()),
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/name".to_string(),
-                app.to_string(),
-            )])),
-            ..LabelSelector::default()
-        }),
-        ..NetworkPolicyPeer::default()
-    };
     let namespace = NetworkPolicyPeer {
         pod_selector: Some(LabelSelector::default()),
         ..NetworkPolicyPeer::default()
@@ -493,7 +492,11 @@ fn serving_network_policy(metadata: ObjectMeta, select: BTreeMap<String, String>
                 ports: Some(vec![tcp_port(ports::RELAY)]),
             },
             NetworkPolicyIngressRule {
-                from: Some(vec![namespace, named("lode-operator"), named("prometheus")]),
+                from: Some(vec![
+                    namespace,
+                    super::operator_peer(),
+                    super::app_peer("prometheus"),
+                ]),
                 ports: Some(vec![tcp_port(ports::SERVE_ADMIN)]),
             },
         ],
@@ -552,17 +555,20 @@ mod tests {
         );
         let labels = p_labels(&o);
         assert_eq!(labels[SUPPLIER_LABEL], "supplier-1", "reaches the store");
-        // serve's configuration points at the store, the key, and the engine.
+        // serve's configuration points at the store, the key, and the engine, and is
+        // what serve reads back from the ConfigMap.
         let yaml = &o.config.data.clone().expect("data")["serve.yaml"];
-        for want in [
-            "http://supplier-1-store:7070",
-            "/var/run/lode/keys/operator.key",
-            "backend_url: 'http://127.0.0.1:8000'",
-            "service_id: 'llm'",
-            "backend: openai",
-        ] {
-            assert!(yaml.contains(want), "{want} in\n{yaml}");
-        }
+        let config = ServeConfig::from_yaml(yaml).expect("serve accepts it");
+        assert_eq!(config, serve_config(&sm, &s));
+        assert_eq!(config.store.url, "http://supplier-1-store:7070");
+        assert_eq!(
+            config.signing_key_files,
+            vec![std::path::PathBuf::from("/var/run/lode/keys/operator.key")]
+        );
+        let service = &config.services[0];
+        assert_eq!(service.backend_url, "http://127.0.0.1:8000");
+        assert_eq!(service.service_id, "llm");
+        assert_eq!(service.backend, BackendKind::Openai);
     }
 
     fn p_labels(o: &ServingObjects) -> BTreeMap<String, String> {
@@ -600,12 +606,12 @@ mod tests {
         }
         let mut sm = sample_model();
         sm.spec.engine.kind = EngineKind::Triton;
-        let yaml = serve_config(&sm, &s);
-        assert!(yaml.contains("backend: triton"));
-        assert!(yaml.contains("policy: queue}"), "{yaml}");
+        let config = serve_config(&sm, &s);
+        assert_eq!(config.services[0].backend, BackendKind::Triton);
+        assert_eq!(config.store.policy, StorePolicy::Queue);
         let mut holding = s.clone();
         holding.spec.store.relay_policy = lode_crds::RelayPolicy::Hold;
-        assert!(serve_config(&sm, &holding).contains("policy: hold}"));
+        assert_eq!(serve_config(&sm, &holding).store.policy, StorePolicy::Hold);
 
         // A custom engine without an image is refused; with one it is used as is.
         let mut sm = sample_model();

@@ -181,7 +181,8 @@ pub fn store(s: &Supplier, images: &Images) -> Result<StoreObjects, BuildError> 
         ..Service::default()
     };
     // Only this supplier's serve pods and claim/prove jobs reach the gRPC port; the admin
-    // port (metrics, probes) is open inside the namespace.
+    // port (metrics, probes, `/sessions`) is open inside the namespace and to the lode
+    // operator (which reads `/sessions` for the Supplier's status), wherever it runs.
     let network_policy = ingress_policy(
         child_meta(s, store, labels)?,
         select,
@@ -208,10 +209,13 @@ pub fn store(s: &Supplier, images: &Images) -> Result<StoreObjects, BuildError> 
                 ports: Some(vec![tcp_port(ports::STORE)]),
             },
             NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(LabelSelector::default()),
-                    ..NetworkPolicyPeer::default()
-                }]),
+                from: Some(vec![
+                    NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector::default()),
+                        ..NetworkPolicyPeer::default()
+                    },
+                    super::operator_peer(),
+                ]),
                 ports: Some(vec![tcp_port(ports::STORE_ADMIN)]),
             },
         ],

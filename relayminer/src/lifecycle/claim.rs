@@ -1,14 +1,16 @@
-//! The claim pass: freeze the sessions whose claim window is open, drop the ones not
-//! worth claiming, and claim the rest in one transaction per supplier.
+//! The claim pass: for every session whose claim window is open, gather the facts and
+//! decide with pure functions — [`decide_late`] (the window closed), [`decide_frozen`]
+//! (once the store froze the session's root: already claimed? empty?), [`decide_value`]
+//! (worth claiming?) — then act: freeze, record, drop, or claim the rest in one
+//! transaction per supplier.
 
-use anyhow::Context;
 use lode_chain::pocket::ProofModuleParams;
 use lode_kernels::proto::MsgCreateClaim;
 use lode_kernels::proto::cosmos::{self, Any};
 use lode_store_api::{SessionInfo, SessionState};
 
-use super::{CLAIM_GAS_ESTIMATE, JobReport, PROOF_GAS_ESTIMATE};
-use super::{Job, Lifecycle, Outcome, Pending, SessionReport, kernel_header, key};
+use super::{CLAIM_GAS_ESTIMATE, JobReport, PROOF_GAS_ESTIMATE, PassError, StoreAction};
+use super::{JobKind, Lifecycle, Outcome, Pending, key, session_report};
 
 /// What claiming a session worth `value` is expected to cost: the claim's fee, plus the
 /// proof's submission fee and gas times the chance a proof will be required.
@@ -28,8 +30,97 @@ pub(super) fn expected_cost(
     (fee(CLAIM_GAS_ESTIMATE) + p_proof * proof_cost).ceil() as u128
 }
 
+/// What to do with one unclaimed session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Done with it: what to record in the store, and the outcome.
+    Report {
+        store: StoreAction,
+        outcome: Outcome,
+        detail: String,
+    },
+    /// Claim it.
+    Claim,
+}
+
+fn report(store: StoreAction, outcome: Outcome, detail: impl Into<String>) -> Step {
+    Step::Report {
+        store,
+        outcome,
+        detail: detail.into(),
+    }
+}
+
+/// Past the claim window: recorded as claimed when the chain has the claim anyway,
+/// dropped as missed when it does not. `None` while the window is open.
+pub(super) fn decide_late(
+    height: i64,
+    (open, close): (i64, i64),
+    on_chain: bool,
+    relays: u64,
+) -> Option<Step> {
+    if height <= close {
+        return None;
+    }
+    Some(if on_chain {
+        report(
+            StoreAction::MarkClaimed,
+            Outcome::AlreadyClaimed,
+            "found on chain after the window closed",
+        )
+    } else {
+        report(
+            StoreAction::Drop,
+            Outcome::Missed,
+            format!(
+                "the claim window [{open}, {close}] closed (chain at {height}) before the session was claimed: its {relays} relays cannot be paid"
+            ),
+        )
+    })
+}
+
+/// Once the session is frozen: already claimed (the chain holds this root), or empty.
+/// `None` to go on.
+pub(super) fn decide_frozen(on_chain_root: Option<&[u8]>, frozen_root: &[u8]) -> Option<Step> {
+    if on_chain_root == Some(frozen_root) {
+        return Some(report(
+            StoreAction::MarkClaimed,
+            Outcome::AlreadyClaimed,
+            "the chain has this claim",
+        ));
+    }
+    if lode_kernels::smst::count_of(frozen_root) == 0 {
+        return Some(report(
+            StoreAction::Drop,
+            Outcome::Empty,
+            "no relays were mined",
+        ));
+    }
+    None
+}
+
+/// Whether a claim worth `value` (or refused by the chain's arithmetic, with why) is
+/// worth its expected `cost`.
+pub(super) fn decide_value(value: &Result<u128, String>, cost: impl FnOnce(u128) -> u128) -> Step {
+    match value {
+        Err(why) => report(StoreAction::Keep, Outcome::Failed, why.clone()),
+        Ok(v) => {
+            let cost = cost(*v);
+            if *v <= cost {
+                report(
+                    StoreAction::Drop,
+                    Outcome::Unprofitable,
+                    format!("worth {v} uPOKT, expected to cost {cost} uPOKT to claim and prove"),
+                )
+            } else {
+                Step::Claim
+            }
+        }
+    }
+}
+
 impl Lifecycle {
-    pub(super) async fn claim_pass(&self, report: &mut JobReport) -> anyhow::Result<()> {
+    pub(super) async fn claim_pass(&self, report: &mut JobReport) -> Result<(), PassError> {
         report.height = self.height().await?;
         let proof_params = self.query.proof_params().await?;
         for supplier in self.keys.keys() {
@@ -39,7 +130,7 @@ impl Lifecycle {
                     continue;
                 }
                 if let Some(r) = self
-                    .claim_decision(supplier, info, report, &proof_params)
+                    .claim_session(supplier, info, report, &proof_params)
                     .await?
                 {
                     ready.push(r);
@@ -52,18 +143,20 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Decides one unclaimed session; `Some` when it is to be claimed now.
-    async fn claim_decision(
+    /// One unclaimed session: `Some` when it is to be claimed now.
+    #[tracing::instrument(skip_all, fields(supplier = %supplier, session = tracing::field::Empty))]
+    async fn claim_session(
         &self,
         supplier: &str,
         info: SessionInfo,
         report: &mut JobReport,
         proof_params: &ProofModuleParams,
-    ) -> anyhow::Result<Option<Pending>> {
+    ) -> Result<Option<Pending>, PassError> {
         let height = report.height;
         let (header, w) = self.header_and_windows(&info, height).await?;
         let id = header.session_id.clone();
-        let mut r = SessionReport::new(supplier, &info);
+        tracing::Span::current().record("session", id.as_str());
+        let mut r = session_report(supplier, &info);
         let (open, close) = (w.claim_window_open_height, w.claim_window_close_height);
         if height < open {
             r.set(
@@ -83,80 +176,44 @@ impl Lifecycle {
             height
         };
         let on_chain = self.query.claim(&id, supplier).await?;
-        if height > close {
-            if on_chain.is_some() {
-                self.mark(supplier, &id, SessionState::Claimed, "").await?;
-                r.set(
-                    Outcome::AlreadyClaimed,
-                    "found on chain after the window closed",
-                );
-            } else {
-                self.drop_session(supplier, &id).await?;
-                r.set(
-                    Outcome::Missed,
-                    format!(
-                        "the claim window [{open}, {close}] closed (chain at {height}) before the session was claimed: its {} relays cannot be paid",
-                        info.leaves
-                    ),
-                );
-            }
-            report.sessions.push(r);
-            return Ok(None);
+        if let Some(step) = decide_late(height, (open, close), on_chain.is_some(), info.leaves) {
+            return self.finish(supplier, &id, r, step, report).await;
         }
         let frozen = self
             .store
             .clone()
             .freeze_session(key(supplier, &id))
             .await
-            .with_context(|| format!("freezing session {id}"))?
+            .map_err(|e| PassError::store(format!("freezing session {id}"), e))?
             .into_inner();
-        r = SessionReport::new(supplier, &frozen);
-        if let Some(c) = &on_chain
-            && c.root_hash == frozen.root
-        {
-            self.mark(supplier, &id, SessionState::Claimed, "").await?;
+        r = session_report(supplier, &frozen);
+        if let Some(step) = decide_frozen(
+            on_chain.as_ref().map(|c| c.root_hash.as_slice()),
+            &frozen.root,
+        ) {
             r.tx_hash = Some(frozen.claim_tx_hash.clone()).filter(|t| !t.is_empty());
-            r.set(Outcome::AlreadyClaimed, "the chain has this claim");
-            report.sessions.push(r);
-            return Ok(None);
+            return self.finish(supplier, &id, r, step, report).await;
         }
         let (sum, count) = (
             lode_kernels::smst::sum_of(&frozen.root),
             lode_kernels::smst::count_of(&frozen.root),
         );
-        if count == 0 {
-            self.drop_session(supplier, &id).await?;
-            r.set(Outcome::Empty, "no relays were mined");
-            report.sessions.push(r);
-            return Ok(None);
-        }
-        let value = match self.claim_value(&header, sum, count).await? {
-            Ok(v) => v,
-            Err(why) => {
-                r.set(Outcome::Failed, why);
-                report.sessions.push(r);
-                return Ok(None);
-            }
+        let value = self.claim_value(&header, sum, count).await?;
+        r.estimated_reward_upokt = value.as_ref().ok().copied();
+        let cost = |v| {
+            expected_cost(
+                v,
+                proof_params,
+                self.config.gas_price,
+                self.config.gas_adjustment,
+            )
         };
-        r.estimated_reward_upokt = Some(value);
-        let cost = expected_cost(
-            value,
-            proof_params,
-            self.config.gas_price,
-            self.config.gas_adjustment,
-        );
-        if value <= cost {
-            self.drop_session(supplier, &id).await?;
-            r.set(
-                Outcome::Unprofitable,
-                format!("worth {value} uPOKT, expected to cost {cost} uPOKT to claim and prove"),
-            );
-            report.sessions.push(r);
-            return Ok(None);
+        if let step @ Step::Report { .. } = decide_value(&value, cost) {
+            return self.finish(supplier, &id, r, step, report).await;
         }
         let msg = MsgCreateClaim {
             supplier_operator_address: supplier.to_string(),
-            session_header: Some(kernel_header(&header)),
+            session_header: Some(header.clone()),
             root_hash: frozen.root.clone(),
         };
         Ok(Some(Pending {
@@ -166,19 +223,41 @@ impl Lifecycle {
         }))
     }
 
+    /// Acts on a decided session that is not claimed now: records it and reports.
+    async fn finish(
+        &self,
+        supplier: &str,
+        id: &str,
+        mut r: lode_contracts::report::SessionReport,
+        step: Step,
+        report: &mut JobReport,
+    ) -> Result<Option<Pending>, PassError> {
+        if let Step::Report {
+            store,
+            outcome,
+            detail,
+        } = step
+        {
+            self.record(supplier, id, store).await?;
+            r.set(outcome, detail);
+            report.sessions.push(r);
+        }
+        Ok(None)
+    }
+
     /// Sends one supplier's claims in one transaction, most valuable first.
     async fn send_claims(
         &self,
         supplier: &str,
         mut ready: Vec<Pending>,
         report: &mut JobReport,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), PassError> {
         ready.sort_by(|a, b| {
             b.report
                 .estimated_reward_upokt
                 .cmp(&a.report.estimated_reward_upokt)
         });
-        let d = self.deliver(Job::Claim, supplier, ready).await?;
+        let d = self.deliver(JobKind::Claim, supplier, ready).await?;
         if let Some((sent, claimed)) = d.sent {
             for mut p in claimed {
                 let id = p.report.session_id.clone();
@@ -221,6 +300,55 @@ mod tests {
             proof_missing_penalty: 0,
             proof_submission_fee: fee,
         }
+    }
+
+    fn stored(s: Option<Step>) -> Option<(StoreAction, Outcome)> {
+        s.map(|s| match s {
+            Step::Report { store, outcome, .. } => (store, outcome),
+            Step::Claim => panic!("a claim"),
+        })
+    }
+
+    #[test]
+    fn the_claim_decision_tables() {
+        use Outcome::*;
+        use StoreAction::*;
+        // The window: [12, 16].
+        assert_eq!(stored(decide_late(16, (12, 16), false, 3)), None, "open");
+        assert_eq!(
+            stored(decide_late(17, (12, 16), true, 3)),
+            Some((MarkClaimed, AlreadyClaimed))
+        );
+        assert_eq!(
+            stored(decide_late(17, (12, 16), false, 3)),
+            Some((Drop, Missed))
+        );
+        // Frozen: 48-byte roots whose last 8 bytes count the relays.
+        let mut root = vec![7u8; 48];
+        root[40..].copy_from_slice(&3u64.to_be_bytes());
+        let mut empty = vec![0u8; 48];
+        empty[40..].copy_from_slice(&0u64.to_be_bytes());
+        assert_eq!(
+            stored(decide_frozen(Some(&root), &root)),
+            Some((MarkClaimed, AlreadyClaimed))
+        );
+        assert_eq!(stored(decide_frozen(None, &empty)), Some((Drop, Empty)));
+        assert_eq!(
+            stored(decide_frozen(Some(&empty), &root)),
+            None,
+            "another root: claim ours"
+        );
+        assert_eq!(stored(decide_frozen(None, &root)), None);
+        // Worth it?
+        assert_eq!(decide_value(&Ok(1_000), |_| 999), Step::Claim);
+        assert_eq!(
+            stored(Some(decide_value(&Ok(1_000), |_| 1_000))),
+            Some((Drop, Unprofitable))
+        );
+        assert_eq!(
+            stored(Some(decide_value(&Err("cupr".into()), |_| 0))),
+            Some((Keep, Failed))
+        );
     }
 
     #[test]

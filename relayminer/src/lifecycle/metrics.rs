@@ -28,7 +28,7 @@ impl LifecycleMetrics {
     /// Counts one pass.
     pub fn record(&self, report: &JobReport) {
         let mut m = self.inner.lock().expect("metrics lock");
-        let job = report.job;
+        let job = report.job.as_str();
         let mut at_risk = 0;
         for s in &report.sessions {
             if s.outcome == Outcome::NotYet {
@@ -94,14 +94,14 @@ impl LifecycleMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::report::SessionReport;
 
     #[test]
     fn passes_accumulate_into_the_exposition() {
         let m = LifecycleMetrics::default();
-        let mut r = JobReport::new("claim");
+        let mut r = JobReport::new(crate::lifecycle::JobKind::Claim);
         r.height = 7;
-        let mut s = SessionReport::new("pokt1s", &lode_store_api::SessionInfo::default());
+        let mut s =
+            crate::lifecycle::session_report("pokt1s", &lode_store_api::SessionInfo::default());
         s.outcome = Outcome::Claimed;
         s.estimated_reward_upokt = Some(4200);
         r.sessions = vec![s.clone(), s.clone()];

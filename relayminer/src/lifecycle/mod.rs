@@ -17,18 +17,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use lode_chain::pocket::PocketQuery;
-use lode_chain::{
-    ChainGrpc, CometRpc, QueryError, RetryPolicy, RpcError, SendConfig, SendError, Sent, TxSender,
-};
+use lode_chain::pocket::{PocketQuery, ProofStatus};
+use lode_chain::{ChainGrpc, CometRpc, QueryError, RetryPolicy, RpcError};
+use lode_chain_tx::{SendConfig, SendError, Sent, TxSender};
 use lode_kernels::crypto::SecretKey;
 use lode_kernels::mining::claimed_upokt;
 use lode_kernels::session::SessionWindows;
 use lode_store_api::{SessionInfo, SessionKey, SessionState};
 
 pub use metrics::LifecycleMetrics;
-pub use report::{JobReport, Outcome, SessionReport};
+pub use report::{JobKind, JobReport, Outcome, SessionReport, session_report};
 
 /// Gas one `MsgCreateClaim` is assumed to use when judging profit (before simulation).
 pub const CLAIM_GAS_ESTIMATE: u64 = 100_000;
@@ -96,40 +94,75 @@ pub struct Lifecycle {
     metrics: Arc<LifecycleMetrics>,
 }
 
-/// Whether an error means "unreachable for now" (the chain node or the store), so the
-/// whole pass is worth running again.
-pub fn is_transient(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        if let Some(q) = c.downcast_ref::<QueryError>() {
-            q.is_transient()
-        } else if let Some(r) = c.downcast_ref::<RpcError>() {
-            r.is_transient()
-        } else if let Some(s) = c.downcast_ref::<SendError>() {
-            s.is_transient()
-        } else if let Some(s) = c.downcast_ref::<tonic::Status>() {
-            matches!(
-                s.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
-            )
-        } else {
-            false
-        }
-    })
+/// Why a pass (or setting one up) stopped before it finished.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("no supplier key: give at least one key file")]
+    NoKeys,
+    #[error("store URL {url}: {reason}")]
+    StoreUrl { url: String, reason: String },
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error("{what}: {source}")]
+    Chain {
+        what: String,
+        #[source]
+        source: RpcError,
+    },
+    #[error("{what}: {status}")]
+    Store { what: String, status: tonic::Status },
+    #[error("no key for supplier {0}")]
+    NoKey(String),
+    #[error("store session {0} has no header")]
+    NoHeader(String),
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Job {
-    Claim,
-    Prove,
-}
-
-impl Job {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Claim => "claim",
-            Self::Prove => "prove",
+impl PassError {
+    pub(crate) fn chain(what: impl Into<String>, source: RpcError) -> Self {
+        Self::Chain {
+            what: what.into(),
+            source,
         }
     }
+
+    pub(crate) fn store(what: impl Into<String>, status: tonic::Status) -> Self {
+        Self::Store {
+            what: what.into(),
+            status,
+        }
+    }
+
+    /// Whether the chain node or the store was unreachable for now (the whole pass is
+    /// worth running again), rather than answering something definite.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Query(e) => e.is_transient(),
+            Self::Rpc(e) | Self::Chain { source: e, .. } => e.is_transient(),
+            Self::Send(e) => e.is_transient(),
+            Self::Store { status, .. } => matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ),
+            Self::NoKeys | Self::StoreUrl { .. } | Self::NoKey(_) | Self::NoHeader(_) => false,
+        }
+    }
+}
+
+/// What a decided session leaves in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StoreAction {
+    /// Nothing changes (a later pass may do better).
+    Keep,
+    /// Marked expired (never acted on again) and deleted.
+    Drop,
+    /// Marked with its final state and deleted.
+    Finish(SessionState),
+    /// Marked claimed and kept for its proof.
+    MarkClaimed,
 }
 
 /// The chain's code for "proof not required" (`x/proof` ErrProofNotRequired).
@@ -160,25 +193,13 @@ fn address(key: &SecretKey) -> String {
     key.public_key().address().to_bech32("pokt")
 }
 
-/// A store header as the kernels (and the chain's messages) carry it.
-fn kernel_header(h: &lode_store_api::SessionHeader) -> lode_kernels::proto::SessionHeader {
-    lode_kernels::proto::SessionHeader {
-        application_address: h.application_address.clone(),
-        service_id: h.service_id.clone(),
-        session_id: h.session_id.clone(),
-        session_start_block_height: h.session_start_block_height,
-        session_end_block_height: h.session_end_block_height,
-    }
-}
-
 impl Lifecycle {
     /// Builds the clients; nothing is contacted yet (an unreachable node or store shows
     /// up as a retried error in the first pass).
-    pub fn new(config: LifecycleConfig) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            !config.keys.is_empty(),
-            "no supplier key: give at least one key file"
-        );
+    pub fn new(config: LifecycleConfig) -> Result<Self, PassError> {
+        if config.keys.is_empty() {
+            return Err(PassError::NoKeys);
+        }
         let retry = RetryPolicy {
             attempts: 3,
             first_backoff: Duration::from_millis(100),
@@ -192,7 +213,10 @@ impl Lifecycle {
             &config.store_token,
             Duration::from_secs(10),
         )
-        .map_err(|e| anyhow::anyhow!("store URL {}: {e}", config.store_url))?;
+        .map_err(|e| PassError::StoreUrl {
+            url: config.store_url.clone(),
+            reason: e.to_string(),
+        })?;
         let keys = config
             .keys
             .iter()
@@ -226,37 +250,38 @@ impl Lifecycle {
     /// One claim pass: claims every session whose claim window is open, retrying while
     /// the chain or the store is unreachable (up to the outage budget).
     pub async fn claim(&self) -> JobReport {
-        self.with_outage_retries(Job::Claim).await
+        self.with_outage_retries(JobKind::Claim).await
     }
 
     /// One prove pass: proves (or settles without a proof) every claimed session whose
     /// proof window is open, and deletes finished sessions from the store.
     pub async fn prove(&self) -> JobReport {
-        self.with_outage_retries(Job::Prove).await
+        self.with_outage_retries(JobKind::Prove).await
     }
 
-    async fn with_outage_retries(&self, job: Job) -> JobReport {
+    #[tracing::instrument(name = "pass", skip_all, fields(job = job.as_str()))]
+    async fn with_outage_retries(&self, job: JobKind) -> JobReport {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(200);
         loop {
             // Every attempt rebuilds the report: a pass is idempotent.
-            let mut report = JobReport::new(job.name());
+            let mut report = JobReport::new(job);
             let result = match job {
-                Job::Claim => self.claim_pass(&mut report).await,
-                Job::Prove => self.prove_pass(&mut report).await,
+                JobKind::Claim => self.claim_pass(&mut report).await,
+                JobKind::Prove => self.prove_pass(&mut report).await,
             };
             match result {
                 Ok(()) => {
                     self.metrics.record(&report);
                     return report;
                 }
-                Err(e) if is_transient(&e) && started.elapsed() < self.config.outage_budget => {
-                    tracing::warn!(job = job.name(), error = %format!("{e:#}"), retry_in = ?backoff, "chain or store unreachable; the pass will run again");
+                Err(e) if e.is_transient() && started.elapsed() < self.config.outage_budget => {
+                    tracing::warn!(job = job.as_str(), error = %e, retry_in = ?backoff, "chain or store unreachable; the pass will run again");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => {
-                    report.errors.push(format!("{e:#}"));
+                    report.errors.push(e.to_string());
                     self.metrics.record(&report);
                     return report;
                 }
@@ -266,24 +291,21 @@ impl Lifecycle {
 
     /// The chain id transactions are signed for: the node's, checked against the
     /// configured one.
-    async fn chain_id(&self) -> anyhow::Result<&str> {
+    async fn chain_id(&self) -> Result<&str, PassError> {
         let id = self
             .chain_id
-            .get_or_try_init(|| async {
-                let node = self.rpc.status().await?.chain_id;
-                match &self.config.chain_id {
-                    Some(want) if *want != node => Err(anyhow::anyhow!(
-                        "the node is on chain {node:?}, not the configured {want:?}: refusing to sign"
-                    )),
-                    _ => Ok(node),
-                }
+            .get_or_try_init(|| {
+                lode_chain_tx::signing_chain_id(&self.rpc, self.config.chain_id.as_deref())
             })
             .await?;
         Ok(id)
     }
 
-    async fn sender(&self, supplier: &str) -> anyhow::Result<TxSender> {
-        let key = self.keys.get(supplier).context("no key for supplier")?;
+    async fn sender(&self, supplier: &str) -> Result<TxSender, PassError> {
+        let key = self
+            .keys
+            .get(supplier)
+            .ok_or_else(|| PassError::NoKey(supplier.to_string()))?;
         let config = SendConfig {
             gas_adjustment: self.config.gas_adjustment,
             gas_price: self.config.gas_price,
@@ -303,12 +325,13 @@ impl Lifecycle {
     /// prove twice) and the rest is sent again in a later block, at most
     /// [`MAX_TX_ATTEMPTS`] times and never past the window. An outage is returned as an
     /// error: the pass runs again and looks on chain before sending anything.
+    #[tracing::instrument(skip_all, fields(job = job.as_str(), supplier = %supplier, sessions = batch.len()))]
     async fn deliver(
         &self,
-        job: Job,
+        job: JobKind,
         supplier: &str,
         mut batch: Vec<Pending>,
-    ) -> anyhow::Result<Delivery> {
+    ) -> Result<Delivery, PassError> {
         let sender = self.sender(supplier).await?;
         let mut out = Delivery::default();
         let close = |b: &[Pending]| b.iter().map(|p| p.close).min().unwrap_or(0).max(0);
@@ -316,7 +339,7 @@ impl Lifecycle {
         loop {
             attempt += 1;
             let messages = batch.iter().map(|p| p.msg.clone()).collect();
-            let memo = format!("lode {}", job.name());
+            let memo = format!("lode {}", job.as_str());
             let error = match sender.send(messages, &memo, close(&batch) as u64).await {
                 Ok(sent) => {
                     out.sent = Some((sent, batch));
@@ -325,14 +348,14 @@ impl Lifecycle {
                 Err(e) if e.is_transient() => return Err(e.into()),
                 Err(e) => e,
             };
-            tracing::warn!(job = job.name(), %supplier, attempt, error = %error, "transaction failed");
+            tracing::warn!(job = job.as_str(), %supplier, attempt, error = %error, "transaction failed");
             let not_required = match &error {
                 SendError::CheckTx { code, log, .. } | SendError::DeliverTx { code, log, .. } => {
                     *code == PROOF_NOT_REQUIRED_CODE || log.contains("not required")
                 }
                 _ => false,
             };
-            if matches!(job, Job::Prove) && not_required && batch.len() == 1 {
+            if matches!(job, JobKind::Prove) && not_required && batch.len() == 1 {
                 out.not_required = batch;
                 return Ok(out);
             }
@@ -340,8 +363,8 @@ impl Lifecycle {
             for p in batch {
                 let on_chain = self.query.claim(&p.report.session_id, supplier).await?;
                 let landed = on_chain.is_some_and(|c| match job {
-                    Job::Claim => lode_kernels::hex::encode(&c.root_hash) == p.report.root,
-                    Job::Prove => matches!(c.proof_validation_status, 1 | 2),
+                    JobKind::Claim => lode_kernels::hex::encode(&c.root_hash) == p.report.root,
+                    JobKind::Prove => ProofStatus::of(&c) != ProofStatus::PendingValidation,
                 });
                 if landed {
                     out.landed.push(p);
@@ -363,12 +386,12 @@ impl Lifecycle {
         }
     }
 
-    async fn height(&self) -> anyhow::Result<i64> {
+    async fn height(&self) -> Result<i64, PassError> {
         Ok(self.rpc.status().await?.latest_height)
     }
 
     /// Waits until the chain is past `height`.
-    async fn next_block(&self, height: i64) -> anyhow::Result<i64> {
+    async fn next_block(&self, height: i64) -> Result<i64, PassError> {
         loop {
             let h = self.height().await?;
             if h > height {
@@ -380,7 +403,7 @@ impl Lifecycle {
 
     /// A session's windows, from the shared params at its end height (for a session
     /// that has not ended, the params now: the chain answers no future heights).
-    async fn windows(&self, end: i64, now: i64) -> anyhow::Result<SessionWindows> {
+    async fn windows(&self, end: i64, now: i64) -> Result<SessionWindows, PassError> {
         let at = end.min(now).max(1);
         Ok(self.query.shared_params_at(at).await?.shared.windows(end))
     }
@@ -390,11 +413,11 @@ impl Lifecycle {
         &self,
         info: &SessionInfo,
         now: i64,
-    ) -> anyhow::Result<(lode_store_api::SessionHeader, SessionWindows)> {
+    ) -> Result<(lode_store_api::SessionHeader, SessionWindows), PassError> {
         let header = info
             .session_header
             .clone()
-            .context("a store session without a header")?;
+            .ok_or_else(|| PassError::NoHeader(lode_kernels::hex::encode(&info.root)))?;
         let w = self.windows(header.session_end_block_height, now).await?;
         Ok((header, w))
     }
@@ -406,7 +429,7 @@ impl Lifecycle {
         header: &lode_store_api::SessionHeader,
         sum: u64,
         count: u64,
-    ) -> anyhow::Result<Result<u128, String>> {
+    ) -> Result<Result<u128, String>, PassError> {
         let start = header.session_start_block_height;
         let cupr = self
             .query
@@ -423,7 +446,7 @@ impl Lifecycle {
             .ok_or_else(|| "the chain's pricing params have a zero granularity".to_string()))
     }
 
-    async fn list(&self, supplier: &str) -> anyhow::Result<Vec<SessionInfo>> {
+    async fn list(&self, supplier: &str) -> Result<Vec<SessionInfo>, PassError> {
         Ok(self
             .store
             .clone()
@@ -431,7 +454,7 @@ impl Lifecycle {
                 supplier_operator_address: supplier.to_string(),
             })
             .await
-            .context("listing the store's sessions")?
+            .map_err(|e| PassError::store("listing the store's sessions", e))?
             .into_inner()
             .sessions)
     }
@@ -442,7 +465,7 @@ impl Lifecycle {
         session_id: &str,
         state: SessionState,
         tx: &str,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), PassError> {
         self.store
             .clone()
             .mark_session(lode_store_api::MarkSessionRequest {
@@ -451,29 +474,49 @@ impl Lifecycle {
                 tx_hash: tx.to_string(),
             })
             .await
-            .with_context(|| format!("recording session {session_id} as {state:?}"))?;
+            .map_err(|e| {
+                PassError::store(format!("recording session {session_id} as {state:?}"), e)
+            })?;
         Ok(())
     }
 
-    async fn delete(&self, supplier: &str, session_id: &str) -> anyhow::Result<()> {
+    async fn delete(&self, supplier: &str, session_id: &str) -> Result<(), PassError> {
         self.store
             .clone()
             .delete_session(key(supplier, session_id))
             .await
-            .with_context(|| format!("deleting session {session_id}"))?;
+            .map_err(|e| PassError::store(format!("deleting session {session_id}"), e))?;
         Ok(())
     }
 
-    /// Marks a session expired (kept from being acted on again) and deletes it.
-    async fn drop_session(&self, supplier: &str, session_id: &str) -> anyhow::Result<()> {
-        self.mark(supplier, session_id, SessionState::Expired, "")
-            .await?;
-        self.delete(supplier, session_id).await
+    /// Records what a decision leaves in the store.
+    async fn record(
+        &self,
+        supplier: &str,
+        session_id: &str,
+        action: StoreAction,
+    ) -> Result<(), PassError> {
+        match action {
+            StoreAction::Keep => Ok(()),
+            StoreAction::Drop => {
+                self.mark(supplier, session_id, SessionState::Expired, "")
+                    .await?;
+                self.delete(supplier, session_id).await
+            }
+            StoreAction::Finish(state) => {
+                self.mark(supplier, session_id, state, "").await?;
+                self.delete(supplier, session_id).await
+            }
+            StoreAction::MarkClaimed => {
+                self.mark(supplier, session_id, SessionState::Claimed, "")
+                    .await
+            }
+        }
     }
 
     /// Deletes sessions whose lifecycle is over (a crash between marking and deleting
     /// leaves them behind).
-    async fn clean_up(&self, supplier: &str, info: &SessionInfo) -> anyhow::Result<bool> {
+    async fn clean_up(&self, supplier: &str, info: &SessionInfo) -> Result<bool, PassError> {
         let done = matches!(
             info.state(),
             SessionState::Expired | SessionState::Settled | SessionState::Proven

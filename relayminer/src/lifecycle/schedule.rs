@@ -64,7 +64,7 @@ impl Scheduler {
                     } else {
                         lc.prove().await
                     };
-                    report.log();
+                    super::report::log(&report);
                 }
             })
         };

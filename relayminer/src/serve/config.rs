@@ -1,172 +1,21 @@
-//! `relayminer serve` configuration: lode's own YAML, or poktroll's relayminer YAML
-//! (spec §7) translated into it, so a supplier can switch without rewriting config.
+//! `relayminer serve` configuration: lode's own YAML ([`lode_contracts::serve`], the type
+//! the operator writes), or poktroll's relayminer YAML (spec §7) translated into it, so a
+//! supplier can switch without rewriting config.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
-/// What to do with mined relays when the store is slow or down.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StorePolicy {
-    /// Answer the gateway only after the store acknowledged the relay.
-    Hold,
-    /// Answer at once and queue the relay for the store; new relays are refused (503)
-    /// while the queue is full. Nothing is ever dropped silently.
-    #[default]
-    Queue,
-}
-
-/// The API the engine speaks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendKind {
-    /// OpenAI-compatible HTTP: vLLM, TensorRT-LLM `trtllm-serve`, SGLang, llama.cpp.
-    #[default]
-    Openai,
-    /// Triton's KServe v2 gRPC (`ModelInfer`, `ModelStreamInfer`) with TensorRT-LLM's
-    /// text tensors; gateways still send OpenAI requests, serve translates.
-    Triton,
-}
-
-/// One service this relayminer serves.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    pub service_id: String,
-    /// The engine's base URL, e.g. `http://127.0.0.1:8000` (vLLM's OpenAI server), or
-    /// Triton's gRPC port (`http://127.0.0.1:8001`) with `backend: triton`.
-    pub backend_url: String,
-    #[serde(default)]
-    pub backend: BackendKind,
-    /// The Triton model to call (TensorRT-LLM's `ensemble` by default).
-    #[serde(default = "default_triton_model")]
-    pub triton_model: String,
-    /// Headers added to every backend request (overriding the gateway's).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// HTTP basic authentication toward the backend.
-    #[serde(default)]
-    pub basic_auth: Option<BasicAuth>,
-    /// Add `Pocket-Supplier`, `Pocket-Service`, `Pocket-Session-Id`, … to backend requests.
-    #[serde(default)]
-    pub forward_pocket_headers: bool,
-    /// Whole-request timeout toward the backend (streams included), seconds.
-    #[serde(default = "default_timeout")]
-    pub request_timeout_seconds: u64,
-    /// Largest request and (non-streamed) response body, bytes.
-    #[serde(default = "default_max_body")]
-    pub max_body_bytes: usize,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BasicAuth {
-    pub username: String,
-    pub password: String,
-}
-
-fn default_triton_model() -> String {
-    "ensemble".into()
-}
-fn default_timeout() -> u64 {
-    600
-}
-fn default_max_body() -> usize {
-    20 << 20
-}
-fn default_listen() -> String {
-    "0.0.0.0:8545".into()
-}
-fn default_admin() -> String {
-    "0.0.0.0:9091".into()
-}
-fn default_queue() -> usize {
-    10_000
-}
-fn default_batch_ms() -> u64 {
-    20
-}
-fn default_batch_bytes() -> usize {
-    16 << 10
-}
-
-/// Open connections on the relay port, at most (beyond: new ones wait in the backlog).
-/// Each concurrent relay or stream needs one (HTTP/1.1) or shares one (HTTP/2).
-pub fn default_max_connections() -> usize {
-    16_384
-}
-
-fn default_ring_table_mib() -> usize {
-    128
-}
-
-/// Where the chain is.
-pub use lode_chain::NodeConfig as ChainConfig;
-
-/// Where mined relays go.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// The store's gRPC URL, e.g. `http://supplier-store:7070`.
-    pub url: String,
-    /// File holding the store's token (a mounted Secret).
-    pub token_file: PathBuf,
-    #[serde(default)]
-    pub policy: StorePolicy,
-    /// Mined relays waiting for the store's acknowledgement, at most.
-    #[serde(default = "default_queue")]
-    pub queue_capacity: usize,
-}
-
-/// lode's serve configuration.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServeConfig {
-    /// Relay port (HTTP/1.1 and HTTP/2 cleartext).
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// Admin port: `/metrics`, `/healthz`, `/readyz`, `/demand`.
-    #[serde(default = "default_admin")]
-    pub admin: String,
-    pub chain: ChainConfig,
-    pub store: StoreConfig,
-    /// Supplier operator key files (hex or `pocketd keys export` armor); relays for
-    /// other suppliers are refused.
-    pub signing_key_files: Vec<PathBuf>,
-    /// Passphrase of armored key files (prefer `LODE_KEY_PASSPHRASE`).
-    #[serde(default)]
-    pub key_passphrase: Option<String>,
-    pub services: Vec<ServiceConfig>,
-    /// Serve relays beyond the application's per-session budget (spec §5.3).
-    #[serde(default)]
-    pub enable_over_servicing: bool,
-    /// Streams: later chunks are flushed to the gateway after this long…
-    #[serde(default = "default_batch_ms")]
-    pub stream_batch_ms: u64,
-    /// …or once this many bytes are pending. The first chunk is always sent at once.
-    #[serde(default = "default_batch_bytes")]
-    pub stream_batch_bytes: usize,
-    /// Open connections on the relay port, at most; later ones wait until one closes.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// Memory (MiB) for the point tables that speed up the ring signatures of busy
-    /// applications (about 0.6 MiB per point; least recently used out first). 0: none.
-    #[serde(default = "default_ring_table_mib")]
-    pub ring_table_mib: usize,
-}
-
-impl ServeConfig {
-    pub fn stream_batch_interval(&self) -> Duration {
-        Duration::from_millis(self.stream_batch_ms)
-    }
-}
+pub use lode_contracts::NodeConfig as ChainConfig;
+pub use lode_contracts::serve::{
+    BackendKind, BasicAuth, ServeConfig, ServiceConfig, StoreConfig, StorePolicy,
+};
+use lode_contracts::serve::{DEFAULT_ADMIN, DEFAULT_TRITON_MODEL};
 
 /// The smallest lode serve configuration: one service in front of one OpenAI-compatible
-/// engine, signing keys from files, no `store` section (what `relayminer run` takes; serve
-/// alone needs one added). The local fleet and the tests write these.
+/// engine, signing keys from files, the store on loopback (what `relayminer run` takes;
+/// it puts its own store there). The local fleet and the tests write these.
 pub fn minimal_yaml(
     listen: &str,
     admin: &str,
@@ -175,19 +24,19 @@ pub fn minimal_yaml(
     service_id: &str,
     backend_url: &str,
 ) -> String {
-    let keys: Vec<String> = key_files
-        .iter()
-        .map(|k| format!("'{}'", k.display()))
-        .collect();
-    format!(
-        "listen: '{listen}'\nadmin: '{admin}'\n\
-         chain: {{grpc_url: '{}', rpc_url: '{}'}}\n\
-         signing_key_files: [{}]\n\
-         services:\n  - service_id: {service_id}\n    backend_url: '{backend_url}'\n",
-        chain.grpc_url,
-        chain.rpc_url,
-        keys.join(", ")
-    )
+    let mut c = ServeConfig::new(
+        chain.clone(),
+        StoreConfig::new("http://127.0.0.1:7070", "store-token"),
+        key_files.to_vec(),
+        vec![ServiceConfig::new(
+            service_id,
+            backend_url,
+            BackendKind::Openai,
+        )],
+    );
+    c.listen = listen.to_string();
+    c.admin = admin.to_string();
+    c.to_yaml()
 }
 
 /// poktroll's relayminer YAML (the parts that map onto lode).
@@ -287,113 +136,67 @@ pub enum ConfigError {
     Invalid { path: String, reason: String },
 }
 
-impl ServeConfig {
-    /// Reads lode's format, or poktroll's (recognized by its `pocket_node` key).
-    /// poktroll's key names become files `<keys_dir>/<name>`.
-    pub fn load(path: &Path, keys_dir: Option<&Path>) -> Result<Self, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Self::parse(&text, keys_dir).map_err(|reason| ConfigError::Invalid {
-            path: shown,
-            reason,
-        })
-    }
+/// Reads lode's format, or poktroll's (recognized by its `pocket_node` key). poktroll's
+/// key names become files `<keys_dir>/<name>`.
+pub fn load(path: &Path, keys_dir: Option<&Path>) -> Result<ServeConfig, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse(&text, keys_dir).map_err(|reason| ConfigError::Invalid {
+        path: shown,
+        reason,
+    })
+}
 
-    /// Reads a configuration for `relayminer run`, which runs its own store at `url`
-    /// with the token in `token_file`: a `store` section is optional (its policy and
-    /// queue size are kept) and its address and token are replaced.
-    pub fn load_for_run(
-        path: &Path,
-        keys_dir: Option<&Path>,
-        url: &str,
-        token_file: &Path,
-    ) -> Result<Self, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let invalid = |reason: String| ConfigError::Invalid {
-            path: shown.clone(),
-            reason,
-        };
-        let mut probe: serde_json::Value =
-            serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        let text = match probe.as_object_mut() {
-            Some(top) if !top.contains_key("pocket_node") && !top.contains_key("store") => {
-                top.insert(
-                    "store".into(),
-                    serde_json::json!({"url": url, "token_file": token_file}),
-                );
-                // JSON is YAML.
-                probe.to_string()
-            }
-            _ => text,
-        };
-        let mut config = Self::parse(&text, keys_dir).map_err(invalid)?;
-        config.store.url = url.to_string();
-        config.store.token_file = token_file.to_path_buf();
+/// Reads a configuration for `relayminer run`, which runs its own store at `url` with
+/// the token in `token_file`: a `store` section is optional (its policy and queue size
+/// are kept) and its address and token are replaced.
+pub fn load_for_run(
+    path: &Path,
+    keys_dir: Option<&Path>,
+    url: &str,
+    token_file: &Path,
+) -> Result<ServeConfig, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let invalid = |reason: String| ConfigError::Invalid {
+        path: shown.clone(),
+        reason,
+    };
+    let mut probe: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let text = match probe.as_object_mut() {
+        Some(top) if !top.contains_key("pocket_node") && !top.contains_key("store") => {
+            top.insert(
+                "store".into(),
+                serde_json::json!({"url": url, "token_file": token_file}),
+            );
+            // JSON is YAML.
+            probe.to_string()
+        }
+        _ => text,
+    };
+    let mut config = parse(&text, keys_dir).map_err(invalid)?;
+    config.store.url = url.to_string();
+    config.store.token_file = token_file.to_path_buf();
+    Ok(config)
+}
+
+/// lode's YAML or poktroll's, checked.
+pub fn parse(text: &str, keys_dir: Option<&Path>) -> Result<ServeConfig, String> {
+    let probe: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    if probe.get("pocket_node").is_some() {
+        let p: PoktrollConfig = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        let config = from_poktroll(p, keys_dir)?;
+        config.validate().map_err(|e| e.0)?;
         Ok(config)
-    }
-
-    pub fn parse(text: &str, keys_dir: Option<&Path>) -> Result<Self, String> {
-        let probe: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
-        let config = if probe.get("pocket_node").is_some() {
-            let p: PoktrollConfig = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
-            from_poktroll(p, keys_dir)?
-        } else {
-            serde_saphyr::from_str::<Self>(text).map_err(|e| e.to_string())?
-        };
-        config.validate()?;
-        Ok(config)
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        if self.services.is_empty() {
-            return Err("at least one service is required".into());
-        }
-        if self.signing_key_files.is_empty() {
-            return Err("at least one signing key file is required".into());
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for s in &self.services {
-            if !seen.insert(&s.service_id) {
-                return Err(format!("service {:?} is configured twice", s.service_id));
-            }
-            let valid_id = !s.service_id.is_empty()
-                && s.service_id.len() <= 42
-                && s.service_id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !valid_id {
-                return Err(format!(
-                    "service id {:?} is not a valid on-chain id (1–42 of [a-zA-Z0-9_-])",
-                    s.service_id
-                ));
-            }
-            if !(s.backend_url.starts_with("http://") || s.backend_url.starts_with("https://")) {
-                return Err(format!(
-                    "service {:?}: backend_url {:?} must be http:// or https://",
-                    s.service_id, s.backend_url
-                ));
-            }
-            if s.request_timeout_seconds == 0 {
-                return Err(format!(
-                    "service {:?}: request_timeout_seconds must be positive",
-                    s.service_id
-                ));
-            }
-        }
-        if self.store.queue_capacity == 0 {
-            return Err("store.queue_capacity must be positive".into());
-        }
-        if self.max_connections == 0 {
-            return Err("max_connections must be positive".into());
-        }
-        Ok(())
+    } else {
+        ServeConfig::from_yaml(text).map_err(|e| e.0)
     }
 }
 
@@ -436,7 +239,7 @@ fn from_poktroll(p: PoktrollConfig, keys_dir: Option<&Path>) -> Result<ServeConf
                 service_id: s.service_id.clone(),
                 backend_url: s.service_config.backend_url.clone(),
                 backend: BackendKind::Openai,
-                triton_model: default_triton_model(),
+                triton_model: DEFAULT_TRITON_MODEL.into(),
                 headers: s.service_config.headers.clone(),
                 basic_auth: s.service_config.authentication.clone(),
                 forward_pocket_headers: s.service_config.forward_pocket_headers,
@@ -453,42 +256,34 @@ fn from_poktroll(p: PoktrollConfig, keys_dir: Option<&Path>) -> Result<ServeConf
             })
         })
         .collect::<Result<_, String>>()?;
-    Ok(ServeConfig {
-        listen,
-        admin: p
-            .metrics
-            .and_then(|m| m.addr)
-            .map_or_else(default_admin, |a| {
-                if a.starts_with(':') {
-                    format!("0.0.0.0{a}")
-                } else {
-                    a
-                }
-            }),
-        chain: ChainConfig {
-            grpc_url: http_url(&p.pocket_node.query_node_grpc_url),
-            rpc_url: http_url(
-                &p.pocket_node
-                    .query_node_rpc_url
-                    .unwrap_or(p.pocket_node.tx_node_rpc_url),
-            ),
+    let store = StoreConfig::new(
+        &std::env::var("LODE_STORE_URL").unwrap_or_else(|_| "http://127.0.0.1:7070".into()),
+        std::env::var("LODE_STORE_TOKEN_FILE")
+            .map_or_else(|_| dir.join("store-token"), PathBuf::from),
+    );
+    let chain = ChainConfig {
+        grpc_url: http_url(&p.pocket_node.query_node_grpc_url),
+        rpc_url: http_url(
+            &p.pocket_node
+                .query_node_rpc_url
+                .unwrap_or(p.pocket_node.tx_node_rpc_url),
+        ),
+    };
+    let key_files = names.iter().map(|n| dir.join(n)).collect();
+    let mut config = ServeConfig::new(chain, store, key_files, services);
+    config.listen = listen;
+    config.enable_over_servicing = p.enable_over_servicing;
+    config.admin = p.metrics.and_then(|m| m.addr).map_or_else(
+        || DEFAULT_ADMIN.to_string(),
+        |a| {
+            if a.starts_with(':') {
+                format!("0.0.0.0{a}")
+            } else {
+                a
+            }
         },
-        store: StoreConfig {
-            url: std::env::var("LODE_STORE_URL").unwrap_or_else(|_| "http://127.0.0.1:7070".into()),
-            token_file: std::env::var("LODE_STORE_TOKEN_FILE")
-                .map_or_else(|_| dir.join("store-token"), PathBuf::from),
-            policy: StorePolicy::Queue,
-            queue_capacity: default_queue(),
-        },
-        signing_key_files: names.iter().map(|n| dir.join(n)).collect(),
-        key_passphrase: None,
-        services,
-        enable_over_servicing: p.enable_over_servicing,
-        stream_batch_ms: default_batch_ms(),
-        stream_batch_bytes: default_batch_bytes(),
-        max_connections: default_max_connections(),
-        ring_table_mib: default_ring_table_mib(),
-    })
+    );
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -497,7 +292,7 @@ mod tests {
 
     #[test]
     fn lode_config_with_defaults() {
-        let c = ServeConfig::parse(
+        let c = parse(
             "chain: {grpc_url: 'http://n:9090', rpc_url: 'http://n:26657'}\n\
              store: {url: 'http://s:7070', token_file: /t, policy: hold}\n\
              signing_key_files: [/keys/op]\n\
@@ -534,7 +329,7 @@ suppliers:
       authentication: {username: u, password: p}
       forward_pocket_headers: true
 "#;
-        let c = ServeConfig::parse(yaml, Some(Path::new("/keys"))).expect("valid");
+        let c = parse(yaml, Some(Path::new("/keys"))).expect("valid");
         assert_eq!(c.listen, "0.0.0.0:8545");
         assert_eq!(c.admin, "0.0.0.0:9090");
         assert_eq!(c.chain.grpc_url, "http://node:9090");
@@ -546,17 +341,16 @@ suppliers:
         );
         assert!(s.forward_pocket_headers);
         assert_eq!(s.basic_auth.as_ref().expect("auth").username, "u");
-        let e = ServeConfig::parse(yaml, None).expect_err("needs keys dir");
+        let e = parse(yaml, None).expect_err("needs keys dir");
         assert!(e.contains("--keys-dir"), "{e}");
     }
 
     #[test]
     fn bad_configs_say_what_is_wrong() {
         let base = "chain: {grpc_url: g, rpc_url: r}\nstore: {url: s, token_file: /t}\nsigning_key_files: [/k]\n";
-        let e =
-            ServeConfig::parse(&format!("{base}services: []\n"), None).expect_err("no services");
+        let e = parse(&format!("{base}services: []\n"), None).expect_err("no services");
         assert!(e.contains("at least one service"), "{e}");
-        let e = ServeConfig::parse(
+        let e = parse(
             &format!(
                 "{base}services: [{{service_id: 'ollama:mistral', backend_url: 'http://x'}}]\n"
             ),
@@ -564,13 +358,13 @@ suppliers:
         )
         .expect_err("bad id");
         assert!(e.contains("not a valid on-chain id"), "{e}");
-        let e = ServeConfig::parse(
+        let e = parse(
             &format!("{base}services: [{{service_id: llm, backend_url: 'ftp://x'}}]\n"),
             None,
         )
         .expect_err("bad url");
         assert!(e.contains("http://"), "{e}");
-        let e = ServeConfig::parse(
+        let e = parse(
             &format!(
                 "{base}services: [{{service_id: llm, backend_url: 'http://x', colour: red}}]\n"
             ),
@@ -578,7 +372,7 @@ suppliers:
         )
         .expect_err("unknown key");
         assert!(e.contains("colour"), "{e}");
-        let e = ServeConfig::parse(
+        let e = parse(
             &format!("{base}max_connections: 0\nservices: [{{service_id: llm, backend_url: 'http://x'}}]\n"),
             None,
         )

@@ -48,16 +48,8 @@ pub struct Metrics {
     samples: Mutex<BTreeMap<String, VecDeque<Sample>>>,
 }
 
-/// The demand of one service, as the autoscaler reads it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Demand {
-    pub service_id: String,
-    pub in_flight: u64,
-    pub queued: u64,
-    pub relays_per_second: f64,
-    pub prompt_tokens_per_second: f64,
-    pub completion_tokens_per_second: f64,
-}
+/// The demand of one service, as the autoscaler reads it (`GET /demand`).
+pub use lode_contracts::demand::ServiceDemand as Demand;
 
 /// The window rates are averaged over.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);

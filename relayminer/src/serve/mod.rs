@@ -6,12 +6,16 @@
 //! shipped to the session store. Admin port: `/metrics`, `/healthz`, `/readyz` (chain,
 //! store and engine), `/demand` (the autoscaler's signals).
 
+mod admit;
 pub mod config;
+pub mod failure;
 pub mod metrics;
+mod proxy;
 pub mod relay;
 pub mod session;
 pub mod ship;
 mod signer;
+mod stream;
 mod triton;
 
 use std::collections::HashMap;
@@ -20,7 +24,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -37,6 +40,33 @@ use session::Sessions;
 use ship::Shipper;
 use signer::Signer;
 
+/// Why serve could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Key(#[from] lode_chain_tx::keys::KeyFileError),
+    #[error(transparent)]
+    Chain(#[from] lode_chain::QueryError),
+    #[error("reading the store token {path}: {source}")]
+    Token {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store URL {url}: {reason}")]
+    StoreUrl { url: String, reason: String },
+    #[error("{0}")]
+    Service(String),
+    #[error(transparent)]
+    Bind(#[from] lode_net::BindError),
+    #[error("the relay server: {0}")]
+    Server(#[source] std::io::Error),
+    #[error("{0} mined relays were not acknowledged by the store within {FLUSH_TIMEOUT:?}")]
+    Unflushed(u64),
+    #[error("the serve task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// A running `serve`.
 #[derive(Debug)]
 pub struct ServeHandle {
@@ -44,17 +74,17 @@ pub struct ServeHandle {
     pub admin_addr: SocketAddr,
     pub state: Arc<RelayState>,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
 
 impl ServeHandle {
     /// Graceful shutdown: stop accepting, finish in-flight relays and streams, flush
     /// mined relays to the store (up to `flush_timeout`), then return.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        self.task.await.context("serve task")?
+        self.task.await?
     }
 }
 
@@ -71,7 +101,7 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts serving: binds both ports, starts height tracking, the store shipper, the
 /// engine probe and the rate sampler.
-pub async fn start(config: ServeConfig) -> anyhow::Result<ServeHandle> {
+pub async fn start(config: ServeConfig) -> Result<ServeHandle, ServeError> {
     start_with(config, None).await
 }
 
@@ -79,13 +109,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServeHandle> {
 pub async fn start_with(
     config: ServeConfig,
     lifecycle: Option<Arc<crate::lifecycle::LifecycleMetrics>>,
-) -> anyhow::Result<ServeHandle> {
+) -> Result<ServeHandle, ServeError> {
     let passphrase = std::env::var("LODE_KEY_PASSPHRASE")
         .ok()
         .or_else(|| config.key_passphrase.clone());
     let mut keys = HashMap::new();
     for f in &config.signing_key_files {
-        let k = lode_chain::keys::load_key(f, passphrase.as_deref())?;
+        let k = lode_chain_tx::keys::load_key(f, passphrase.as_deref())?;
         keys.insert(k.public_key().address().to_bech32("pokt"), Signer::new(k));
     }
     let retry = RetryPolicy {
@@ -98,15 +128,17 @@ pub async fn start_with(
     let rpc = CometRpc::new(&config.chain.rpc_url, retry);
     let sessions = Sessions::new(query);
     let height_task = sessions.track_height(rpc);
-    let token = std::fs::read_to_string(&config.store.token_file).with_context(|| {
-        format!(
-            "reading the store token {}",
-            config.store.token_file.display()
-        )
-    })?;
+    let token =
+        std::fs::read_to_string(&config.store.token_file).map_err(|source| ServeError::Token {
+            path: config.store.token_file.display().to_string(),
+            source,
+        })?;
     let store =
         lode_store_api::connect_lazy(&config.store.url, token.trim(), Duration::from_secs(10))
-            .map_err(|e| anyhow::anyhow!("store URL {}: {e}", config.store.url))?;
+            .map_err(|e| ServeError::StoreUrl {
+                url: config.store.url.clone(),
+                reason: e.to_string(),
+            })?;
     let (shipper, ship_task) = Shipper::start(store, config.store.queue_capacity);
     let metrics = Arc::new(Metrics::default());
     let config = Arc::new(config);
@@ -118,17 +150,11 @@ pub async fn start_with(
             shipper,
             metrics.clone(),
         )
-        .map_err(anyhow::Error::msg)?,
+        .map_err(ServeError::Service)?,
     );
 
-    let relay_listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding the relay port {}", config.listen))?;
-    let admin_listener = tokio::net::TcpListener::bind(&config.admin)
-        .await
-        .with_context(|| format!("binding the admin port {}", config.admin))?;
-    let relay_addr = relay_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
+    let (relay_listener, relay_addr) = lode_net::bind("relay", &config.listen).await?;
+    let (admin_listener, admin_addr) = lode_net::bind("admin", &config.admin).await?;
 
     let s = state.clone();
     let relay_app = Router::new().fallback(move |body: axum::body::Body| {
@@ -187,7 +213,7 @@ pub async fn start_with(
                 let _ = stop_rx.await;
             })
             .await
-            .context("relay server")?;
+            .map_err(ServeError::Server)?;
         // Every connection is closed and every stream finished, so every mined relay
         // is with the shipper: wait until the store acknowledged them all.
         tracing::info!(
@@ -205,9 +231,7 @@ pub async fn start_with(
         let _ = admin_stop_tx.send(());
         let _ = admin_task.await;
         if left > 0 {
-            anyhow::bail!(
-                "{left} mined relays were not acknowledged by the store within {FLUSH_TIMEOUT:?}"
-            );
+            return Err(ServeError::Unflushed(left as u64));
         }
         Ok(())
     });
@@ -274,9 +298,9 @@ async fn readyz(State(a): State<Admin>) -> Response {
 
 async fn demand(State(a): State<Admin>) -> Response {
     let s = &a.state;
-    axum::Json(serde_json::json!({
-        "height": s.sessions.height(),
-        "services": s.metrics.demand(s.shipper.queued() as u64),
-    }))
+    axum::Json(lode_contracts::demand::DemandReport {
+        height: s.sessions.height(),
+        services: s.metrics.demand(s.shipper.queued() as u64),
+    })
     .into_response()
 }

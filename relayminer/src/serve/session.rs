@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lode_chain::pocket::{ChainParams, KeyError, PocketQuery, header_of};
+use lode_chain::pocket::{ChainParams, KeyError, PocketQuery};
 use lode_chain::{CometRpc, QueryError};
 use lode_kernels::crypto::ring::AppRing;
 use lode_kernels::mining::relay_cost_upokt;
@@ -301,7 +301,7 @@ impl Sessions {
                 }
                 other => SessionError::Chain(other),
             })?;
-        let onchain = header_of(session.header.as_ref().expect("checked by the client"));
+        let onchain = session.header.clone().expect("checked by the client");
         // A header naming another id of a session already here (a made-up one, say) needs
         // nothing more from the node.
         if let Some(known) = self.cached(&onchain.session_id) {

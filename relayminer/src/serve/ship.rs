@@ -112,13 +112,7 @@ async fn append(client: &Client, group: Vec<Shipment>, stats: &ShipStats) {
     let h = &group[0].header;
     let req = lode_store_api::AppendRelaysRequest {
         supplier_operator_address: group[0].supplier.clone(),
-        session_header: Some(lode_store_api::SessionHeader {
-            application_address: h.application_address.clone(),
-            service_id: h.service_id.clone(),
-            session_id: h.session_id.clone(),
-            session_start_block_height: h.session_start_block_height,
-            session_end_block_height: h.session_end_block_height,
-        }),
+        session_header: Some(h.clone()),
         relays: group
             .iter()
             .map(|s| lode_store_api::MinedRelay {

@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use super::config::ServiceConfig;
-use super::relay::{ChunkStream, Ctx, Service, codes, fail, signed};
+use super::failure::{RelayFailure, codes, fail};
+use super::proxy::{Ctx, signed};
+use super::relay::{ChunkStream, Service};
 
 /// A Triton model behind a lazily connecting gRPC channel.
 #[derive(Clone, Debug)]
@@ -153,7 +155,7 @@ impl Ctx {
             ("text_completion", "text_completion")
         };
         let prompt_tokens = words(&a.prompt);
-        let map_status = |s: tonic::Status| -> Result<(u32, String), super::relay::RelayFailure> {
+        let map_status = |s: tonic::Status| -> Result<(u32, String), RelayFailure> {
             match s.code() {
                 tonic::Code::Unavailable => Err(fail(
                     StatusCode::BAD_GATEWAY,

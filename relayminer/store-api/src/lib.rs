@@ -10,6 +10,8 @@ mod generated {
 pub use generated::session_store_client::SessionStoreClient;
 pub use generated::session_store_server::{SessionStore, SessionStoreServer};
 pub use generated::*;
+/// The session header of store messages: the kernels' (poktroll's `SessionHeader`).
+pub use lode_kernels::proto::SessionHeader;
 
 /// The metadata key carrying the caller's token: `authorization: Bearer <token>`.
 pub const AUTH_HEADER: &str = "authorization";

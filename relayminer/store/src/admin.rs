@@ -1,4 +1,5 @@
-//! The admin port: `/metrics`, `/healthz`, `/readyz`.
+//! The admin port: `/metrics`, `/healthz`, `/readyz`, and `/sessions` (the sessions by
+//! state, JSON: what the operator shows as a Supplier's `sessionsInFlight`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,8 +82,16 @@ pub fn router<B: Backend>(admin: Arc<Admin<B>>) -> Router {
             }
         }
     };
+    let sessions = {
+        let admin = admin.clone();
+        move || {
+            let admin = admin.clone();
+            async move { axum::Json(admin.store.metrics().session_counts()) }
+        }
+    };
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/sessions", get(sessions))
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
 }

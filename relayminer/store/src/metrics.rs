@@ -134,6 +134,22 @@ impl Metrics {
         self.root_seconds.observe(took.as_secs_f64());
     }
 
+    /// The sessions by state as `set_sessions` last counted them (`GET /sessions`).
+    pub fn session_counts(&self) -> lode_contracts::store::SessionCounts {
+        lode_contracts::store::SessionCounts {
+            sessions: STATES
+                .iter()
+                .map(|(_, name)| {
+                    let n = self
+                        .sessions
+                        .get_or_create(&StateLabel { state: name })
+                        .get();
+                    (name.to_string(), n.max(0) as u64)
+                })
+                .collect(),
+        }
+    }
+
     pub fn set_sessions<'a>(&self, sessions: impl Iterator<Item = &'a SessionInfo>) {
         let mut counts = [0i64; STATES.len()];
         let mut leaves = 0u64;

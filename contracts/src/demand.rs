@@ -1,0 +1,28 @@
+//! `GET /demand` of `relayminer serve`'s admin port: what the operator's autoscaler
+//! scales on.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest `/demand` answer a reader accepts (a pod serves a handful of services).
+pub const MAX_DEMAND_BYTES: usize = 64 << 10;
+
+/// The demand of one service.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct ServiceDemand {
+    pub service_id: String,
+    /// Relays between arrival and their last byte (waiting for the engine included).
+    pub in_flight: u64,
+    /// Mined relays waiting for the store (shared by every service of the pod).
+    pub queued: u64,
+    pub relays_per_second: f64,
+    pub prompt_tokens_per_second: f64,
+    pub completion_tokens_per_second: f64,
+}
+
+/// One serve pod's demand.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct DemandReport {
+    /// The chain height serve last saw.
+    pub height: i64,
+    pub services: Vec<ServiceDemand>,
+}

@@ -1,0 +1,296 @@
+//! `relayminer serve`'s configuration (lode's YAML). The operator writes it into each
+//! ServiceModel's ConfigMap; serve, `relayminer run` and the claim/prove jobs read it.
+//! poktroll's relayminer YAML is translated into it by the relayminer itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Invalid, NodeConfig, is_http_url, is_service_id};
+
+/// Relay port (HTTP/1.1 and HTTP/2 cleartext).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8545";
+/// Admin port: `/metrics`, `/healthz`, `/readyz`, `/demand`.
+pub const DEFAULT_ADMIN: &str = "0.0.0.0:9091";
+/// Whole-request timeout toward an engine (streams included), seconds.
+pub const DEFAULT_REQUEST_TIMEOUT_SECONDS: u64 = 600;
+/// Largest request and (non-streamed) response body, bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 20 << 20;
+/// Mined relays waiting for the store's acknowledgement, at most.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
+/// Streams: later chunks are flushed this often…
+pub const DEFAULT_STREAM_BATCH_MS: u64 = 20;
+/// …or once this many bytes are pending.
+pub const DEFAULT_STREAM_BATCH_BYTES: usize = 16 << 10;
+/// Open connections on the relay port, at most (beyond: new ones wait in the backlog).
+/// Each concurrent relay or stream needs one (HTTP/1.1) or shares one (HTTP/2).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Memory for ring-signature point tables, MiB.
+pub const DEFAULT_RING_TABLE_MIB: usize = 128;
+/// The Triton model serve calls (TensorRT-LLM's `ensemble`).
+pub const DEFAULT_TRITON_MODEL: &str = "ensemble";
+
+/// What to do with mined relays when the store is slow or down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorePolicy {
+    /// Answer the gateway only after the store acknowledged the relay.
+    Hold,
+    /// Answer at once and queue the relay for the store; new relays are refused (503)
+    /// while the queue is full. Nothing is ever dropped silently.
+    #[default]
+    Queue,
+}
+
+/// The API the engine speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// OpenAI-compatible HTTP: vLLM, TensorRT-LLM `trtllm-serve`, SGLang, llama.cpp.
+    #[default]
+    Openai,
+    /// Triton's KServe v2 gRPC (`ModelInfer`, `ModelStreamInfer`) with TensorRT-LLM's
+    /// text tensors; gateways still send OpenAI requests, serve translates.
+    Triton,
+}
+
+/// HTTP basic authentication toward the backend.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+/// One service this relayminer serves.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub service_id: String,
+    /// The engine's base URL, e.g. `http://127.0.0.1:8000` (vLLM's OpenAI server), or
+    /// Triton's gRPC port (`http://127.0.0.1:8001`) with `backend: triton`.
+    pub backend_url: String,
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// The Triton model to call (TensorRT-LLM's `ensemble` by default).
+    #[serde(default = "default_triton_model")]
+    pub triton_model: String,
+    /// Headers added to every backend request (overriding the gateway's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// HTTP basic authentication toward the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    /// Add `Pocket-Supplier`, `Pocket-Service`, `Pocket-Session-Id`, … to backend requests.
+    #[serde(default)]
+    pub forward_pocket_headers: bool,
+    /// Whole-request timeout toward the backend (streams included), seconds.
+    #[serde(default = "default_timeout")]
+    pub request_timeout_seconds: u64,
+    /// Largest request and (non-streamed) response body, bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+impl ServiceConfig {
+    /// A service in front of an engine at `backend_url` speaking `backend`, with the
+    /// defaults for everything else.
+    pub fn new(service_id: &str, backend_url: &str, backend: BackendKind) -> Self {
+        Self {
+            service_id: service_id.to_string(),
+            backend_url: backend_url.to_string(),
+            backend,
+            triton_model: default_triton_model(),
+            headers: BTreeMap::new(),
+            basic_auth: None,
+            forward_pocket_headers: false,
+            request_timeout_seconds: DEFAULT_REQUEST_TIMEOUT_SECONDS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Where mined relays go.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The store's gRPC URL, e.g. `http://supplier-store:7070`.
+    pub url: String,
+    /// File holding the store's token (a mounted Secret).
+    pub token_file: PathBuf,
+    #[serde(default)]
+    pub policy: StorePolicy,
+    /// Mined relays waiting for the store's acknowledgement, at most.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+}
+
+impl StoreConfig {
+    /// The store at `url` with its token in `token_file`; queue policy and size default.
+    pub fn new(url: &str, token_file: impl Into<PathBuf>) -> Self {
+        Self {
+            url: url.to_string(),
+            token_file: token_file.into(),
+            policy: StorePolicy::default(),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+/// lode's serve configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Relay port (HTTP/1.1 and HTTP/2 cleartext).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Admin port: `/metrics`, `/healthz`, `/readyz`, `/demand`.
+    #[serde(default = "default_admin")]
+    pub admin: String,
+    pub chain: NodeConfig,
+    pub store: StoreConfig,
+    /// Supplier operator key files (hex or `pocketd keys export` armor); relays for
+    /// other suppliers are refused.
+    pub signing_key_files: Vec<PathBuf>,
+    /// Passphrase of armored key files (prefer `LODE_KEY_PASSPHRASE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_passphrase: Option<String>,
+    pub services: Vec<ServiceConfig>,
+    /// Serve relays beyond the application's per-session budget (spec §5.3).
+    #[serde(default)]
+    pub enable_over_servicing: bool,
+    /// Streams: later chunks are flushed to the gateway after this long…
+    #[serde(default = "default_batch_ms")]
+    pub stream_batch_ms: u64,
+    /// …or once this many bytes are pending. The first chunk is always sent at once.
+    #[serde(default = "default_batch_bytes")]
+    pub stream_batch_bytes: usize,
+    /// Open connections on the relay port, at most; later ones wait until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Memory (MiB) for the point tables that speed up the ring signatures of busy
+    /// applications (about 0.6 MiB per point; least recently used out first). 0: none.
+    #[serde(default = "default_ring_table_mib")]
+    pub ring_table_mib: usize,
+}
+
+fn default_triton_model() -> String {
+    DEFAULT_TRITON_MODEL.into()
+}
+fn default_timeout() -> u64 {
+    DEFAULT_REQUEST_TIMEOUT_SECONDS
+}
+fn default_max_body() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+fn default_admin() -> String {
+    DEFAULT_ADMIN.into()
+}
+fn default_queue() -> usize {
+    DEFAULT_QUEUE_CAPACITY
+}
+fn default_batch_ms() -> u64 {
+    DEFAULT_STREAM_BATCH_MS
+}
+fn default_batch_bytes() -> usize {
+    DEFAULT_STREAM_BATCH_BYTES
+}
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_ring_table_mib() -> usize {
+    DEFAULT_RING_TABLE_MIB
+}
+
+impl ServeConfig {
+    /// A configuration serving `services` for the suppliers whose keys are in
+    /// `signing_key_files`, with the defaults for everything else.
+    pub fn new(
+        chain: NodeConfig,
+        store: StoreConfig,
+        signing_key_files: Vec<PathBuf>,
+        services: Vec<ServiceConfig>,
+    ) -> Self {
+        Self {
+            listen: default_listen(),
+            admin: default_admin(),
+            chain,
+            store,
+            signing_key_files,
+            key_passphrase: None,
+            services,
+            enable_over_servicing: false,
+            stream_batch_ms: DEFAULT_STREAM_BATCH_MS,
+            stream_batch_bytes: DEFAULT_STREAM_BATCH_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            ring_table_mib: DEFAULT_RING_TABLE_MIB,
+        }
+    }
+
+    /// Parses lode's YAML and checks it ([`Self::validate`]).
+    pub fn from_yaml(text: &str) -> Result<Self, Invalid> {
+        let c: Self = crate::from_yaml(text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The YAML serve reads back as this configuration.
+    pub fn to_yaml(&self) -> String {
+        crate::to_yaml(self)
+    }
+
+    pub fn stream_batch_interval(&self) -> Duration {
+        Duration::from_millis(self.stream_batch_ms)
+    }
+
+    /// What serve needs to run: a service and a key, services with valid on-chain ids
+    /// (each once) in front of http(s) engines with positive timeouts, room in the store
+    /// queue, room for connections.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.services.is_empty() {
+            return Err(Invalid::new("at least one service is required"));
+        }
+        if self.signing_key_files.is_empty() {
+            return Err(Invalid::new("at least one signing key file is required"));
+        }
+        let mut seen = BTreeSet::new();
+        for s in &self.services {
+            if !seen.insert(&s.service_id) {
+                return Err(Invalid(format!(
+                    "service {:?} is configured twice",
+                    s.service_id
+                )));
+            }
+            if !is_service_id(&s.service_id) {
+                return Err(Invalid(format!(
+                    "service id {:?} is not a valid on-chain id (1–42 of [a-zA-Z0-9_-])",
+                    s.service_id
+                )));
+            }
+            if !is_http_url(&s.backend_url) {
+                return Err(Invalid(format!(
+                    "service {:?}: backend_url {:?} must be http:// or https://",
+                    s.service_id, s.backend_url
+                )));
+            }
+            if s.request_timeout_seconds == 0 {
+                return Err(Invalid(format!(
+                    "service {:?}: request_timeout_seconds must be positive",
+                    s.service_id
+                )));
+            }
+        }
+        if self.store.queue_capacity == 0 {
+            return Err(Invalid::new("store.queue_capacity must be positive"));
+        }
+        if self.max_connections == 0 {
+            return Err(Invalid::new("max_connections must be positive"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,235 @@
+//! The demand autoscaler on the fleet: a load step grows the serving Deployment within
+//! seconds, the load drop shrinks it after the stabilization window, and no relay fails
+//! or goes missing on the way.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lode_fleet::{Fleet, http_get, metric_sum};
+use lode_kubesim::resources::Res;
+use serde_json::Value;
+
+mod common;
+use common::fleet_options;
+
+fn model(fleet: &Fleet) -> Value {
+    fleet
+        .sim
+        .store
+        .get(
+            &Res::new("lode.pokt.network", "servicemodels"),
+            "lode",
+            "qwen-7b",
+        )
+        .expect("the ServiceModel")
+}
+
+fn replicas(fleet: &Fleet) -> i64 {
+    model(fleet)["spec"]["replicas"].as_i64().unwrap_or(1)
+}
+
+/// Serving pods: (ready, all not terminating).
+fn serving(fleet: &Fleet) -> (usize, usize) {
+    let pods: Vec<Value> = fleet
+        .sim
+        .store
+        .list(&Res::new("", "pods"), Some("lode"))
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "serve")
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect();
+    let ready = pods
+        .iter()
+        .filter(|p| lode_kubesim::controllers::pod_ready(p))
+        .count();
+    (ready, pods.len())
+}
+
+async fn until(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t0.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_step_scales_up_within_seconds_and_the_drop_scales_down_losing_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut o = fleet_options(root.path());
+    o.apply_samples = false;
+    // Three GPUs: the fourth serving pod waits for a GPU node, as on a real cluster.
+    o.gpus = 3;
+    // Each request stays in flight ~0.7 s (time to first token, then 8 tokens).
+    o.engine_args = ["--ttft-ms", "500", "--tokens-per-second", "40"]
+        .map(String::from)
+        .to_vec();
+    let fleet = Fleet::start(o).await.expect("fleet");
+    let sm_file = fleet.manifests.join("20-servicemodel.yaml");
+    let text = std::fs::read_to_string(&sm_file).expect("sample");
+    std::fs::write(
+        &sm_file,
+        format!("{text}  autoscaling: {{targetInFlightPerReplica: 2, scaleDownStabilizationSeconds: 8}}\n"),
+    )
+    .expect("write");
+    fleet.apply_manifests().expect("apply");
+    fleet
+        .first_relay(Duration::from_secs(90))
+        .await
+        .expect("the fleet serves");
+    assert_eq!(replicas(&fleet), 1, "idle: one replica");
+
+    // The step: 8 clients back to back, ~8 relays in flight against a target of 2.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let port = fleet.options.gateway_port;
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                match lode_fleet::chat(port, &format!("client {c} request {i}")).await {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("client {c} request {i}: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    let to_write = until("the scale-up write", Duration::from_secs(10), || {
+        replicas(&fleet) > 1
+    })
+    .await;
+    println!("load step → scale write: {:.2} s", to_write.as_secs_f64());
+    assert!(to_write <= Duration::from_secs(3), "{to_write:?}");
+    until("4 replicas", Duration::from_secs(10), || {
+        replicas(&fleet) == 4
+    })
+    .await;
+    until("3 serving pods ready", Duration::from_secs(30), || {
+        serving(&fleet).0 == 3
+    })
+    .await;
+    until(
+        "the pod without a GPU shown as pending",
+        Duration::from_secs(10),
+        || model(&fleet)["status"]["pendingReplicas"] == 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas(&fleet), 4, "steady under steady load (max is 4)");
+    assert_eq!(serving(&fleet), (3, 4));
+
+    // The drop: nothing for the window, then down to one, pods drained.
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client");
+    }
+    let dropped = Instant::now();
+    until("the scale-down write", Duration::from_secs(30), || {
+        replicas(&fleet) == 1
+    })
+    .await;
+    let waited = dropped.elapsed();
+    println!(
+        "load drop → scale-down write: {:.1} s (window 8 s)",
+        waited.as_secs_f64()
+    );
+    assert!(
+        waited >= Duration::from_secs(7),
+        "scaled down before the window: {waited:?}"
+    );
+    until("one serving pod left", Duration::from_secs(60), || {
+        serving(&fleet) == (1, 1)
+    })
+    .await;
+
+    // No relay failed, none was lost: the store acknowledged every relay served.
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("{ok} relays served under load, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(ok > 50, "{ok}");
+    let store_ip = fleet
+        .sim
+        .store
+        .get(&Res::new("", "pods"), "lode", "supplier-1-store-0")
+        .and_then(|p| p["status"]["podIP"].as_str().map(String::from))
+        .expect("store pod IP");
+    let mut ingested = 0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) {
+        let m = http_get(&format!("{store_ip}:9090"), "/metrics")
+            .await
+            .unwrap_or_default();
+        ingested = metric_sum(&m, "lode_store_relays_ingested_total");
+        if ingested > ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        ingested,
+        ok + 1,
+        "every relay served (and the first one) is in the store"
+    );
+
+    // Each decision is in status (with its signals) and an Event.
+    let decisions = model(&fleet)["status"]["decisions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let summary: Vec<(i64, i64)> = decisions
+        .iter()
+        .map(|d| {
+            (
+                d["from"].as_i64().unwrap_or(0),
+                d["to"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let (ups, down) = summary.split_at(summary.len().saturating_sub(1));
+    assert_eq!(
+        ups.first(),
+        Some(&(1, 2)),
+        "first step doubles: {summary:?}"
+    );
+    assert!(
+        ups.windows(2).all(|w| w[0].1 == w[1].0 && w[1].1 > w[0].1),
+        "{summary:?}"
+    );
+    assert_eq!(ups.last().map(|u| u.1), Some(4), "{summary:?}");
+    assert_eq!(down, [(4, 1)], "one move down: {summary:?}");
+    assert!(
+        decisions[0]["inFlight"].as_i64().unwrap_or(0) >= 3,
+        "{decisions:?}"
+    );
+    let last = &decisions[decisions.len() - 1];
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("scale down"),
+        "{last}"
+    );
+    let events = fleet
+        .sim
+        .store
+        .list(&Res::new("events.k8s.io", "events"), Some("lode"));
+    // The recorder folds repeats of one reason into an Event series.
+    let count = |reason: &str| -> u64 {
+        events
+            .iter()
+            .filter(|e| e["reason"] == reason)
+            .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
+            .sum()
+    };
+    assert_eq!(count("ScaledUp"), ups.len() as u64, "{events:?}");
+    assert_eq!(count("ScaledDown"), 1, "{events:?}");
+    fleet.shutdown().await;
+}
