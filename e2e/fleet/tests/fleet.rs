@@ -238,6 +238,27 @@ async fn kubectl_apply_of_the_samples_serves_relays_and_gets_the_supplier_paid()
     })
     .await;
     assert_eq!(after.mined, after.relays, "{after}");
+    // That relay's session is in the store, unsettled: the Supplier's status says so
+    // (the operator reads the store's `/sessions`).
+    let in_flight = wait_for(
+        "status.sessionsInFlight counting the new session",
+        Duration::from_secs(60),
+        async || {
+            let (_, n) = kubectl(
+                &kc,
+                &[
+                    "get",
+                    "supplier",
+                    "supplier-1",
+                    "-o",
+                    "jsonpath={.status.sessionsInFlight}",
+                ],
+            );
+            n.trim().parse::<i64>().ok().filter(|n| *n >= 1)
+        },
+    )
+    .await;
+    println!("sessions in flight: {in_flight}");
 
     // An invalid resource is refused with the schema's message.
     let bad = root.path().join("bad.yaml");
