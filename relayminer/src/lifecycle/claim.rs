@@ -9,7 +9,9 @@ use lode_kernels::proto::MsgCreateClaim;
 use lode_kernels::proto::cosmos::{self, Any};
 use lode_store_api::{SessionInfo, SessionState};
 
-use super::{CLAIM_GAS_ESTIMATE, JobReport, PROOF_GAS_ESTIMATE, PassError, StoreAction};
+use super::{
+    CLAIM_GAS_ESTIMATE, Done, JobReport, PROOF_GAS_ESTIMATE, PassError, StoreAction, done,
+};
 use super::{JobKind, Lifecycle, Outcome, Pending, key, session_report};
 
 /// What claiming a session worth `value` is expected to cost: the claim's fee, plus the
@@ -33,22 +35,14 @@ pub(super) fn expected_cost(
 /// What to do with one unclaimed session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Step {
-    /// Done with it: what to record in the store, and the outcome.
-    Report {
-        store: StoreAction,
-        outcome: Outcome,
-        detail: String,
-    },
+    /// Done with it, without a claim.
+    Report(Done),
     /// Claim it.
     Claim,
 }
 
 fn report(store: StoreAction, outcome: Outcome, detail: impl Into<String>) -> Step {
-    Step::Report {
-        store,
-        outcome,
-        detail: detail.into(),
-    }
+    Step::Report(done(store, outcome, detail))
 }
 
 /// Past the claim window: recorded as claimed when the chain has the claim anyway,
@@ -58,18 +52,18 @@ pub(super) fn decide_late(
     (open, close): (i64, i64),
     on_chain: bool,
     relays: u64,
-) -> Option<Step> {
+) -> Option<Done> {
     if height <= close {
         return None;
     }
     Some(if on_chain {
-        report(
+        done(
             StoreAction::MarkClaimed,
             Outcome::AlreadyClaimed,
             "found on chain after the window closed",
         )
     } else {
-        report(
+        done(
             StoreAction::Drop,
             Outcome::Missed,
             format!(
@@ -81,16 +75,16 @@ pub(super) fn decide_late(
 
 /// Once the session is frozen: already claimed (the chain holds this root), or empty.
 /// `None` to go on.
-pub(super) fn decide_frozen(on_chain_root: Option<&[u8]>, frozen_root: &[u8]) -> Option<Step> {
+pub(super) fn decide_frozen(on_chain_root: Option<&[u8]>, frozen_root: &[u8]) -> Option<Done> {
     if on_chain_root == Some(frozen_root) {
-        return Some(report(
+        return Some(done(
             StoreAction::MarkClaimed,
             Outcome::AlreadyClaimed,
             "the chain has this claim",
         ));
     }
     if lode_kernels::smst::count_of(frozen_root) == 0 {
-        return Some(report(
+        return Some(done(
             StoreAction::Drop,
             Outcome::Empty,
             "no relays were mined",
@@ -176,8 +170,9 @@ impl Lifecycle {
             height
         };
         let on_chain = self.query.claim(&id, supplier).await?;
-        if let Some(step) = decide_late(height, (open, close), on_chain.is_some(), info.leaves) {
-            return self.finish(supplier, &id, r, step, report).await;
+        if let Some(d) = decide_late(height, (open, close), on_chain.is_some(), info.leaves) {
+            self.close(supplier, &id, r, d, report).await?;
+            return Ok(None);
         }
         let frozen = self
             .store
@@ -187,12 +182,11 @@ impl Lifecycle {
             .map_err(|e| PassError::store(format!("freezing session {id}"), e))?
             .into_inner();
         r = session_report(supplier, &frozen);
-        if let Some(step) = decide_frozen(
-            on_chain.as_ref().map(|c| c.root_hash.as_slice()),
-            &frozen.root,
-        ) {
+        let on_chain_root = on_chain.as_ref().map(|c| c.root_hash.as_slice());
+        if let Some(d) = decide_frozen(on_chain_root, &frozen.root) {
             r.tx_hash = Some(frozen.claim_tx_hash.clone()).filter(|t| !t.is_empty());
-            return self.finish(supplier, &id, r, step, report).await;
+            self.close(supplier, &id, r, d, report).await?;
+            return Ok(None);
         }
         let (sum, count) = (
             lode_kernels::smst::sum_of(&frozen.root),
@@ -208,8 +202,9 @@ impl Lifecycle {
                 self.config.gas_adjustment,
             )
         };
-        if let step @ Step::Report { .. } = decide_value(&value, cost) {
-            return self.finish(supplier, &id, r, step, report).await;
+        if let Step::Report(d) = decide_value(&value, cost) {
+            self.close(supplier, &id, r, d, report).await?;
+            return Ok(None);
         }
         let msg = MsgCreateClaim {
             supplier_operator_address: supplier.to_string(),
@@ -221,28 +216,6 @@ impl Lifecycle {
             msg: Any::pack(cosmos::MSG_CREATE_CLAIM_TYPE_URL, &msg),
             close,
         }))
-    }
-
-    /// Acts on a decided session that is not claimed now: records it and reports.
-    async fn finish(
-        &self,
-        supplier: &str,
-        id: &str,
-        mut r: lode_contracts::report::SessionReport,
-        step: Step,
-        report: &mut JobReport,
-    ) -> Result<Option<Pending>, PassError> {
-        if let Step::Report {
-            store,
-            outcome,
-            detail,
-        } = step
-        {
-            self.record(supplier, id, store).await?;
-            r.set(outcome, detail);
-            report.sessions.push(r);
-        }
-        Ok(None)
     }
 
     /// Sends one supplier's claims in one transaction, most valuable first.
@@ -302,11 +275,15 @@ mod tests {
         }
     }
 
-    fn stored(s: Option<Step>) -> Option<(StoreAction, Outcome)> {
-        s.map(|s| match s {
-            Step::Report { store, outcome, .. } => (store, outcome),
-            Step::Claim => panic!("a claim"),
-        })
+    fn stored(d: Option<Done>) -> Option<(StoreAction, Outcome)> {
+        d.map(|d| (d.store, d.outcome))
+    }
+
+    fn step(s: Step) -> Option<(StoreAction, Outcome)> {
+        match s {
+            Step::Report(d) => Some((d.store, d.outcome)),
+            Step::Claim => None,
+        }
     }
 
     #[test]
@@ -342,11 +319,11 @@ mod tests {
         // Worth it?
         assert_eq!(decide_value(&Ok(1_000), |_| 999), Step::Claim);
         assert_eq!(
-            stored(Some(decide_value(&Ok(1_000), |_| 1_000))),
+            step(decide_value(&Ok(1_000), |_| 1_000)),
             Some((Drop, Unprofitable))
         );
         assert_eq!(
-            stored(Some(decide_value(&Err("cupr".into()), |_| 0))),
+            step(decide_value(&Err("cupr".into()), |_| 0)),
             Some((Keep, Failed))
         );
     }

@@ -152,6 +152,23 @@ impl PassError {
     }
 }
 
+/// A session decided without a transaction: what the store records, the outcome, and
+/// why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Done {
+    pub store: StoreAction,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+pub(crate) fn done(store: StoreAction, outcome: Outcome, detail: impl Into<String>) -> Done {
+    Done {
+        store,
+        outcome,
+        detail: detail.into(),
+    }
+}
+
 /// What a decided session leaves in the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StoreAction {
@@ -486,6 +503,22 @@ impl Lifecycle {
             .delete_session(key(supplier, session_id))
             .await
             .map_err(|e| PassError::store(format!("deleting session {session_id}"), e))?;
+        Ok(())
+    }
+
+    /// Acts on a session decided without a transaction: records it in the store and
+    /// reports it.
+    async fn close(
+        &self,
+        supplier: &str,
+        id: &str,
+        mut r: SessionReport,
+        d: Done,
+        report: &mut JobReport,
+    ) -> Result<(), PassError> {
+        self.record(supplier, id, d.store).await?;
+        r.set(d.outcome, d.detail);
+        report.sessions.push(r);
         Ok(())
     }
 

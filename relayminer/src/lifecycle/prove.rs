@@ -20,7 +20,8 @@ use lode_kernels::smst::SparseCompactMerkleClosestProof;
 use lode_store_api::{SessionInfo, SessionState};
 
 use super::{
-    JobKind, JobReport, Lifecycle, Outcome, PassError, Pending, StoreAction, key, session_report,
+    Done, JobKind, JobReport, Lifecycle, Outcome, PassError, Pending, StoreAction, done, key,
+    session_report,
 };
 
 /// Relative distance from the threshold, and absolute distance of the sample from the
@@ -89,22 +90,14 @@ pub(super) struct Facts {
 /// What to do with one claimed session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Step {
-    /// Done with it: what to record in the store, and the outcome.
-    Report {
-        store: StoreAction,
-        outcome: Outcome,
-        detail: String,
-    },
+    /// Done with it, without a proof.
+    Report(Done),
     /// Build, check and send its proof.
     Prove { doubtful: bool },
 }
 
 fn report(store: StoreAction, outcome: Outcome, detail: impl Into<String>) -> Step {
-    Step::Report {
-        store,
-        outcome,
-        detail: detail.into(),
-    }
+    Step::Report(done(store, outcome, detail))
 }
 
 /// The decision, from the facts alone.
@@ -284,14 +277,8 @@ impl Lifecycle {
             r.proof = Some(describe(req, doubtful));
         }
         match decide(&facts) {
-            Step::Report {
-                store,
-                outcome,
-                detail,
-            } => {
-                self.record(supplier, &id, store).await?;
-                r.set(outcome, detail);
-                report.sessions.push(r);
+            Step::Report(d) => {
+                self.close(supplier, &id, r, d, report).await?;
                 Ok(None)
             }
             Step::Prove { doubtful } => {
@@ -463,7 +450,7 @@ mod tests {
 
     fn outcome(s: Step) -> (StoreAction, Outcome) {
         match s {
-            Step::Report { store, outcome, .. } => (store, outcome),
+            Step::Report(d) => (d.store, d.outcome),
             Step::Prove { .. } => panic!("a proof"),
         }
     }
