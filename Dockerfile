@@ -12,7 +12,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends libclang-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p lode-relayminer -p lode-operator -p lode-gateway \
+# The operator is built on its own so that its dependency closure is its own: without
+# `lode-chain-tx`, and with `lode-kernels` compiled without transaction signing.
+RUN cargo build --release --locked -p lode-operator \
+    && cargo build --release --locked -p lode-relayminer -p lode-gateway \
     && mkdir /out \
     && cp target/release/relayminer target/release/lode-operator target/release/lode-gateway /out/
 
