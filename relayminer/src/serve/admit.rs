@@ -58,10 +58,11 @@ pub async fn admit(state: &RelayState, body: Body) -> Result<Admitted<'_>, Refus
             "relay request has no session header",
         ))
     })?;
+    // Not checked yet: the span shows at most a bounded prefix of each.
     let span = tracing::Span::current();
-    span.record("session", header.session_id.as_str());
-    span.record("service", header.service_id.as_str());
-    span.record("supplier", req.meta.supplier_operator_address.as_str());
+    span.record("session", bounded(&header.session_id));
+    span.record("service", bounded(&header.service_id));
+    span.record("supplier", bounded(&req.meta.supplier_operator_address));
     let unsigned = |f| Refused::unsigned(f, &header);
     if req.meta.signature.is_empty() {
         return Err(unsigned(fail(
@@ -141,6 +142,20 @@ pub async fn admit(state: &RelayState, body: Body) -> Result<Admitted<'_>, Refus
         gate,
         charged,
     })
+}
+
+/// At most the first 96 bytes of `s` (cut at a character boundary): what a log may
+/// carry of a value the relay names before it is checked (a session id is 64 bytes, an
+/// address 43, a service id at most 42).
+fn bounded(s: &str) -> &str {
+    if s.len() <= 96 {
+        return s;
+    }
+    let mut end = 96;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The body, within the largest configured limit.
@@ -258,4 +273,19 @@ pub fn signature_verdict(
     };
     session.refused_signature.store(true, Ordering::Relaxed);
     Err(failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded;
+
+    #[test]
+    fn logged_names_are_cut_to_a_bounded_prefix() {
+        assert_eq!(bounded("llm"), "llm");
+        let id = "a".repeat(64);
+        assert_eq!(bounded(&id), id, "a real session id is whole");
+        let huge = "é".repeat(10_000);
+        let cut = bounded(&huge);
+        assert!(cut.len() <= 96 && huge.starts_with(cut) && !cut.is_empty());
+    }
 }
