@@ -18,6 +18,7 @@
 pub mod chain;
 pub mod demand;
 pub mod gateway;
+pub mod limits;
 pub mod report;
 pub mod serve;
 pub mod stake;

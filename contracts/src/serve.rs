@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::ConnectionLimits;
 use crate::{Invalid, NodeConfig, is_http_url, is_service_id};
 
 /// Relay port (HTTP/1.1 and HTTP/2 cleartext).
@@ -31,6 +32,91 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 pub const DEFAULT_RING_TABLE_MIB: usize = 128;
 /// The Triton model serve calls (TensorRT-LLM's `ensemble`).
 pub const DEFAULT_TRITON_MODEL: &str = "ensemble";
+/// Bytes of mined relays waiting for the store's acknowledgement, at most.
+pub const DEFAULT_QUEUE_BYTES: usize = 256 << 20;
+/// Request body bytes the relay port holds at once across all relays being read.
+pub const DEFAULT_IN_FLIGHT_BODY_BYTES: usize = 256 << 20;
+
+/// The engine routes a relay may reach by default: OpenAI's inference API. Inference
+/// changes nothing on an engine but its caches, so these may start while a busy
+/// session's signature is still being checked. Everything else an engine serves
+/// (vLLM's `/reset_prefix_cache`, `/sleep`, `/start_profile`, SGLang's
+/// `/update_weights_from_disk`, metrics, health) is refused unless configured.
+pub const DEFAULT_ROUTES: [(&str, &str); 5] = [
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/responses"),
+];
+
+/// An engine route relays may reach.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `GET`, `POST`, … (a relay without a method is a `POST`).
+    pub method: String,
+    /// The path, exactly (no query; `/v1/chat/completions`).
+    pub path: String,
+    /// Whether calling it changes nothing on the engine (beyond its caches): only then
+    /// may it start before a busy session's signature check has finished.
+    #[serde(default)]
+    pub side_effect_free: bool,
+}
+
+impl Route {
+    pub fn new(method: &str, path: &str, side_effect_free: bool) -> Self {
+        Self {
+            method: method.to_string(),
+            path: path.to_string(),
+            side_effect_free,
+        }
+    }
+
+    /// Whether a relay's method and path (without its query) are this route's.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        self.method == method && self.path == path
+    }
+
+    /// An upper-case method and an absolute path without `.`/`..` segments, empty
+    /// segments, percent-escapes, a query or a fragment: a path an engine cannot read
+    /// as another.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.method.is_empty() || !self.method.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(Invalid(format!(
+                "route method {:?} must be an upper-case HTTP method",
+                self.method
+            )));
+        }
+        if !is_plain_path(&self.path) {
+            return Err(Invalid(format!(
+                "route path {:?} must start with '/' and have no '.' or '..' segments, empty segments, '%', '\\', '?' or '#'",
+                self.path
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An absolute path an engine cannot read as another: no `.`/`..` or empty segments,
+/// no escapes, query, fragment or backslash, printable ASCII.
+pub fn is_plain_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= 256
+        && path.bytes().all(|b| b.is_ascii_graphic())
+        && !path.contains(['%', '\\', '?', '#'])
+        && path[1..].split('/').enumerate().all(|(i, seg)| {
+            (i == 0 && path == "/") || !(seg.is_empty() || seg == "." || seg == "..")
+        })
+}
+
+/// [`DEFAULT_ROUTES`], all side-effect free.
+pub fn default_routes() -> Vec<Route> {
+    DEFAULT_ROUTES
+        .iter()
+        .map(|(m, p)| Route::new(m, p, true))
+        .collect()
+}
 
 /// What to do with mined relays when the store is slow or down.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -92,6 +178,10 @@ pub struct ServiceConfig {
     /// Largest request and (non-streamed) response body, bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// The engine routes relays may reach; anything else is refused before the engine
+    /// sees it. OpenAI's inference API by default ([`DEFAULT_ROUTES`]).
+    #[serde(default = "default_routes")]
+    pub routes: Vec<Route>,
 }
 
 impl ServiceConfig {
@@ -108,6 +198,7 @@ impl ServiceConfig {
             forward_pocket_headers: false,
             request_timeout_seconds: DEFAULT_REQUEST_TIMEOUT_SECONDS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            routes: default_routes(),
         }
     }
 }
@@ -125,6 +216,9 @@ pub struct StoreConfig {
     /// Mined relays waiting for the store's acknowledgement, at most.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
+    /// …and their bytes, at most (a relay is counted by its request and response).
+    #[serde(default = "default_queue_bytes")]
+    pub queue_bytes: usize,
 }
 
 impl StoreConfig {
@@ -135,6 +229,7 @@ impl StoreConfig {
             token_file: token_file.into(),
             policy: StorePolicy::default(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
         }
     }
 }
@@ -174,6 +269,14 @@ pub struct ServeConfig {
     /// applications (about 0.6 MiB per point; least recently used out first). 0: none.
     #[serde(default = "default_ring_table_mib")]
     pub ring_table_mib: usize,
+    /// Timeouts and the in-flight body budget of the relay port.
+    #[serde(default = "default_limits")]
+    pub limits: ConnectionLimits,
+    /// Refuse relays signed for an application without delegated gateways, whose ring
+    /// holds poktroll's public placeholder key (anyone can sign those). The chain
+    /// accepts them, so this is off by default.
+    #[serde(default)]
+    pub refuse_placeholder_ring: bool,
 }
 
 fn default_triton_model() -> String {
@@ -206,6 +309,12 @@ fn default_max_connections() -> usize {
 fn default_ring_table_mib() -> usize {
     DEFAULT_RING_TABLE_MIB
 }
+fn default_queue_bytes() -> usize {
+    DEFAULT_QUEUE_BYTES
+}
+fn default_limits() -> ConnectionLimits {
+    ConnectionLimits::with_body_budget(DEFAULT_IN_FLIGHT_BODY_BYTES)
+}
 
 impl ServeConfig {
     /// A configuration serving `services` for the suppliers whose keys are in
@@ -229,6 +338,8 @@ impl ServeConfig {
             stream_batch_bytes: DEFAULT_STREAM_BATCH_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             ring_table_mib: DEFAULT_RING_TABLE_MIB,
+            limits: default_limits(),
+            refuse_placeholder_ring: false,
         }
     }
 
@@ -284,6 +395,21 @@ impl ServeConfig {
                     s.service_id
                 )));
             }
+            if s.routes.is_empty() {
+                return Err(Invalid(format!(
+                    "service {:?}: routes must name at least one engine route",
+                    s.service_id
+                )));
+            }
+            for r in &s.routes {
+                r.validate()
+                    .map_err(|e| Invalid(format!("service {:?}: {e}", s.service_id)))?;
+            }
+        }
+        let largest = self.services.iter().map(|s| s.max_body_bytes).max();
+        self.limits.validate(largest.unwrap_or(0))?;
+        if self.store.queue_bytes == 0 {
+            return Err(Invalid::new("store.queue_bytes must be positive"));
         }
         if self.store.queue_capacity == 0 {
             return Err(Invalid::new("store.queue_capacity must be positive"));

@@ -78,6 +78,7 @@ struct Counters {
     generation_tokens: AtomicU64,
     success: AtomicU64,
     failed: AtomicU64,
+    admin_calls: AtomicU64,
 }
 
 /// A simulated engine.
@@ -125,6 +126,12 @@ fn prompt_tokens(req: &Value) -> u64 {
     }
 }
 
+/// An administrative route: counted, and answered as vLLM does (200, no body).
+async fn admin(State(sim): State<EngineSim>) -> StatusCode {
+    sim.counters.admin_calls.fetch_add(1, Ordering::Relaxed);
+    StatusCode::OK
+}
+
 fn error(status: StatusCode, message: &str) -> Response {
     (
         status,
@@ -166,6 +173,13 @@ impl EngineSim {
         self.counters.success.load(Ordering::Relaxed)
     }
 
+    /// Calls to the engine's administrative routes so far (vLLM's
+    /// `/reset_prefix_cache`, `/sleep`, `/wake_up`, `/start_profile`, `/stop_profile`,
+    /// SGLang's `/update_weights_from_disk`): what relays must never reach.
+    pub fn admin_calls(&self) -> u64 {
+        self.counters.admin_calls.load(Ordering::Relaxed)
+    }
+
     fn per_token(&self) -> Duration {
         if self.config.tokens_per_second > 0.0 {
             Duration::from_secs_f64(1.0 / self.config.tokens_per_second)
@@ -182,6 +196,12 @@ impl EngineSim {
             .route("/metrics", get(metrics))
             .route("/health", get(|| async { StatusCode::OK }))
             .route("/sim/mode", post(set_mode))
+            .route("/reset_prefix_cache", post(admin))
+            .route("/sleep", post(admin))
+            .route("/wake_up", post(admin))
+            .route("/start_profile", post(admin))
+            .route("/stop_profile", post(admin))
+            .route("/update_weights_from_disk", post(admin))
             .with_state(self.clone())
     }
 

@@ -222,6 +222,23 @@ pub fn gateway_relay(
     supplier: &str,
     body: &str,
 ) -> RelayRequest {
+    gateway_relay_to(
+        keys,
+        header,
+        supplier,
+        ("POST", "https://gateway.local/v1/chat/completions"),
+        body,
+    )
+}
+
+/// [`gateway_relay`] for any `(method, url)` of the engine.
+pub fn gateway_relay_to(
+    keys: &lode_devnet::DevnetKeys,
+    header: &lode_kernels::proto::SessionHeader,
+    supplier: &str,
+    (method, url): (&str, &str),
+    body: &str,
+) -> RelayRequest {
     use lode_kernels::proto::{Header, PoktHttpRequest};
     let (app, gateway) = (&keys.applications[0], &keys.gateways[0]);
     let mut header_map = std::collections::BTreeMap::new();
@@ -234,9 +251,9 @@ pub fn gateway_relay(
     );
     let mut req = RelayRequest {
         payload: PoktHttpRequest {
-            method: "POST".into(),
+            method: method.into(),
             header: header_map,
-            url: "https://gateway.local/v1/chat/completions".into(),
+            url: url.into(),
             body_bz: body.as_bytes().to_vec(),
         }
         .encode(),

@@ -52,6 +52,8 @@ pub enum RingError {
     HashToCurve,
     #[error("public key {0} of the signature is not in the application's ring")]
     NotAMember(String),
+    #[error("the signature lists {listed} members; the application's ring has {ring}")]
+    MoreMembersThanRing { listed: u64, ring: usize },
 }
 
 /// Compressed encoding as go-dleq writes it; the identity (never met with honest input)
@@ -565,7 +567,21 @@ impl AppRing {
     /// Parses a signature as [`RingSignature::from_bytes`] does, taking the points of
     /// this ring's members and known key images from the cache instead of decompressing
     /// them (identical bytes, identical point).
+    ///
+    /// A signature that lists more members than the ring has is refused from its first
+    /// four bytes, before anything is allocated, decompressed or hashed: its members
+    /// would repeat, and its cost is the attacker's choice (a 20 MiB body lists 300,000).
     pub fn parse(&self, bytes: &[u8]) -> Result<RingSignature, RingError> {
+        let listed = bytes
+            .get(..4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+            .ok_or(RingError::MissingSize)?;
+        if listed as usize > self.members.len() {
+            return Err(RingError::MoreMembersThanRing {
+                listed: listed.into(),
+                ring: self.members.len(),
+            });
+        }
         let fast = self.fast();
         RingSignature::parse_with(bytes, |enc| {
             self.members.get(enc).map(|m| m.point).or_else(|| {
@@ -811,6 +827,54 @@ mod tests {
         let other = AppRing::new(&[key("app2").public_key(), gw.public_key()]).expect("ring");
         other.accelerate(&tables);
         assert_eq!(tables.len(), 8);
+    }
+
+    #[test]
+    fn a_signature_listing_more_members_than_the_ring_is_refused_before_any_work() {
+        let (app, gw) = (key("app"), key("gateway"));
+        let keys = [app.public_key(), gw.public_key()];
+        let ring = AppRing::new(&keys).expect("ring");
+        let msg = [5u8; 32];
+        let honest = sign(&msg, &keys, &app, &mut rand_core::OsRng).expect("member");
+        // The bomb: the application's own key listed 300,000 times (19.5 MB).
+        let n = 300_000u32;
+        let mut bomb = Vec::with_capacity(HEADER_LEN + MEMBER_LEN * n as usize);
+        bomb.extend_from_slice(&n.to_be_bytes());
+        bomb.extend_from_slice(&honest.c0());
+        bomb.extend_from_slice(&honest.key_image());
+        for _ in 0..n {
+            bomb.extend_from_slice(&[1u8; 32]);
+            bomb.extend_from_slice(&app.public_key().to_compressed());
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(
+            ring.parse(&bomb),
+            Err(RingError::MoreMembersThanRing {
+                listed: 300_000,
+                ring: 2
+            })
+        );
+        // Refused from the size field alone: a thousandth of what parsing would cost.
+        let refused_in = started.elapsed();
+        let started = std::time::Instant::now();
+        let parsed = RingSignature::from_bytes(&bomb).expect("Go's parser takes it");
+        assert_eq!(parsed.public_keys().count(), 300_000);
+        assert!(refused_in * 1000 < started.elapsed(), "{refused_in:?}");
+        // One member too many, and a size field with nothing after it.
+        let mut three = honest.to_bytes();
+        three[..4].copy_from_slice(&3u32.to_be_bytes());
+        assert!(matches!(
+            ring.parse(&three),
+            Err(RingError::MoreMembersThanRing { listed: 3, .. })
+        ));
+        assert!(matches!(
+            ring.parse(&u32::MAX.to_be_bytes()),
+            Err(RingError::MoreMembersThanRing { .. })
+        ));
+        assert_eq!(ring.parse(&[0, 0]), Err(RingError::MissingSize));
+        // The honest signature still parses and verifies.
+        let parsed = ring.parse(&honest.to_bytes()).expect("parses");
+        assert_eq!(ring.verify(&parsed, &msg), Ok(true));
     }
 
     #[test]

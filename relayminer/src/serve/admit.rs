@@ -21,6 +21,7 @@ use super::failure::{Refused, RelayFailure, codes, fail};
 use super::relay::{RelayState, Service};
 use super::session::{SessionEntry, SessionError};
 use super::signer::Signer;
+use lode_contracts::serve::Route;
 
 /// A relay that passed admission, on its way to the engine.
 #[derive(Debug)]
@@ -106,7 +107,16 @@ pub async fn admit(state: &RelayState, body: Body) -> Result<Admitted<'_>, Refus
         .validate(&header, &supplier)
         .await
         .map_err(|e| signed(session_refusal(e)))?;
-    let gate = check_signature(state, service, &session, &req, bytes.len()).map_err(signed)?;
+    let http_req = PoktHttpRequest::decode(&req.payload).map_err(|e| {
+        signed(fail(
+            StatusCode::BAD_REQUEST,
+            codes::UNMARSHAL,
+            format!("relay payload is not a POKTHTTPRequest: {e}"),
+        ))
+    })?;
+    let route = route_of(service, &http_req).map_err(signed)?;
+    let gate =
+        check_signature(state, service, &session, &req, bytes.len(), route).map_err(signed)?;
     // Over-servicing (refunded if a signature checked meanwhile fails).
     let charged = session.charge();
     if !charged && !state.config.enable_over_servicing {
@@ -122,13 +132,6 @@ pub async fn admit(state: &RelayState, body: Body) -> Result<Admitted<'_>, Refus
             StatusCode::SERVICE_UNAVAILABLE,
             codes::INTERNAL,
             "the session store is not keeping up; try again",
-        ))
-    })?;
-    let http_req = PoktHttpRequest::decode(&req.payload).map_err(|e| {
-        signed(fail(
-            StatusCode::BAD_REQUEST,
-            codes::UNMARSHAL,
-            format!("relay payload is not a POKTHTTPRequest: {e}"),
         ))
     })?;
     Ok(Admitted {
@@ -175,6 +178,52 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, RelayFailure> {
     }
 }
 
+/// The configured route a relay's method and path name, or its refusal (404: the
+/// engine never sees a route the service does not forward, signed or not).
+fn route_of<'s>(
+    service: &'s Service,
+    http_req: &PoktHttpRequest,
+) -> Result<&'s Route, RelayFailure> {
+    let method = if http_req.method.is_empty() {
+        "POST"
+    } else {
+        http_req.method.as_str()
+    };
+    let path = relay_path(&http_req.url).ok_or_else(|| {
+        fail(
+            StatusCode::BAD_REQUEST,
+            codes::INVALID_REQUEST,
+            format!("relay URL {:?} is not a URL", bounded(&http_req.url)),
+        )
+    })?;
+    service
+        .config
+        .routes
+        .iter()
+        .find(|r| r.matches(method, &path))
+        .ok_or_else(|| {
+            fail(
+                StatusCode::NOT_FOUND,
+                codes::SERVICE_NOT_HANDLED,
+                format!(
+                    "{} {} is not a route service {:?} forwards to its engine",
+                    bounded(method),
+                    bounded(&path),
+                    service.config.service_id
+                ),
+            )
+        })
+}
+
+/// The path of a relay's URL (absolute, or a path with an optional query).
+fn relay_path(url: &str) -> Option<String> {
+    if url.is_empty() {
+        return Some("/".into());
+    }
+    let uri: axum::http::Uri = url.parse().ok()?;
+    Some(uri.path().to_string())
+}
+
 /// A session the chain does not confirm: 400, or 503 while the chain cannot be asked.
 fn session_refusal(e: SessionError) -> RelayFailure {
     if let SessionError::Chain(ref q) = e {
@@ -205,8 +254,10 @@ fn check_signature(
     session: &Arc<SessionEntry>,
     req: &RelayRequest,
     body_len: usize,
+    route: &Route,
 ) -> Result<Option<Gate>, RelayFailure> {
     let speculate = !service.is_triton()
+        && route.side_effect_free
         && body_len <= SPECULATE_MAX_BODY
         && session.ring.is_accelerated()
         && !session.refused_signature.load(Ordering::Relaxed);

@@ -253,6 +253,8 @@ fn from_poktroll(p: PoktrollConfig, keys_dir: Option<&Path>) -> Result<ServeConf
                     .map(parse_size)
                     .transpose()?
                     .unwrap_or(default_body),
+                // poktroll forwards any path; lode forwards inference only.
+                routes: lode_contracts::serve::default_routes(),
             })
         })
         .collect::<Result<_, String>>()?;

@@ -139,7 +139,13 @@ pub async fn start_with(
                 url: config.store.url.clone(),
                 reason: e.to_string(),
             })?;
-    let (shipper, ship_task) = Shipper::start(store, config.store.queue_capacity);
+    let (shipper, ship_task) = Shipper::start(
+        store,
+        ship::QueueLimits {
+            relays: config.store.queue_capacity,
+            bytes: config.store.queue_bytes,
+        },
+    );
     let metrics = Arc::new(Metrics::default());
     let config = Arc::new(config);
     let state = Arc::new(
@@ -169,7 +175,7 @@ pub async fn start_with(
     };
     let admin_app = Router::new()
         .route("/metrics", get(metrics_page))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/demand", get(demand))
         .with_state(admin);
@@ -254,6 +260,11 @@ async fn metrics_page(State(a): State<Admin>) -> Response {
         s.sessions.height(),
         s.ring_tables() as u64,
     );
+    body.push_str(&format!(
+        "# HELP lode_serve_store_queue_bytes Bytes of mined relays waiting for the store's acknowledgement.\n\
+         # TYPE lode_serve_store_queue_bytes gauge\nlode_serve_store_queue_bytes {}\n",
+        stats.queued_bytes.load(Ordering::Relaxed)
+    ));
     if let Some(l) = &a.lifecycle {
         body.push_str(&l.render());
     }
@@ -265,6 +276,16 @@ async fn metrics_page(State(a): State<Admin>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Alive unless mined relays can no longer reach the store: the shipping task ended, or
+/// the store has refused the same relays for [`ship::STALL_LIMIT`] (a restart starts the
+/// shipper afresh). A store that is down is the readiness probe's business.
+async fn healthz(State(a): State<Admin>) -> Response {
+    match a.state.shipper.stats.stuck() {
+        None => (StatusCode::OK, "ok").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }
 
 /// Ready when the chain's blocks arrive, the store took the last append (or none was

@@ -492,6 +492,15 @@ impl Ctx {
             service.not_mined.fetch_add(1, Ordering::Relaxed);
             return None;
         };
+        if relay.bytes.len() > lode_store_api::MAX_RELAY_BYTES {
+            // The store would refuse it: answered, but not mined.
+            tracing::warn!(
+                bytes = relay.bytes.len(),
+                "a relay larger than the store takes is not mined"
+            );
+            service.not_mined.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         service.mined.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.state.shipper.send(Shipment {

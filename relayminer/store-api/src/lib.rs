@@ -13,6 +13,11 @@ pub use generated::*;
 /// The session header of store messages: the kernels' (poktroll's `SessionHeader`).
 pub use lode_kernels::proto::SessionHeader;
 
+/// The largest relay (request and response, serialized) the store accepts.
+pub const MAX_RELAY_BYTES: usize = 32 << 20;
+/// The largest gRPC message either end of the store protocol accepts.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// The metadata key carrying the caller's token: `authorization: Bearer <token>`.
 pub const AUTH_HEADER: &str = "authorization";
 
@@ -58,7 +63,7 @@ fn client(
 ) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
     Ok(
         SessionStoreClient::with_interceptor(channel, BearerToken::new(token)?)
-            .max_decoding_message_size(64 << 20),
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
     )
 }
 

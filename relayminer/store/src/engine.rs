@@ -37,7 +37,7 @@ pub enum StoreError {
 }
 
 /// Upper bound on one relay's bytes accepted by the store.
-pub const MAX_RELAY_BYTES: usize = 32 << 20;
+pub use lode_store_api::MAX_RELAY_BYTES;
 
 /// The key prefix of a session: `len ‖ supplier ‖ len ‖ session id`. All its leaves are
 /// `prefix ‖ path`, one contiguous sorted range.

@@ -81,7 +81,7 @@ pub async fn run(
             .await
     });
     let service = SessionStoreServer::new(StoreService::new(store, config.suppliers))
-        .max_decoding_message_size(64 << 20);
+        .max_decoding_message_size(lode_store_api::MAX_MESSAGE_BYTES);
     let service = InterceptedService::new(service, TokenCheck::new(&config.token));
     let mut grpc_stop = stop_rx;
     // Batches are tens of kilobytes and many are in flight from every serve pod: windows

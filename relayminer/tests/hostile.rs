@@ -1,0 +1,272 @@
+//! Hostile traffic against `relayminer serve` (issue 23): each attack a real client on
+//! loopback could make without credentials, and what serve does about it. Each test
+//! failed before its fix.
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use lode_kernels::proto::RelayRequest;
+
+use common::*;
+
+/// Serve's relay port with 20 MiB bodies allowed (the default).
+fn large_bodies(yaml: &mut String) {
+    *yaml = yaml.replace("max_body_bytes: 65536", "max_body_bytes: 20971520");
+}
+
+/// Relays until the session's ring has its point tables (a busy session, whose
+/// signatures are checked while the engine starts).
+async fn make_busy(f: &Fleet) {
+    for _ in 0..20 {
+        assert_eq!(f.send(&f.relay(CHAT)).await.0, 200);
+    }
+    for _ in 0..500 {
+        if f.serve().state.ring_tables() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the session's ring never got its tables");
+}
+
+/// A relay for `method url`, signed by the application's gateway.
+fn relay_to(f: &Fleet, method: &str, url: &str) -> RelayRequest {
+    lode_testkit::gateway_relay_to(
+        f.devnet.keys(),
+        &f.header,
+        &address(&f.supplier),
+        (method, url),
+        "{}",
+    )
+}
+
+fn forge(mut req: RelayRequest) -> RelayRequest {
+    let n = req.meta.signature.len();
+    req.meta.signature[n - 40] ^= 1;
+    req
+}
+
+/// Issue 23 §1: a signature listing the application's own key 300,000 times (19.5 MB)
+/// cost serve 33–50 s of CPU before its 401. Now it is refused from its size field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_signature_bomb_is_refused_from_its_size_field() {
+    let f = fleet(large_bodies).await;
+    let honest = f.relay(CHAT);
+    let app = f.devnet.keys().applications[0].public_key().to_compressed();
+    let n = 300_000u32;
+    let mut sig = Vec::with_capacity(69 + 65 * n as usize);
+    sig.extend_from_slice(&n.to_be_bytes());
+    sig.extend_from_slice(&honest.meta.signature[4..69]);
+    for _ in 0..n {
+        sig.extend_from_slice(&[1u8; 32]);
+        sig.extend_from_slice(&app);
+    }
+    let mut bomb = honest.clone();
+    bomb.meta.signature = sig;
+    let cpu = || lode_testkit::cpu_seconds("/proc/self/stat");
+    let before = cpu();
+    let (bombed, served) = tokio::join!(f.send(&bomb), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        f.send(&honest).await
+    });
+    let used = cpu() - before;
+    assert_eq!(
+        (bombed.0, error_code(&bombed.1)),
+        (401, 2),
+        "{:?}",
+        bombed.1.relay_miner_error
+    );
+    let message = bombed.1.relay_miner_error.expect("an error").message;
+    assert!(
+        message.contains("lists 300000 members; the application's ring has 2"),
+        "{message}"
+    );
+    assert_eq!(served.0, 200, "an honest relay beside it is served");
+    // Reading and decoding 19.5 MB costs a few hundred milliseconds; verifying 300,000
+    // members cost 30 s and more.
+    assert!(used < 5.0, "the bomb cost {used:.1} s of CPU");
+    assert_eq!(f.mined(), 1);
+}
+
+/// Issue 23 §4: in a busy session the engine call started before the signature
+/// verdict and any path was forwarded, so a forged relay to vLLM's admin routes took
+/// effect though the client got 401. Now only the service's routes are forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_services_routes_reach_the_engine() {
+    let f = fleet(|_| {}).await;
+    make_busy(&f).await;
+    let attacks = [
+        ("POST", "/reset_prefix_cache"),
+        ("POST", "/sleep"),
+        ("POST", "/start_profile"),
+        ("POST", "/update_weights_from_disk"),
+        ("GET", "/metrics"),
+        ("POST", "/v1/chat/completions/../../sleep"),
+        ("POST", "/v1//chat/completions"),
+        ("GET", "/v1/chat/completions"),
+        ("DELETE", "/v1/models"),
+    ];
+    for (method, path) in attacks {
+        let url = format!("https://gateway.local{path}");
+        // Forged and signed alike: refused before the engine sees anything.
+        let forged = forge(relay_to(&f, method, &url));
+        let says = format!("{method} {}", path.split("..").next().unwrap_or(path));
+        f.refused(&forged, (404, 3), &says).await;
+        f.refused(&relay_to(&f, method, &url), (404, 3), "is not a route")
+            .await;
+    }
+    assert_eq!(f.sim.admin_calls(), 0, "no admin route was reached");
+    // Inference and the model list still are.
+    assert_eq!(f.send(&f.relay(CHAT)).await.0, 200);
+    let (status, res) = f
+        .send(&relay_to(&f, "GET", "https://gateway.local/v1/models"))
+        .await;
+    assert_eq!(status, 200, "{:?}", res.relay_miner_error);
+}
+
+/// A route configured without `side_effect_free` is reached by signed relays only, and
+/// never before the signature verdict, even in a busy session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_side_effects_starts_only_after_the_verdict() {
+    let f = fleet(|y| {
+        y.push_str(
+            "    routes: [{method: POST, path: /v1/chat/completions, side_effect_free: true}, {method: POST, path: /sleep}]\n",
+        )
+    })
+    .await;
+    make_busy(&f).await;
+    let checks = || f.serve().state.metrics.concurrent_checks.load(Relaxed);
+    let before = checks();
+    let (status, _) = f
+        .send(&forge(relay_to(&f, "POST", "https://gateway.local/sleep")))
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(checks(), before, "checked before the engine was called");
+    assert_eq!(f.sim.admin_calls(), 0);
+    let (status, res) = f
+        .send(&relay_to(&f, "POST", "https://gateway.local/sleep"))
+        .await;
+    assert_eq!(status, 200, "{:?}", res.relay_miner_error);
+    assert_eq!(f.sim.admin_calls(), 1, "a signed relay reaches it");
+}
+
+/// A mined relay of `size` payload bytes (`tag` makes it distinct).
+fn big_relay(size: usize, tag: u8) -> lode_kernels::relay::MinedRelay {
+    use lode_kernels::proto::{Message, Relay, RelayResponse};
+    use sha2::Digest;
+    let bytes = Relay {
+        req: Some(RelayRequest {
+            payload: vec![tag; size],
+            ..Default::default()
+        }),
+        res: Some(RelayResponse::default()),
+    }
+    .encode();
+    lode_kernels::relay::MinedRelay {
+        hash: sha2::Sha256::digest(&bytes).into(),
+        bytes,
+        compute_units: 1,
+    }
+}
+
+/// Issue 23 §2: batches were capped by count only; an append over the store's 64 MiB
+/// message limit was refused (`OutOfRange`) and retried forever, so no relay shipped
+/// again. Now batches are cut by bytes, and a refusal for good releases only the relays
+/// the store refuses, one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_relays_ship_and_one_bad_relay_holds_nothing() {
+    use lode_relayminer::serve::ship::{QueueLimits, Shipment, Shipper};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = lode_testkit::StoreProcess::start(&dir.path().join("store"), &[]);
+    let (shipper, _task) = Shipper::start(
+        store.client().await,
+        QueueLimits {
+            relays: 100,
+            bytes: 1 << 30,
+        },
+    );
+    let header = lode_kernels::proto::SessionHeader {
+        application_address: "pokt1app".into(),
+        service_id: "llm".into(),
+        session_id: "big".into(),
+        session_start_block_height: 1,
+        session_end_block_height: 10,
+    };
+    // Four relays of 20 MiB (80 MiB together) and, among them, one the store refuses.
+    let mut relays: Vec<_> = (0..4).map(|i| big_relay(20 << 20, i)).collect();
+    let mut bad = big_relay(1000, 9);
+    bad.hash[0] ^= 1;
+    relays.insert(2, bad);
+    let mut acks = Vec::new();
+    for relay in relays {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        shipper.send(Shipment {
+            supplier: "pokt1supplier".into(),
+            header: header.clone(),
+            relay,
+            ack: Some(tx),
+            slot: shipper.reserve().expect("room"),
+        });
+        acks.push(rx);
+    }
+    let mut acknowledged = Vec::new();
+    for rx in acks {
+        let got = tokio::time::timeout(Duration::from_secs(120), rx)
+            .await
+            .expect("every relay is settled: acknowledged or refused");
+        acknowledged.push(got.is_ok());
+    }
+    assert_eq!(acknowledged, [true, true, false, true, true]);
+    let stats = &shipper.stats;
+    assert_eq!(stats.acknowledged.load(Relaxed), 4);
+    assert_eq!(stats.append_failures.load(Relaxed), 1);
+    assert_eq!(shipper.queued(), 0);
+    assert_eq!(stats.queued_bytes.load(Relaxed), 0);
+    assert_eq!(stats.stuck(), None, "shipping progresses");
+}
+
+/// Issue 23 §6: the store queue was bounded by count only (10,000 relays of up to
+/// 20 MiB). Now new relays are refused once the relays waiting hold its bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_queue_is_bounded_in_bytes() {
+    use lode_relayminer::serve::ship::{QueueLimits, Shipment, Shipper};
+    // A store that is down: nothing leaves the queue.
+    let client = lode_store_api::connect_lazy(
+        &format!("http://{}", lode_testkit::free_addr()),
+        "token",
+        Duration::from_millis(200),
+    )
+    .expect("client");
+    let (shipper, task) = Shipper::start(
+        client,
+        QueueLimits {
+            relays: 10_000,
+            bytes: 3 << 20,
+        },
+    );
+    let header = lode_kernels::proto::SessionHeader::default();
+    let mut sent = 0;
+    while let Some(slot) = shipper.reserve() {
+        shipper.send(Shipment {
+            supplier: "pokt1supplier".into(),
+            header: header.clone(),
+            relay: big_relay(1 << 20, sent),
+            ack: None,
+            slot,
+        });
+        sent += 1;
+        assert!(sent < 100, "the queue never filled");
+    }
+    assert_eq!(sent, 3, "three 1 MiB relays fill a 3 MiB queue");
+    assert_eq!(shipper.queued(), 3);
+    assert_eq!(shipper.stats.stuck(), None, "an outage is not being stuck");
+    // A shipper whose task is gone cannot progress: liveness says so.
+    task.abort();
+    let _ = task.await;
+    assert_eq!(
+        shipper.stats.stuck().as_deref(),
+        Some("the shipping task is not running")
+    );
+}
