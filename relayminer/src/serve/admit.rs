@@ -1,10 +1,11 @@
 //! Admission: everything a relay must pass before the engine sees it, in order — a body
 //! within the limit, a `RelayRequest` with a session header and a signature, one of our
-//! suppliers and services, the session on chain, the application's ring signature (for a
-//! busy session, checked in its own task while the engine starts; see
-//! [`super::proxy::Ctx::after_verdict`]), the application's budget, a place in the store
-//! queue, and a `POKTHTTPRequest` payload. Each check returns the refusal that ends the
-//! relay; [`admit`] strings them together with `?`.
+//! suppliers and services, the session on chain, a `POKTHTTPRequest` payload naming a
+//! route the service forwards, the application's ring signature (for a busy session and
+//! a side-effect-free route, checked in its own task while the engine starts; see
+//! [`super::proxy::Ctx::after_verdict`]), the application's budget and a place in the
+//! store queue. Each check returns the refusal that ends the relay; [`admit`] strings
+//! them together with `?`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -107,13 +108,19 @@ pub async fn admit(state: &RelayState, body: Body) -> Result<Admitted<'_>, Refus
         .validate(&header, &supplier)
         .await
         .map_err(|e| signed(session_refusal(e)))?;
-    let http_req = PoktHttpRequest::decode(&req.payload).map_err(|e| {
-        signed(fail(
-            StatusCode::BAD_REQUEST,
-            codes::UNMARSHAL,
-            format!("relay payload is not a POKTHTTPRequest: {e}"),
-        ))
-    })?;
+    let http_req = match PoktHttpRequest::decode(&req.payload) {
+        Ok(h) => h,
+        Err(e) => {
+            // A payload tampered with after signing is a bad signature first.
+            signature_verdict(state, &session, Ok(verify_request(&req, &session.ring)))
+                .map_err(signed)?;
+            return Err(signed(fail(
+                StatusCode::BAD_REQUEST,
+                codes::UNMARSHAL,
+                format!("relay payload is not a POKTHTTPRequest: {e}"),
+            )));
+        }
+    };
     let route = route_of(service, &http_req).map_err(signed)?;
     let gate =
         check_signature(state, service, &session, &req, bytes.len(), route).map_err(signed)?;
