@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::ConnectionLimits;
 use crate::{Invalid, NodeConfig};
 
 /// OpenAI API port.
@@ -22,6 +23,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 20 << 20;
 pub const DEFAULT_REQUESTS_PER_SECOND: f64 = 50.0;
 /// Open client connections, at most.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Request body bytes the API port holds at once across all requests being read (each
+/// body is held about three times over while it is signed into a relay).
+pub const DEFAULT_IN_FLIGHT_BODY_BYTES: usize = 128 << 20;
 
 /// How a supplier is picked among a session's suppliers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -102,6 +106,9 @@ pub struct GatewayConfig {
     /// Open client connections, at most; later ones wait until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Timeouts and the in-flight body budget of the API port.
+    #[serde(default = "default_limits")]
+    pub limits: ConnectionLimits,
 }
 
 fn default_listen() -> String {
@@ -124,6 +131,9 @@ fn default_rps() -> f64 {
 }
 fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS
+}
+fn default_limits() -> ConnectionLimits {
+    ConnectionLimits::with_body_budget(DEFAULT_IN_FLIGHT_BODY_BYTES)
 }
 
 impl GatewayConfig {
@@ -149,6 +159,7 @@ impl GatewayConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            limits: default_limits(),
         }
     }
 
@@ -171,6 +182,7 @@ impl GatewayConfig {
         if self.applications.is_empty() {
             return Err(Invalid::new("at least one application is required"));
         }
+        self.limits.validate(self.max_body_bytes)?;
         if self.models.is_empty() {
             return Err(Invalid::new(
                 "models: map at least one OpenAI model name to a service id",

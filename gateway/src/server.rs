@@ -56,6 +56,9 @@ impl GatewayHandle {
     }
 }
 
+/// Concurrent requests on one HTTP/2 connection, at most.
+const MAX_STREAMS: u32 = 256;
+
 /// An error in the OpenAI API's shape.
 fn openai_error(
     status: StatusCode,
@@ -119,6 +122,18 @@ pub async fn start(config: GatewayConfig) -> Result<GatewayHandle, StartError> {
         http,
         by_api_key,
     });
+    let limits = &state.config.limits;
+    let budget = lode_net::server::BodyBudget::new(
+        limits.in_flight_body_bytes,
+        state.config.max_body_bytes,
+        limits.body_read_timeout(),
+        |status, message| openai_error(status, "api_error", "overloaded", message),
+    );
+    let timeouts = lode_net::server::Timeouts {
+        header_read: limits.header_read_timeout(),
+        idle: limits.idle_timeout(),
+        max_streams: MAX_STREAMS,
+    };
     let api = Router::new()
         .route("/v1/chat/completions", post(relay_openai))
         .route("/v1/completions", post(relay_openai))
@@ -126,7 +141,11 @@ pub async fn start(config: GatewayConfig) -> Result<GatewayHandle, StartError> {
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.max_body_bytes,
         ))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            budget,
+            lode_net::server::BodyBudget::guard,
+        ));
     let admin_app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok" }))
@@ -143,13 +162,12 @@ pub async fn start(config: GatewayConfig) -> Result<GatewayHandle, StartError> {
                 })
                 .await;
         });
-        // Capped connections, no Nagle.
+        // Capped connections, no Nagle, timeouts for slow and idle clients.
         let listener = lode_net::CappedListener::new(listener, max_connections);
-        let _ = axum::serve(listener, api)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await;
+        lode_net::server::serve(listener, api, timeouts, async {
+            let _ = stop_rx.await;
+        })
+        .await;
         tracker.abort();
         let _ = admin_stop_tx.send(());
         let _ = admin_task.await;
@@ -230,11 +248,49 @@ async fn relay_openai(
     State(s): State<Arc<GatewayState>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let r = relay_inner(&s, uri.path(), &headers, body).await;
+    let r = match read_body(body, s.config.max_body_bytes).await {
+        Ok(body) => relay_inner(&s, uri.path(), &headers, body).await,
+        Err(r) => r,
+    };
     s.metrics.response(r.status().as_u16());
     r
+}
+
+/// The request body, within `max` bytes and its deadline (408 when it did not arrive in
+/// time, 413 when it is larger).
+async fn read_body(body: Body, max: usize) -> Result<Bytes, Response> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(openai_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "body_too_large",
+            format!("The request body exceeds {max} bytes."),
+        )),
+        Err(e) if lode_net::server::is_body_timeout(&*e) => Err(openai_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "body_timeout",
+            format!("Reading the request body: {e}"),
+        )),
+        Err(e) => Err(openai_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "body_unreadable",
+            format!("Reading the request body: {e}"),
+        )),
+    }
+}
+
+/// What the gateway reads of an OpenAI request: its model. The rest is checked to be JSON
+/// and skipped without being built (a request is relayed as its bytes).
+#[derive(serde::Deserialize)]
+struct RequestHead<'a> {
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
 }
 
 async fn relay_inner(
@@ -247,7 +303,7 @@ async fn relay_inner(
         Ok(a) => a.clone(),
         Err(r) => return *r,
     };
-    let json: serde_json::Value = match serde_json::from_slice(&body) {
+    let head: RequestHead<'_> = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
             return openai_error(
@@ -258,7 +314,7 @@ async fn relay_inner(
             );
         }
     };
-    let Some(model) = json.get("model").and_then(|m| m.as_str()) else {
+    let Some(model) = head.model.as_deref() else {
         return openai_error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",

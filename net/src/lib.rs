@@ -1,8 +1,11 @@
-//! A TCP listener for `axum::serve` that holds at most a fixed number of connections
-//! open: past the cap it stops accepting (new connections wait in the kernel's backlog)
-//! until one closes, so a flood of idle or slow connections cannot exhaust the
-//! process's memory or file descriptors. Accepted sockets have Nagle off. And [`bind`],
-//! which names the port in its error.
+//! A TCP listener that holds at most a fixed number of connections open: past the cap it
+//! stops accepting (new connections wait in the kernel's backlog) until one closes, so a
+//! flood of idle or slow connections cannot exhaust the process's memory or file
+//! descriptors. Accepted sockets have Nagle off. [`bind`] names the port in its error;
+//! [`server`] serves a router on such a listener with header, body and idle timeouts and
+//! a budget for request bodies in flight.
+
+pub mod server;
 
 use std::io;
 use std::net::SocketAddr;

@@ -177,6 +177,11 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, RelayFailure> {
             codes::MAX_BODY,
             format!("relay request body exceeds {max} bytes"),
         )),
+        Err(e) if lode_net::server::is_body_timeout(&*e) => Err(fail(
+            StatusCode::REQUEST_TIMEOUT,
+            codes::TIMEOUT,
+            format!("reading the request body: {e}"),
+        )),
         Err(e) => Err(fail(
             StatusCode::BAD_REQUEST,
             codes::INVALID_REQUEST,

@@ -80,6 +80,18 @@ fn error_reply(f: &RelayFailure, header: Option<&SessionHeader>, key: Option<&Si
         .into_response()
 }
 
+/// The answer to a request refused before it was read (the body budget was full): an
+/// unsigned `RelayResponse` carrying the error, as for any refusal before the session is
+/// known.
+pub fn bare_refusal(status: StatusCode, message: String) -> Response {
+    let code = if status == StatusCode::SERVICE_UNAVAILABLE {
+        codes::INTERNAL
+    } else {
+        codes::INVALID_REQUEST
+    };
+    error_reply(&fail(status, code, message), None, None)
+}
+
 /// Counts and logs a refusal, and answers it.
 pub fn refuse(
     m: &Metrics,

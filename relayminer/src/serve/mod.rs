@@ -59,8 +59,6 @@ pub enum ServeError {
     Service(String),
     #[error(transparent)]
     Bind(#[from] lode_net::BindError),
-    #[error("the relay server: {0}")]
-    Server(#[source] std::io::Error),
     #[error("{0} mined relays were not acknowledged by the store within {FLUSH_TIMEOUT:?}")]
     Unflushed(u64),
     #[error("the serve task: {0}")]
@@ -95,6 +93,9 @@ struct Admin {
     /// Claim and proof counters when serve runs inside `relayminer run`.
     lifecycle: Option<Arc<crate::lifecycle::LifecycleMetrics>>,
 }
+
+/// Concurrent relays on one HTTP/2 connection (a gateway's), at most.
+const MAX_STREAMS: u32 = 1024;
 
 /// How long shutdown waits for the store to take the last mined relays.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -163,10 +164,27 @@ pub async fn start_with(
     let (admin_listener, admin_addr) = lode_net::bind("admin", &config.admin).await?;
 
     let s = state.clone();
-    let relay_app = Router::new().fallback(move |body: axum::body::Body| {
-        let s = s.clone();
-        async move { relay::handle(s, body).await }
-    });
+    let limits = &state.config.limits;
+    let budget = lode_net::server::BodyBudget::new(
+        limits.in_flight_body_bytes,
+        state.max_body(),
+        limits.body_read_timeout(),
+        failure::bare_refusal,
+    );
+    let relay_app = Router::new()
+        .fallback(move |body: axum::body::Body| {
+            let s = s.clone();
+            async move { relay::handle(s, body).await }
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            budget,
+            lode_net::server::BodyBudget::guard,
+        ));
+    let timeouts = lode_net::server::Timeouts {
+        header_read: limits.header_read_timeout(),
+        idle: limits.idle_timeout(),
+        max_streams: MAX_STREAMS,
+    };
     let engines_ok = Arc::new(AtomicBool::new(false));
     let admin = Admin {
         state: state.clone(),
@@ -212,14 +230,13 @@ pub async fn start_with(
                 })
                 .await;
         });
-        // Capped connections, no Nagle (a stream's first batch leaves at once).
+        // Capped connections, no Nagle (a stream's first batch leaves at once), timeouts
+        // for slow and idle clients.
         let relay_listener = lode_net::CappedListener::new(relay_listener, max_connections);
-        axum::serve(relay_listener, relay_app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .map_err(ServeError::Server)?;
+        lode_net::server::serve(relay_listener, relay_app, timeouts, async {
+            let _ = stop_rx.await;
+        })
+        .await;
         // Every connection is closed and every stream finished, so every mined relay
         // is with the shipper: wait until the store acknowledged them all.
         tracing::info!(

@@ -130,6 +130,11 @@ impl RelayState {
         })
     }
 
+    /// The largest request body of any service.
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+
     /// Point tables held for ring verification.
     pub fn ring_tables(&self) -> usize {
         self.tables.len()
