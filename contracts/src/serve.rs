@@ -175,7 +175,7 @@ pub struct ServiceConfig {
     /// Whole-request timeout toward the backend (streams included), seconds.
     #[serde(default = "default_timeout")]
     pub request_timeout_seconds: u64,
-    /// Largest request and (non-streamed) response body, bytes.
+    /// Largest request body and response body (a stream's whole body too), bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
     /// The engine routes relays may reach; anything else is refused before the engine

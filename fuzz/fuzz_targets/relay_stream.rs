@@ -1,5 +1,6 @@
 //! Splitting a streamed response into signed batches, on arbitrary bytes fed in
-//! arbitrary pieces: never panics, and piecewise decoding equals whole decoding.
+//! arbitrary pieces: never panics, an error sticks, and piecewise decoding equals whole
+//! decoding.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,12 +11,17 @@ fuzz_target!(|data: &[u8]| {
     let step = (data.first().copied().unwrap_or(1) as usize % 13) + 1;
     let mut d = relay::StreamDecoder::new();
     let mut batches = Vec::new();
+    let mut failed = false;
     for chunk in data.chunks(step) {
-        batches.extend(d.push(chunk));
+        match d.push(chunk) {
+            Ok(b) => batches.extend(b),
+            Err(_) => failed = true,
+        }
     }
     let piecewise = d.finish().map(|last| {
         batches.extend(last);
         batches
     });
+    assert!(!failed || piecewise.is_err(), "an error sticks");
     assert_eq!(whole.ok(), piecewise.ok());
 });

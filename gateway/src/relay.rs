@@ -20,6 +20,8 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// Largest non-streamed response accepted from a supplier.
 const MAX_RESPONSE: usize = 64 << 20;
+/// Largest batch of a stream accepted from a supplier (serve sends 16 KiB batches).
+const MAX_STREAM_BATCH: usize = 4 << 20;
 
 /// The engine's answer, relayed and verified.
 #[derive(Debug)]
@@ -36,6 +38,8 @@ pub enum Answer {
         content_type: Option<String>,
         first: Bytes,
         rest: mpsc::Receiver<Result<Bytes, String>>,
+        /// The end of the whole request: the client must have read the stream by then.
+        deadline: tokio::time::Instant,
     },
 }
 
@@ -136,21 +140,25 @@ fn open(res: &RelayResponse, supplier: &SessionSupplier) -> Result<PoktHttpRespo
     PoktHttpResponse::decode(&res.payload).map_err(|e| AttemptError::Malformed(e.to_string()))
 }
 
-/// Posts `req` to the supplier and returns the verified answer.
+/// Posts `req` to the supplier and returns the verified answer. `deadline` bounds the
+/// whole request, a stream to its last batch included (also when the client reads it
+/// slowly): past it the stream ends with an error.
 pub async fn attempt(
     http: &HttpClient,
     supplier: &SessionSupplier,
     req: &RelayRequest,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
 ) -> Result<Answer, AttemptError> {
+    let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let late = || AttemptError::Timeout(timeout);
     let post = hyper::Request::post(&supplier.url)
         .header("content-type", "application/x-protobuf")
         .header("rpc-type", "4")
         .body(Full::new(Bytes::from(req.encode())))
         .map_err(|e| AttemptError::Transport(format!("endpoint {}: {e}", supplier.url)))?;
-    let res = tokio::time::timeout(timeout, http.request(post))
+    let res = tokio::time::timeout_at(deadline, http.request(post))
         .await
-        .map_err(|_| AttemptError::Timeout(timeout))?
+        .map_err(|_| late())?
         .map_err(|e| AttemptError::Transport(e.to_string()))?;
     let http_status = res.status().as_u16();
     let streamed = res
@@ -160,12 +168,12 @@ pub async fn attempt(
         .is_some_and(|ct| !ct.starts_with("application/x-protobuf"));
     let mut body = res.into_body();
     if !streamed || http_status != 200 {
-        let bytes = tokio::time::timeout(
-            timeout,
+        let bytes = tokio::time::timeout_at(
+            deadline,
             http_body_util::Limited::new(body, MAX_RESPONSE).collect(),
         )
         .await
-        .map_err(|_| AttemptError::Timeout(timeout))?
+        .map_err(|_| late())?
         .map_err(|e| AttemptError::Transport(e.to_string()))?
         .to_bytes();
         let r = RelayResponse::decode(&bytes)
@@ -190,12 +198,12 @@ pub async fn attempt(
     }
     // A stream of signed batches: wait for the first one (failover is still possible
     // until then), then pass the rest on as they come.
-    let mut decoder = StreamDecoder::new();
+    let mut decoder = StreamDecoder::with_max_batch(MAX_STREAM_BATCH);
     let mut pending = std::collections::VecDeque::new();
     let mut ended = false;
     while pending.is_empty() {
-        match tokio::time::timeout(timeout, body.frame()).await {
-            Err(_) => return Err(AttemptError::Timeout(timeout)),
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(late()),
             Ok(None) => {
                 ended = true;
                 break;
@@ -203,7 +211,10 @@ pub async fn attempt(
             Ok(Some(Err(e))) => return Err(AttemptError::Transport(e.to_string())),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    pending.extend(decoder.push(&data));
+                    let batches = decoder
+                        .push(&data)
+                        .map_err(|e| AttemptError::Malformed(e.to_string()))?;
+                    pending.extend(batches);
                 }
             }
         }
@@ -225,9 +236,16 @@ pub async fn attempt(
     let (tx, rx) = mpsc::channel(16);
     let supplier = supplier.clone();
     tokio::spawn(async move {
+        // Every send, like every read, ends at the deadline: a client that stopped
+        // reading holds nothing past it.
         let send = |b: Result<Bytes, String>| {
             let tx = tx.clone();
-            async move { tx.send(b).await.is_ok() }
+            async move {
+                matches!(
+                    tokio::time::timeout_at(deadline, tx.send(b)).await,
+                    Ok(Ok(()))
+                )
+            }
         };
         for batch in pending {
             let chunk = open(&batch, &supplier).map(|p| Bytes::from(p.body_bz));
@@ -240,9 +258,11 @@ pub async fn attempt(
             return;
         }
         loop {
-            let frame = match tokio::time::timeout(timeout, body.frame()).await {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) => {
-                    send(Err("the supplier stopped sending".into())).await;
+                    let _ = tx.try_send(Err(format!(
+                        "the stream did not finish within the request timeout ({timeout:?})"
+                    )));
                     return;
                 }
                 Ok(None) => break,
@@ -255,7 +275,14 @@ pub async fn attempt(
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            for batch in decoder.push(&data) {
+            let batches = match decoder.push(&data) {
+                Ok(b) => b,
+                Err(e) => {
+                    send(Err(format!("malformed stream: {e}"))).await;
+                    return;
+                }
+            };
+            for batch in batches {
                 let chunk = open(&batch, &supplier).map(|p| Bytes::from(p.body_bz));
                 let failed = chunk.is_err();
                 if !send(chunk.map_err(|e| e.to_string())).await || failed {
@@ -279,5 +306,6 @@ pub async fn attempt(
         content_type: content_type_of(&head),
         first: Bytes::from(head.body_bz),
         rest: rx,
+        deadline,
     })
 }

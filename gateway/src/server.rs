@@ -381,7 +381,8 @@ async fn relay_inner(
             }
         };
         let started = Instant::now();
-        match attempt(&s.http, supplier, &req, timeout).await {
+        let deadline = tokio::time::Instant::now() + timeout;
+        match attempt(&s.http, supplier, &req, deadline).await {
             Ok(answer) => {
                 s.scores.success(address, started.elapsed());
                 s.metrics.success(&service, address, started.elapsed());
@@ -439,6 +440,7 @@ fn respond(s: Arc<GatewayState>, answer: Answer, service: String, supplier: Stri
             content_type,
             first,
             mut rest,
+            deadline,
         } => {
             let stream = async_stream(first, move |tx| async move {
                 // Usage arrives in the last events; keep a tail to find it.
@@ -450,7 +452,9 @@ fn respond(s: Arc<GatewayState>, answer: Answer, service: String, supplier: Stri
                             if tail.len() > 8192 {
                                 tail.drain(..tail.len() - 8192);
                             }
-                            if tx.send(Ok(b)).await.is_err() {
+                            // A client that stopped reading is let go at the deadline.
+                            let sent = tokio::time::timeout_at(deadline, tx.send(Ok(b))).await;
+                            if !matches!(sent, Ok(Ok(()))) {
                                 return;
                             }
                         }

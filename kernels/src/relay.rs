@@ -157,15 +157,39 @@ pub fn encode_stream(batches: &[RelayResponse]) -> Vec<u8> {
     out
 }
 
-/// Splits a streamed response back into its batches. The delimiter can also occur inside
-/// a batch's payload; a split point is accepted only where the bytes before it decode as a
-/// whole `RelayResponse` (a cut inside a field never does, and no field key of a
-/// `RelayResponse` starts with the delimiter's first byte).
-#[derive(Debug, Default)]
+/// Splits a streamed response back into its batches, in time linear in its bytes and
+/// memory bounded by its largest batch. The decoder walks each batch's top-level protobuf
+/// fields by their lengths (a payload is skipped, never searched), so a delimiter inside a
+/// payload is never taken for a boundary; a batch ends where a field ends and the
+/// delimiter follows (no field key of a `RelayResponse` starts with the delimiter's first
+/// byte, `|` being wire type 4). A batch, or a field declared, larger than the limit is
+/// refused as soon as it is seen; after an error every later call fails the same way.
+#[derive(Debug)]
 pub struct StreamDecoder {
     buf: Vec<u8>,
-    /// Where the next delimiter search starts.
-    scan: usize,
+    /// The end of the last whole top-level field of the batch being read (from the
+    /// start of `buf`, where that batch starts).
+    field_end: usize,
+    max_batch: usize,
+    failed: Option<StreamError>,
+}
+
+/// Why a stream could not be split into batches.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("a stream batch exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("a stream batch is malformed: {0}")]
+    Malformed(#[from] ProtoError),
+}
+
+/// The largest batch [`StreamDecoder::new`] accepts.
+pub const MAX_STREAM_BATCH: usize = 16 << 20;
+
+impl Default for StreamDecoder {
+    fn default() -> Self {
+        Self::with_max_batch(MAX_STREAM_BATCH)
+    }
 }
 
 impl StreamDecoder {
@@ -173,42 +197,123 @@ impl StreamDecoder {
         Self::default()
     }
 
+    /// A decoder refusing batches larger than `max_batch` bytes.
+    pub fn with_max_batch(max_batch: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            field_end: 0,
+            max_batch,
+            failed: None,
+        }
+    }
+
     /// Adds received bytes; returns every batch completed by them.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<RelayResponse> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<RelayResponse>, StreamError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         self.buf.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        while let Some(pos) = find(&self.buf[self.scan..], STREAM_DELIMITER).map(|p| p + self.scan)
-        {
-            match RelayResponse::decode(&self.buf[..pos]) {
-                Ok(batch) => {
-                    out.push(batch);
-                    self.buf.drain(..pos + STREAM_DELIMITER.len());
-                    self.scan = 0;
-                }
-                // The delimiter is inside a payload: keep looking after it.
-                Err(_) => self.scan = pos + 1,
-            }
+        let out = self.split();
+        if let Err(e) = &out {
+            self.failed = Some(e.clone());
         }
         out
     }
 
+    fn split(&mut self) -> Result<Vec<RelayResponse>, StreamError> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        loop {
+            let rest = &self.buf[self.field_end..];
+            if rest.starts_with(STREAM_DELIMITER) {
+                out.push(RelayResponse::decode(&self.buf[start..self.field_end])?);
+                start = self.field_end + STREAM_DELIMITER.len();
+                self.field_end = start;
+                continue;
+            }
+            if rest.len() < STREAM_DELIMITER.len() && STREAM_DELIMITER.starts_with(rest) {
+                break; // Nothing, or the start of a delimiter.
+            }
+            match field_len(rest, self.max_batch)? {
+                Some(n) => {
+                    self.field_end += n;
+                    if self.field_end - start > self.max_batch {
+                        return Err(StreamError::TooLarge(self.max_batch));
+                    }
+                }
+                None => break, // A field still arriving.
+            }
+        }
+        if start > 0 {
+            self.buf.drain(..start);
+            self.field_end -= start;
+        }
+        Ok(out)
+    }
+
     /// The last batch, at the end of the stream (none if nothing is pending).
-    pub fn finish(self) -> Result<Option<RelayResponse>, ProtoError> {
+    pub fn finish(self) -> Result<Option<RelayResponse>, StreamError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
         if self.buf.is_empty() {
             return Ok(None);
         }
-        RelayResponse::decode(&self.buf).map(Some)
+        Ok(RelayResponse::decode(&self.buf).map(Some)?)
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// A varint at the start of `b`: its value and length, `None` while incomplete.
+fn varint(b: &[u8]) -> Result<Option<(u64, usize)>, ProtoError> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            return Ok(Some((v, i + 1)));
+        }
+    }
+    if b.len() >= 10 {
+        return Err(ProtoError::IntOverflow);
+    }
+    Ok(None)
+}
+
+/// The length of the whole protobuf field at the start of `b` (key included), `None`
+/// while it is incomplete. A length-delimited field declared larger than `max` is refused
+/// before its bytes arrive.
+fn field_len(b: &[u8], max: usize) -> Result<Option<usize>, StreamError> {
+    let Some((key, k)) = varint(b)? else {
+        return Ok(None);
+    };
+    if key >> 3 == 0 {
+        return Err(ProtoError::ZeroTag.into());
+    }
+    let body = match key & 7 {
+        0 => match varint(&b[k..])? {
+            Some((_, n)) => n,
+            None => return Ok(None),
+        },
+        1 => 8,
+        5 => 4,
+        2 => match varint(&b[k..])? {
+            Some((len, n)) => {
+                let len = usize::try_from(len).unwrap_or(usize::MAX);
+                if len > max {
+                    return Err(StreamError::TooLarge(max));
+                }
+                n + len
+            }
+            None => return Ok(None),
+        },
+        wt => return Err(ProtoError::BadWireType(wt as u8).into()),
+    };
+    Ok((b.len() >= k + body).then_some(k + body))
 }
 
 /// Decodes a complete streamed response into its batches.
-pub fn decode_stream(bytes: &[u8]) -> Result<Vec<RelayResponse>, ProtoError> {
-    let mut d = StreamDecoder::new();
-    let mut out = d.push(bytes);
+pub fn decode_stream(bytes: &[u8]) -> Result<Vec<RelayResponse>, StreamError> {
+    let mut d = StreamDecoder::with_max_batch(bytes.len());
+    let mut out = d.push(bytes)?;
     out.extend(d.finish()?);
     Ok(out)
 }
@@ -227,4 +332,73 @@ pub fn join_stream_payloads<'a>(
         }
     }
     Ok(full.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A payload packed with delimiters, fed a byte at a time: the old decoder tried to
+    /// decode the batch at every delimiter and rescanned from the batch start on every
+    /// push (quadratic; this input did not finish). Now each batch is decoded once.
+    #[test]
+    fn delimiters_inside_payloads_cost_nothing_extra() {
+        let payload = STREAM_DELIMITER.repeat(20_000);
+        let batches = [
+            RelayResponse {
+                payload: payload.clone(),
+                ..Default::default()
+            },
+            RelayResponse {
+                payload: b"end".to_vec(),
+                ..Default::default()
+            },
+        ];
+        let wire = encode_stream(&batches);
+        let mut d = StreamDecoder::new();
+        let mut got = Vec::new();
+        for b in wire.chunks(1) {
+            got.extend(d.push(b).expect("batches"));
+        }
+        got.extend(d.finish().expect("last"));
+        assert_eq!(got, batches);
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_limit_is_refused_as_soon_as_it_is_declared() {
+        let mut d = StreamDecoder::with_max_batch(1 << 20);
+        // Field 2 (payload), length-delimited, declared 1 GiB: refused from its header.
+        let mut header = vec![0x12];
+        let mut len = 1u64 << 30;
+        while len >= 0x80 {
+            header.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        header.push(len as u8);
+        assert_eq!(d.push(&header), Err(StreamError::TooLarge(1 << 20)));
+        assert_eq!(
+            d.push(b"more"),
+            Err(StreamError::TooLarge(1 << 20)),
+            "it sticks"
+        );
+        // Many small fields adding up past the limit.
+        let mut d = StreamDecoder::with_max_batch(1000);
+        let field = [0x12, 100]
+            .into_iter()
+            .chain([7u8; 100])
+            .collect::<Vec<_>>();
+        let mut result = Ok(Vec::new());
+        for _ in 0..20 {
+            result = d.push(&field);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(StreamError::TooLarge(1000)));
+        // A group (wire type 3) is not a RelayResponse field.
+        assert!(matches!(
+            StreamDecoder::new().push(&[0x0b]),
+            Err(StreamError::Malformed(_))
+        ));
+    }
 }

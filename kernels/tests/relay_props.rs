@@ -149,7 +149,7 @@ proptest! {
         let mut d = relay::StreamDecoder::new();
         let mut got = Vec::new();
         for chunk in wire.chunks(7) {
-            got.extend(d.push(chunk));
+            got.extend(d.push(chunk).expect("a batch"));
         }
         got.extend(d.finish().expect("last batch"));
         prop_assert_eq!(&got, &batches);

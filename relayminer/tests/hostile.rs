@@ -332,3 +332,32 @@ async fn half_sent_requests_are_cut_and_honest_relays_go_on() {
         .expect("read");
     assert_eq!(f.mined(), 3);
 }
+
+/// Issue 23 §5: serve kept a stream's whole body to mine it with no bound. Now a stream
+/// larger than the service's body limit is cut (the gateway sees the stream break) and
+/// not mined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_larger_than_the_body_limit_is_cut_and_not_mined() {
+    let f = fleet(|_| {}).await;
+    // The service allows 64 KiB; 1,500 tokens of SSE are several times that.
+    let long = r#"{"model":"sim-model","messages":[{"role":"user","content":"go on"}],"max_tokens":1500,"stream":true}"#;
+    let uri = format!("http://{}/relay", f.serve().relay_addr);
+    let req = hyper::Request::post(uri)
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            lode_kernels::proto::Message::encode(&f.relay(long)),
+        )))
+        .expect("request");
+    let res = f.http.request(req).await.expect("serve answers");
+    assert_eq!(res.status(), 200, "the stream starts");
+    let read = http_body_util::BodyExt::collect(res.into_body()).await;
+    assert!(read.is_err(), "the stream breaks instead of completing");
+    let m = f.serve().state.metrics.service(SERVICE);
+    assert_eq!(m.aborted.load(Relaxed), 1);
+    assert_eq!(f.mined(), 0, "nothing mined");
+    // A stream within the limit is still served and mined.
+    let (status, _, _) = f
+        .post(lode_kernels::proto::Message::encode(&f.relay(CHAT_STREAM)))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(f.mined(), 1);
+}

@@ -69,6 +69,15 @@ async fn supplier_run(devnet: &Devnet, chain: &Running, index: usize, dir: &Path
 }
 
 async fn gateway(devnet: &Devnet, chain: &Running, dir: &Path) -> lode_gateway::GatewayHandle {
+    gateway_timing_out(devnet, chain, dir, 10).await
+}
+
+async fn gateway_timing_out(
+    devnet: &Devnet,
+    chain: &Running,
+    dir: &Path,
+    timeout_seconds: u64,
+) -> lode_gateway::GatewayHandle {
     let key = write_key(dir, "gateway.key", &devnet.keys().gateways[0]);
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n\
@@ -76,7 +85,7 @@ async fn gateway(devnet: &Devnet, chain: &Running, dir: &Path) -> lode_gateway::
          signing_key_file: '{}'\n\
          applications: [{{address: {}, api_keys: [sk-test]}}]\n\
          models: {{{MODEL}: {SERVICE}}}\n\
-         request_timeout_seconds: 10\n",
+         request_timeout_seconds: {timeout_seconds}\n",
         chain.grpc_url,
         chain.rpc_url,
         key.display(),
@@ -402,4 +411,88 @@ fn reqwest_like_client() -> hyper_util::client::legacy::Client<
     http_body_util::Full<Bytes>,
 > {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// A supplier that answers every relay with a properly signed first stream batch, then
+/// trickles one byte of the next batch every 100 ms, forever.
+async fn trickler(key: SecretKey) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(any()).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().fallback(move |body: Bytes| {
+        let key = key.clone();
+        async move {
+            let req = lode_kernels::proto::RelayRequest::decode(&body).unwrap_or_default();
+            let mut first = RelayResponse {
+                payload: PoktHttpResponse {
+                    status_code: 200,
+                    body_bz: b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n".to_vec(),
+                    ..Default::default()
+                }
+                .encode(),
+                ..Default::default()
+            };
+            first.meta.session_header = req.meta.session_header.clone();
+            lode_kernels::relay::sign_response(&mut first, &key);
+            let mut head = first.encode();
+            head.extend_from_slice(lode_kernels::relay::STREAM_DELIMITER);
+            // The next batch: a payload field declared 1000 bytes long, sent a byte at
+            // a time.
+            head.extend_from_slice(&[0x12, 0xe8, 0x07]);
+            let stream = futures_util::stream::unfold(Some(head), |head| async move {
+                let chunk = match head {
+                    Some(h) => h,
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        vec![b'x']
+                    }
+                };
+                Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), None))
+            });
+            (
+                [(http::header::CONTENT_TYPE, "text/event-stream")],
+                axum::body::Body::from_stream(stream),
+            )
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// Issue 23 §5: the gateway's stream timeout applied per frame, so a supplier sending a
+/// byte every so often held a request (and the client) forever. Now the request timeout
+/// bounds the whole stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_supplier_cannot_hold_a_stream_past_the_request_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devnet = Devnet::new(&DevnetConfig::payment_tests(73));
+    let chain = devnet.serve(any(), any(), None).await.expect("devnet");
+    let slow = trickler(devnet.keys().suppliers[0].clone()).await;
+    devnet
+        .stake_into_next_session_at(&chain, 0, SERVICE, &format!("http://{slow}"))
+        .await
+        .expect("staked");
+    let g = gateway_timing_out(&devnet, &chain, dir.path(), 2).await;
+    let body = serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream": true,
+    });
+    let started = Instant::now();
+    let res = chat(&reqwest_like_client(), g.addr, body.to_string()).await;
+    assert_eq!(res.status(), 200, "the first batch is passed on");
+    let read = tokio::time::timeout(
+        Duration::from_secs(20),
+        http_body_util::BodyExt::collect(res.into_body()),
+    )
+    .await
+    .expect("the stream ended");
+    assert!(
+        read.is_err(),
+        "it ends with an error, not as a complete stream"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    g.shutdown().await;
+    chain.shutdown().await;
 }

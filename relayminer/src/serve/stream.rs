@@ -64,7 +64,20 @@ impl Ctx {
         // the relay (it carries the end of the stream, `data: [DONE]`), so a client
         // holds a complete stream only of a relay the supplier will be paid for.
         let hold = policy == StorePolicy::Hold;
+        // The whole response is kept to be mined: at most the service's body limit.
+        let max_full = service.config.max_body_bytes;
         tokio::spawn(async move {
+            // Every send ends at the deadline: a gateway that stopped reading holds the
+            // engine request, the queue slot and the stream's bytes no longer than that.
+            let send = |b: Result<Bytes, std::io::Error>| {
+                let tx = tx.clone();
+                async move {
+                    matches!(
+                        tokio::time::timeout_at(deadline, tx.send(b)).await,
+                        Ok(Ok(()))
+                    )
+                }
+            };
             let mut full: Vec<u8> = Vec::new();
             let mut pending: Vec<u8> = Vec::new();
             // Bytes at the end of `pending` held back (the newest chunk, under `hold`).
@@ -77,10 +90,16 @@ impl Ctx {
                 tokio::select! {
                     frame = futures_util::StreamExt::next(&mut body) => match frame {
                         Some(Ok(data)) => {
+                            if full.len() + data.len() > max_full {
+                                tracing::warn!(limit = max_full, "the engine's stream exceeds the body limit");
+                                let _ = tx.try_send(Err(std::io::Error::other("the engine's stream exceeds the body limit")));
+                                aborted = true;
+                                break;
+                            }
                             full.extend_from_slice(&data);
                             if !sent_first {
                                 sent_first = true;
-                                if tx.send(Ok(batch(true, status, &headers, &data))).await.is_err() { aborted = true; break; }
+                                if !send(Ok(batch(true, status, &headers, &data))).await { aborted = true; break; }
                             } else {
                                 pending.extend_from_slice(&data);
                                 if hold { held = data.len(); }
@@ -88,7 +107,7 @@ impl Ctx {
                                     let n = pending.len() - held;
                                     let b = batch(false, status, &headers, &pending[..n]);
                                     pending.drain(..n);
-                                    if tx.send(Ok(b)).await.is_err() { aborted = true; break; }
+                                    if !send(Ok(b)).await { aborted = true; break; }
                                 }
                             }
                         }
@@ -103,7 +122,7 @@ impl Ctx {
                         let n = pending.len() - held;
                         let b = batch(false, status, &headers, &pending[..n]);
                         pending.drain(..n);
-                        if tx.send(Ok(b)).await.is_err() { aborted = true; break; }
+                        if !send(Ok(b)).await { aborted = true; break; }
                     }
                     _ = tokio::time::sleep_until(deadline) => {
                         tracing::warn!("stream exceeded the request timeout");
@@ -134,23 +153,22 @@ impl Ctx {
             let res = signed(status, headers, full, &self.session.header, &self.key);
             if hold {
                 if let Some(ack) = self.finish(&metrics, status, &res)
-                    && ack.await.is_err()
+                    && !matches!(tokio::time::timeout_at(deadline, ack).await, Ok(Ok(())))
                 {
                     // Not acknowledged (the store refused it: its session is already
                     // being claimed): the stream breaks instead of completing.
-                    let _ = tx
-                        .send(Err(std::io::Error::other(
-                            "the store did not acknowledge the relay",
-                        )))
-                        .await;
+                    send(Err(std::io::Error::other(
+                        "the store did not acknowledge the relay",
+                    )))
+                    .await;
                     return;
                 }
                 if let Some(b) = last {
-                    let _ = tx.send(Ok(b)).await;
+                    send(Ok(b)).await;
                 }
             } else {
                 if let Some(b) = last
-                    && tx.send(Ok(b)).await.is_err()
+                    && !send(Ok(b)).await
                     && sent_first
                 {
                     // The gateway left before the end: nothing to mine.
