@@ -272,11 +272,6 @@ pub struct ServeConfig {
     /// Timeouts and the in-flight body budget of the relay port.
     #[serde(default = "default_limits")]
     pub limits: ConnectionLimits,
-    /// Refuse relays signed for an application without delegated gateways, whose ring
-    /// holds poktroll's public placeholder key (anyone can sign those). The chain
-    /// accepts them, so this is off by default.
-    #[serde(default)]
-    pub refuse_placeholder_ring: bool,
 }
 
 fn default_triton_model() -> String {
@@ -339,8 +334,27 @@ impl ServeConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             ring_table_mib: DEFAULT_RING_TABLE_MIB,
             limits: default_limits(),
-            refuse_placeholder_ring: false,
         }
+    }
+
+    /// The configuration with its secrets replaced by `<redacted>`: the key passphrase,
+    /// basic-auth passwords and every header value sent to engines (engine API keys
+    /// travel there). What `serve --check` prints.
+    pub fn redacted(&self) -> Self {
+        const HIDDEN: &str = "<redacted>";
+        let mut shown = self.clone();
+        if shown.key_passphrase.is_some() {
+            shown.key_passphrase = Some(HIDDEN.into());
+        }
+        for s in &mut shown.services {
+            if let Some(a) = &mut s.basic_auth {
+                a.password = HIDDEN.into();
+            }
+            for v in s.headers.values_mut() {
+                *v = HIDDEN.into();
+            }
+        }
+        shown
     }
 
     /// Parses lode's YAML and checks it ([`Self::validate`]).

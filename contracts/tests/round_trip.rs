@@ -81,6 +81,54 @@ fn a_serve_config_with_a_quoted_url_and_a_multi_line_header_round_trips() {
     }
     assert_eq!(back.services[1].service_id, "123");
     assert_eq!(back.chain.grpc_url, "http://node:9090/it's");
+
+    // `serve --check` prints it without its secrets: engine headers (API keys), the
+    // basic-auth password and the key passphrase.
+    let shown = format!("{:#?}", c.redacted());
+    for secret in ["p#ss'word", "pass: 'word'", "first\\nsecond", "o'hare"] {
+        assert!(!shown.contains(secret), "{secret:?} shows in {shown}");
+    }
+    assert!(shown.contains("<redacted>") && shown.contains("x-value-0"));
+}
+
+#[test]
+fn routes_and_limits_are_checked() {
+    let service = ServiceConfig::new("llm", "http://127.0.0.1:8000", BackendKind::Openai);
+    let c = ServeConfig::new(
+        node(),
+        StoreConfig::new("http://store:7070", "/token"),
+        vec![PathBuf::from("/key")],
+        vec![service],
+    );
+    assert_eq!(c.validate(), Ok(()));
+    assert_eq!(c.services[0].routes.len(), 5, "OpenAI's inference routes");
+    for bad in [
+        "/v1/../admin",
+        "/v1//chat",
+        "v1/chat",
+        "/v1/%2e%2e/x",
+        "/a?b",
+        "/v1/",
+    ] {
+        let mut c = c.clone();
+        c.services[0].routes[0].path = bad.into();
+        let e = c.validate().expect_err(bad).to_string();
+        assert!(e.contains("route path"), "{bad}: {e}");
+    }
+    let mut lower = c.clone();
+    lower.services[0].routes[0].method = "post".into();
+    assert!(lower.validate().is_err());
+    let mut tiny = c.clone();
+    tiny.limits.in_flight_body_bytes = 1000;
+    assert!(
+        tiny.validate()
+            .expect_err("a budget below one body")
+            .to_string()
+            .contains("in_flight_body_bytes")
+    );
+    let mut zero = c;
+    zero.limits.idle_timeout_seconds = 0;
+    assert!(zero.validate().is_err());
 }
 
 #[test]

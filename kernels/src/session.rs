@@ -124,7 +124,7 @@ impl SharedParams {
             session_start_height: start,
             session_end_height: end,
             session_number: self.session_number(h),
-            grace_period_end_height: end + self.grace_period_end_offset_blocks,
+            grace_period_end_height: end.saturating_add(self.grace_period_end_offset_blocks),
             claim_window_open_height: claim_open,
             claim_window_close_height: claim_close,
             proof_window_open_height: proof_open,

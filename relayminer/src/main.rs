@@ -439,15 +439,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = lode_relayminer::serve::config::load(&args.config, args.keys_dir.as_deref())?;
     if args.check {
         // Secrets stay out of the printout.
-        let mut shown = config.clone();
-        if shown.key_passphrase.is_some() {
-            shown.key_passphrase = Some("<redacted>".into());
-        }
-        for s in &mut shown.services {
-            if let Some(a) = &mut s.basic_auth {
-                a.password = "<redacted>".into();
-            }
-        }
+        let shown = config.redacted();
         println!("{shown:#?}");
         return Ok(());
     }

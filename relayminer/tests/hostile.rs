@@ -361,3 +361,24 @@ async fn a_stream_larger_than_the_body_limit_is_cut_and_not_mined() {
     assert_eq!(status, 200);
     assert_eq!(f.mined(), 1);
 }
+
+/// Issue 23 §9: a header's `end + grace_period` overflowed on extreme heights (a panic in
+/// the handler). Now such a relay is refused like any header the chain does not confirm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_session_heights_are_refused_not_overflowed() {
+    let f = fleet(|_| {}).await;
+    let me = address(&f.supplier);
+    for (start, end) in [
+        (1, i64::MAX),
+        (i64::MAX - 1, i64::MAX),
+        (i64::MIN, i64::MAX),
+    ] {
+        let mut h = f.header.clone();
+        h.session_start_block_height = start;
+        h.session_end_block_height = end;
+        let (status, res) = f.send(&f.relay_for(&h, &me, CHAT)).await;
+        assert_eq!(status, 400, "{:?}", res.relay_miner_error);
+        assert_eq!(error_code(&res), 1);
+    }
+    assert_eq!(f.send(&f.relay(CHAT)).await.0, 200, "serve is still up");
+}

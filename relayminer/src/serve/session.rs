@@ -270,7 +270,8 @@ impl Sessions {
     ) -> Result<Arc<SessionEntry>, SessionError> {
         let end = header.session_end_block_height;
         let params = self.params_at(height).await?;
-        let grace_end = end + params.shared.grace_period_end_offset_blocks;
+        // `end` is the relay's word until the chain confirms it: no overflow on extremes.
+        let grace_end = end.saturating_add(params.shared.grace_period_end_offset_blocks);
         let query_height = if end >= height {
             // A session that starts after the last block seen here: the gateway saw a
             // newer block first. Ask the node at the session start (it refuses heights
@@ -358,7 +359,7 @@ impl Sessions {
             compute_units_per_relay: cupr,
             // The on-chain end, not the header's: the entry serves every relay of the
             // session, whichever header first asked for it.
-            grace_end: onchain_end + end_params.shared.grace_period_end_offset_blocks,
+            grace_end: onchain_end.saturating_add(end_params.shared.grace_period_end_offset_blocks),
             relay_cost: relay_cost.min(u64::MAX as u128) as u64,
             budget_left: AtomicU64::new(budget.min(u64::MAX as u128) as u64),
             refused_signature: AtomicBool::new(false),

@@ -114,6 +114,7 @@ impl<B: Backend> SessionStore for StoreService<B> {
 
     async fn get_session(&self, req: Request<SessionKey>) -> Result<Response<SessionInfo>, Status> {
         let k = req.into_inner();
+        self.check_supplier(&k.supplier_operator_address)?;
         Ok(Response::new(
             self.store
                 .get(&k.supplier_operator_address, &k.session_id)?,
@@ -124,7 +125,15 @@ impl<B: Backend> SessionStore for StoreService<B> {
         &self,
         req: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        let sessions = self.store.list(&req.into_inner().supplier_operator_address);
+        let supplier = req.into_inner().supplier_operator_address;
+        if !supplier.is_empty() {
+            self.check_supplier(&supplier)?;
+        }
+        // Every session, of the suppliers this store serves only.
+        let mut sessions = self.store.list(&supplier);
+        if !self.suppliers.is_empty() {
+            sessions.retain(|s| self.suppliers.contains(&s.supplier_operator_address));
+        }
         Ok(Response::new(ListSessionsResponse { sessions }))
     }
 

@@ -9,8 +9,8 @@ use lode_store::{
     Backend, Durability, MemoryBackend, RocksBackend, ServerConfig, Store, StoreError,
 };
 use lode_store_api::{
-    AppendRelaysRequest, BearerToken, MinedRelay, ProveClosestRequest, SessionHeader, SessionKey,
-    SessionState, SessionStoreClient,
+    AppendRelaysRequest, BearerToken, ListSessionsRequest, MinedRelay, ProveClosestRequest,
+    SessionHeader, SessionKey, SessionState, SessionStoreClient,
 };
 use sha2::{Digest, Sha256};
 
@@ -372,6 +372,31 @@ async fn grpc_requires_the_token_and_answers_bad_requests_clearly() {
         .expect_err("wrong supplier");
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     assert!(e.message().contains("pokt1other"), "{}", e.message());
+    // Reads are the store's suppliers' only too (issue 23 §9: they skipped the check).
+    let foreign = SessionKey {
+        supplier_operator_address: "pokt1other".into(),
+        session_id: "s".into(),
+    };
+    let e = client.get_session(foreign).await.expect_err("foreign read");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let e = client
+        .list_sessions(ListSessionsRequest {
+            supplier_operator_address: "pokt1other".into(),
+        })
+        .await
+        .expect_err("foreign list");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let all = client
+        .list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .sessions;
+    assert!(
+        all.iter()
+            .all(|s| s.supplier_operator_address == "pokt1sup"),
+        "{all:?}"
+    );
     let missing_header = AppendRelaysRequest {
         session_header: None,
         ..req()
