@@ -124,6 +124,10 @@ pub struct JobSettings {
     /// uPOKT per unit of gas (`--gas-prices`), e.g. `0.0001`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gas_price: Option<String>,
+    /// The largest fee a transaction may carry, uPOKT (`--max-fee-upokt`; 1000000 when
+    /// unset). Stake, unstake, claim and proof transactions above it are not signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fee_upokt: Option<String>,
 }
 
 fn default_backoff() -> i32 {
@@ -136,6 +140,7 @@ impl Default for JobSettings {
             backoff_limit: default_backoff(),
             gas_adjustment: None,
             gas_price: None,
+            max_fee_upokt: None,
         }
     }
 }

@@ -17,6 +17,10 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The operating system gave no randomness for a new secret: nothing is created
+    /// rather than a guessable token.
+    #[error("reading randomness for a new store token: {0}")]
+    Randomness(#[source] std::io::Error),
 }
 
 impl Error {
@@ -25,6 +29,7 @@ impl Error {
         match self {
             Self::Kube(_) => "ApiError",
             Self::Build(b) => b.reason(),
+            Self::Randomness(_) => "NoRandomness",
         }
     }
 }

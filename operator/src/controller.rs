@@ -79,28 +79,20 @@ async fn invalid_model(
     Ok(Action::await_change())
 }
 
-/// A random token for a new store (64 hex characters).
-fn new_token() -> String {
-    use sha2::Digest;
-    let mut seed = Vec::new();
-    seed.extend_from_slice(&std::process::id().to_le_bytes());
-    seed.extend_from_slice(
-        &std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-            .to_le_bytes(),
-    );
-    let mut urandom = [0u8; 32];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut urandom);
-    }
-    seed.extend_from_slice(&urandom);
-    sha2::Sha256::digest(&seed)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A random token for a new store: 256 bits from the operating system as 64 hex
+/// characters. Without randomness it fails (the reconcile is retried) instead of falling
+/// back to anything guessable.
+fn new_token() -> Result<String, Error> {
+    token_from(std::path::Path::new("/dev/urandom"))
+}
+
+fn token_from(source: &std::path::Path) -> Result<String, Error> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open(source)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(Error::Randomness)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The finalizer a Supplier with `unstakeOnDelete` carries until it is unstaked.
@@ -191,7 +183,7 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
         // The store still runs; only the stake waits for a spec the chain would accept.
         ctx.event(s.as_ref(), true, reason, message.clone()).await;
     }
-    let secret = build::supplier::token_secret(&s, &new_token())?;
+    let secret = build::supplier::token_secret(&s, &new_token()?)?;
     let store = build::supplier::store(&s, &ctx.images)?;
     let stake_job = match stake {
         Stake::Differs { .. } => Some(build::jobs::stake_job(&s, &ctx.images)?),
@@ -357,4 +349,25 @@ pub async fn run(ctx: Arc<Context>) {
 /// Labels of the CRs' children as a map (for tests and cleanup selectors).
 pub fn owner_selector(owner: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(build::OWNER_LABEL.to_string(), owner.to_string())])
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_256_random_bits_or_an_error() {
+        let (a, b) = (new_token().expect("token"), new_token().expect("token"));
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        // No randomness: an error, never a fallback.
+        let e = token_from(std::path::Path::new("/nonexistent/urandom")).expect_err("fails");
+        assert_eq!(e.category(), "NoRandomness");
+        // Too little randomness is no better.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let short = dir.path().join("short");
+        std::fs::write(&short, [1u8; 8]).expect("write");
+        assert!(token_from(&short).is_err());
+    }
 }

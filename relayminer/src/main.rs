@@ -149,13 +149,14 @@ impl SignerArgs {
         )?)
     }
 
-    fn config(&self, gas_adjustment: f64, gas_price: f64) -> lode_relayminer::stake::StakeConfig {
+    fn config(&self, fees: &FeeArgs) -> lode_relayminer::stake::StakeConfig {
         lode_relayminer::stake::StakeConfig {
             grpc_url: self.chain_grpc.clone(),
             rpc_url: self.chain_rpc.clone(),
             chain_id: self.chain_id.clone(),
-            gas_adjustment,
-            gas_price,
+            gas_adjustment: fees.gas_adjustment,
+            gas_price: fees.gas_price,
+            max_fee_upokt: fees.max_fee_upokt,
             poll: Duration::from_millis(500),
         }
     }
@@ -187,24 +188,36 @@ struct StakeArgs {
     /// A revenue share, `SERVICE_ID:ADDRESS=PERCENT`; repeat for several.
     #[arg(long = "rev-share", env = "LODE_REV_SHARES", value_delimiter = ',')]
     rev_shares: Vec<String>,
+    #[command(flatten)]
+    fees: FeeArgs,
+}
+
+/// What a transaction may cost.
+#[derive(clap::Args, Debug)]
+struct FeeArgs {
+    /// Simulated gas is multiplied by this.
     #[arg(long, default_value_t = 1.5, env = "LODE_GAS_ADJUSTMENT")]
     gas_adjustment: f64,
+    /// Fee per unit of gas, in uPOKT.
     #[arg(long, default_value_t = 0.0001, env = "LODE_GAS_PRICE")]
     gas_price: f64,
+    /// The largest fee signed, in uPOKT: a transaction whose simulated gas would cost
+    /// more is refused before it is signed (a node lying in simulation cannot spend the
+    /// key's balance).
+    #[arg(long, default_value_t = lode_chain_tx::DEFAULT_MAX_FEE_UPOKT, env = "LODE_MAX_FEE_UPOKT")]
+    max_fee_upokt: u128,
 }
 
 #[derive(clap::Args, Debug)]
 struct UnstakeArgs {
     #[command(flatten)]
     signer: SignerArgs,
-    #[arg(long, default_value_t = 1.5, env = "LODE_GAS_ADJUSTMENT")]
-    gas_adjustment: f64,
-    #[arg(long, default_value_t = 0.0001, env = "LODE_GAS_PRICE")]
-    gas_price: f64,
+    #[command(flatten)]
+    fees: FeeArgs,
 }
 
 async fn unstake(a: UnstakeArgs) -> anyhow::Result<()> {
-    let config = a.signer.config(a.gas_adjustment, a.gas_price);
+    let config = a.signer.config(&a.fees);
     let report = lode_relayminer::stake::unstake(&config, a.signer.key()?).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -257,7 +270,7 @@ async fn stake(a: StakeArgs) -> anyhow::Result<()> {
     let key = a.signer.key()?;
     let operator = key.public_key().address().to_bech32("pokt");
     let spec = stake_spec(&a, &operator)?;
-    let config = a.signer.config(a.gas_adjustment, a.gas_price);
+    let config = a.signer.config(&a.fees);
     let report = lode_relayminer::stake::stake(&config, key, &spec).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -265,12 +278,8 @@ async fn stake(a: StakeArgs) -> anyhow::Result<()> {
 
 #[derive(clap::Args, Debug)]
 struct TxArgs {
-    /// Simulated gas is multiplied by this.
-    #[arg(long, default_value_t = 1.5, env = "LODE_GAS_ADJUSTMENT")]
-    gas_adjustment: f64,
-    /// Fee per unit of gas, in uPOKT.
-    #[arg(long, default_value_t = 0.0001, env = "LODE_GAS_PRICE")]
-    gas_price: f64,
+    #[command(flatten)]
+    fees: FeeArgs,
     /// How long a pass keeps retrying while the chain node or the store is unreachable.
     #[arg(long, default_value_t = 300, env = "LODE_OUTAGE_BUDGET_SECONDS")]
     outage_budget_seconds: u64,
@@ -451,8 +460,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 impl TxArgs {
     fn apply(&self, c: &mut LifecycleConfig) {
-        c.gas_adjustment = self.gas_adjustment;
-        c.gas_price = self.gas_price;
+        c.gas_adjustment = self.fees.gas_adjustment;
+        c.gas_price = self.fees.gas_price;
+        c.max_fee_upokt = self.fees.max_fee_upokt;
         c.outage_budget = Duration::from_secs(self.outage_budget_seconds);
         c.sibling_data = self.sibling_data;
     }

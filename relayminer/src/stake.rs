@@ -18,6 +18,8 @@ pub struct StakeConfig {
     pub chain_id: Option<String>,
     pub gas_adjustment: f64,
     pub gas_price: f64,
+    /// The largest fee signed, uPOKT.
+    pub max_fee_upokt: u128,
     pub poll: std::time::Duration,
 }
 
@@ -80,6 +82,7 @@ async fn signer(
         SendConfig {
             gas_adjustment: config.gas_adjustment,
             gas_price: config.gas_price,
+            max_fee: config.max_fee_upokt,
             poll: config.poll,
             ..SendConfig::pocket(&node)
         },

@@ -22,6 +22,8 @@ use tokio::sync::broadcast;
 pub struct Node {
     /// Broadcast transactions by hash, with the height that includes them.
     pub txs: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
+    /// The bytes of every transaction accepted, in order.
+    pub raw: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
     pub height: Arc<AtomicI64>,
     pub fail_next: Arc<AtomicU32>,
     pub events: broadcast::Sender<Option<i64>>,
@@ -82,6 +84,7 @@ pub async fn json_rpc(State(n): State<Node>, Json(req): Json<Value>) -> Json<Val
         .lock()
         .expect("txs")
         .insert(hash.clone(), n.height.load(Ordering::SeqCst) + 1);
+    n.raw.lock().expect("raw").push(tx);
     Json(
         json!({"jsonrpc": "2.0", "id": 1, "result": {"code": 0, "codespace": "", "log": "[]", "hash": hash}}),
     )
@@ -159,6 +162,7 @@ pub async fn start() -> (Node, String) {
     let (events, _) = broadcast::channel(64);
     let node = Node {
         txs: Default::default(),
+        raw: Default::default(),
         height: Arc::new(AtomicI64::new(3)),
         fail_next: Arc::new(AtomicU32::new(0)),
         events,

@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status};
 #[derive(Default)]
 pub struct Node {
     pub unavailable_first: AtomicU32,
+    /// When set, the gas every simulation reports (a node that lies).
+    pub lying_gas: std::sync::atomic::AtomicU64,
 }
 
 /// The node as a service (a local type, so the generated traits can be implemented).
@@ -87,7 +89,10 @@ impl tx::service_server::Service for Svc {
             return Err(Status::invalid_argument("empty tx"));
         }
         // Gas proportional to the size, as a real node's would roughly be.
-        let used = 50_000 + 10 * bytes.len() as u64;
+        let used = match self.0.lying_gas.load(Ordering::SeqCst) {
+            0 => 50_000 + 10 * bytes.len() as u64,
+            lie => lie,
+        };
         Ok(Response::new(tx::SimulateResponse {
             gas_info: Some(tx::GasInfo {
                 gas_wanted: 0,

@@ -14,5 +14,6 @@ pub mod send;
 pub mod stake;
 
 pub use send::{
-    BroadcastResult, SendConfig, SendError, Sent, TxSender, broadcast_tx_sync, signing_chain_id,
+    BroadcastResult, DEFAULT_MAX_FEE_UPOKT, SendConfig, SendError, Sent, TxSender,
+    broadcast_tx_sync, signing_chain_id,
 };

@@ -17,9 +17,14 @@ pub const REBROADCAST_AFTER_BLOCKS: i64 = 3;
 /// At most this many re-broadcasts per transaction (poktroll's relayminer does 2).
 pub const MAX_REBROADCASTS: u32 = 2;
 
-/// How many blocks [`TxSender::send`] waits for a transaction sent without a timeout
-/// height before reporting it as not included.
-pub const UNBOUNDED_WAIT_BLOCKS: i64 = 20;
+/// The timeout height [`TxSender::send`] gives a transaction sent without one: this many
+/// blocks after the chain's latest (no transaction stays valid forever).
+pub const DEFAULT_TIMEOUT_BLOCKS: i64 = 20;
+
+/// The largest fee a transaction may carry unless configured otherwise: 1 POKT. A claim
+/// or proof costs a few hundred uPOKT at poktroll's gas price; the cap stops a node that
+/// lies in simulation from making the key sign away its balance.
+pub const DEFAULT_MAX_FEE_UPOKT: u128 = 1_000_000;
 
 /// What every transaction of one signer shares.
 #[derive(Clone, Debug)]
@@ -30,6 +35,9 @@ pub struct SendConfig {
     /// Fee per unit of gas, in `fee_denom` (`--gas-prices`).
     pub gas_price: f64,
     pub fee_denom: String,
+    /// The largest fee signed, in `fee_denom` (`--max-fee-upokt`): above it the
+    /// transaction is refused before it is signed.
+    pub max_fee: u128,
     /// How often inclusion is checked.
     pub poll: Duration,
 }
@@ -42,6 +50,7 @@ impl SendConfig {
             gas_adjustment: 1.5,
             gas_price: 0.0001,
             fee_denom: "upokt".into(),
+            max_fee: DEFAULT_MAX_FEE_UPOKT,
             poll: Duration::from_secs(1),
         }
     }
@@ -110,6 +119,15 @@ pub enum SendError {
     HashMismatch { ours: String, node: String },
     #[error("the node is on chain {node:?}, not the configured {want:?}: refusing to sign")]
     WrongChain { node: String, want: String },
+    #[error(
+        "the fee would be {fee} {denom} ({gas} gas simulated by the node), above the cap of {cap}: not signed (raise --max-fee-upokt if the chain really needs it)"
+    )]
+    FeeAboveCap {
+        fee: u128,
+        cap: u128,
+        gas: u64,
+        denom: String,
+    },
 }
 
 impl SendError {
@@ -160,14 +178,21 @@ impl TxSender {
         &self.address
     }
 
-    /// Sends `messages` in one transaction that is only valid up to `timeout_height`, and
-    /// waits until it is in a block.
+    /// Sends `messages` in one transaction that is only valid up to `timeout_height` (0:
+    /// [`DEFAULT_TIMEOUT_BLOCKS`] after the latest block), and waits until it is in a
+    /// block. A fee above the configured cap is refused before anything is signed.
     pub async fn send(
         &self,
         messages: Vec<Any>,
         memo: &str,
         timeout_height: u64,
     ) -> Result<Sent, SendError> {
+        let timeout_height = if timeout_height == 0 {
+            let latest = self.rpc.status().await?.latest_height;
+            (latest + DEFAULT_TIMEOUT_BLOCKS).max(1) as u64
+        } else {
+            timeout_height
+        };
         let account = self.grpc.account(&self.address).await?;
         let mut params = TxParams {
             chain_id: self.config.chain_id.clone(),
@@ -184,6 +209,14 @@ impl TxSender {
             .await?;
         params.gas_limit = gas_limit(simulated, self.config.gas_adjustment);
         let fee = (params.gas_limit as f64 * self.config.gas_price).ceil() as u128;
+        if fee > self.config.max_fee {
+            return Err(SendError::FeeAboveCap {
+                fee,
+                cap: self.config.max_fee,
+                gas: params.gas_limit,
+                denom: self.config.fee_denom.clone(),
+            });
+        }
         if fee > 0 {
             params.fee = vec![Coin {
                 denom: self.config.fee_denom.clone(),
@@ -206,14 +239,8 @@ impl TxSender {
                 node: checked.hash,
             });
         }
-        // A transaction without a timeout height (0) stays valid forever; waiting for it
-        // still has to end, so it is bounded by `UNBOUNDED_WAIT_BLOCKS` from now.
         let broadcast_height = self.rpc.status().await?.latest_height;
-        let wait_until = if timeout_height == 0 {
-            broadcast_height + UNBOUNDED_WAIT_BLOCKS
-        } else {
-            timeout_height as i64
-        };
+        let wait_until = timeout_height as i64;
         let included = self
             .await_inclusion(&tx, &ours, broadcast_height, wait_until)
             .await?;

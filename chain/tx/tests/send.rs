@@ -13,7 +13,7 @@ use lode_chain::{ChainGrpc, CometRpc, RpcError};
 use lode_chain_tx::{SendConfig, SendError, TxSender, broadcast_tx_sync};
 use lode_kernels::crypto::SecretKey;
 use lode_kernels::proto::cosmos::{self, Any};
-use lode_kernels::proto::{MsgCreateClaim, SessionHeader};
+use lode_kernels::proto::{Message, MsgCreateClaim, SessionHeader};
 
 #[tokio::test]
 async fn a_claim_goes_from_signing_to_a_block() {
@@ -91,6 +91,83 @@ async fn a_claim_goes_from_signing_to_a_block() {
     assert!(
         matches!(e, SendError::Rpc(RpcError::NotIncluded { .. })),
         "{e}"
+    );
+}
+
+/// Issue 23 §7: the fee was simulated gas × price with no cap, so a node lying in
+/// simulation made the key sign away its balance. Now a fee above the cap is refused
+/// before anything is signed or broadcast; and a transaction sent without a timeout
+/// height gets one.
+#[tokio::test]
+async fn a_fee_above_the_cap_is_never_signed_and_every_transaction_times_out() {
+    let (comet, comet_url) = comet_node::start().await;
+    let node = Arc::new(grpc_node::Node::default());
+    let grpc_url = grpc_node::start(node.clone()).await;
+    let sender = TxSender::new(
+        CometRpc::new(&comet_url, comet_node::quick()),
+        ChainGrpc::new(&grpc_url, grpc_node::quick()).expect("client"),
+        SecretKey::from_secret(b"supplier operator"),
+        SendConfig {
+            poll: Duration::from_millis(20),
+            ..SendConfig::pocket("pocket-test")
+        },
+    );
+    let claim = |id: &str| {
+        let claim = MsgCreateClaim {
+            supplier_operator_address: sender.address().to_string(),
+            session_header: Some(SessionHeader {
+                session_id: id.into(),
+                ..Default::default()
+            }),
+            root_hash: vec![1; 48],
+        };
+        vec![Any::pack(cosmos::MSG_CREATE_CLAIM_TYPE_URL, &claim)]
+    };
+    // 10^13 gas at 0.0001 uPOKT: a fee of 1.5 billion uPOKT asked.
+    node.lying_gas.store(10_000_000_000_000, Ordering::SeqCst);
+    let e = sender
+        .send(claim("lie"), "", 10)
+        .await
+        .expect_err("refused");
+    match &e {
+        SendError::FeeAboveCap { fee, cap, .. } => {
+            assert_eq!(*cap, lode_chain_tx::DEFAULT_MAX_FEE_UPOKT);
+            assert!(*fee > 1_000_000_000, "{fee}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(e.to_string().contains("--max-fee-upokt"), "{e}");
+    assert!(
+        comet.txs.lock().expect("txs").is_empty(),
+        "nothing broadcast"
+    );
+
+    // An honest simulation, sent with no timeout height: it gets the latest height +
+    // DEFAULT_TIMEOUT_BLOCKS, so it cannot sit in a mempool forever.
+    node.lying_gas.store(0, Ordering::SeqCst);
+    let advance = {
+        let comet = comet.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            comet.height.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    let sent = sender.send(claim("honest"), "", 0).await.expect("included");
+    advance.await.expect("join");
+    assert!(comet.txs.lock().expect("txs").contains_key(&sent.hash));
+    let bytes = comet
+        .raw
+        .lock()
+        .expect("raw")
+        .last()
+        .cloned()
+        .expect("ours");
+    let raw = cosmos::TxRaw::decode(&bytes).expect("a tx");
+    let body = cosmos::TxBody::decode(&raw.body_bytes).expect("a body");
+    // The node was at height 3 when it was sent.
+    assert_eq!(
+        body.timeout_height,
+        3 + lode_chain_tx::send::DEFAULT_TIMEOUT_BLOCKS as u64
     );
 }
 

@@ -44,6 +44,21 @@ impl std::fmt::Debug for Nonce {
     }
 }
 
+/// `k⁻¹` with a signature's `r` gives the key away, so a nonce's memory is wiped when it
+/// goes: used, or left in a pool that is dropped.
+impl zeroize::Zeroize for Nonce {
+    fn zeroize(&mut self) {
+        self.r.zeroize();
+        self.k_inv.zeroize();
+    }
+}
+
+impl Drop for Nonce {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self);
+    }
+}
+
 impl Nonce {
     /// A fresh nonce from a cryptographic random source.
     pub fn random(rng: &mut impl CryptoRngCore) -> Self {
@@ -139,6 +154,14 @@ pub fn verify_key(key: &PublicKey, msg: &[u8], sig: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nonce_is_wiped() {
+        let mut n = Nonce::random(&mut rand_core::OsRng);
+        assert!(!bool::from(n.k_inv.is_zero()));
+        zeroize::Zeroize::zeroize(&mut n);
+        assert!(bool::from(n.r.is_zero()) && bool::from(n.k_inv.is_zero()));
+    }
 
     #[test]
     fn signatures_with_nonces_made_ahead_verify_and_are_low_s() {

@@ -150,12 +150,7 @@ pub fn window_job(
         ),
         ("LODE_REPORT_FILE", "/dev/termination-log".into()),
     ];
-    if let Some(g) = &spec.jobs.gas_adjustment {
-        env.push(("LODE_GAS_ADJUSTMENT", g.clone()));
-    }
-    if let Some(g) = &spec.jobs.gas_price {
-        env.push(("LODE_GAS_PRICE", g.clone()));
-    }
+    env.extend(fee_env(&spec.jobs)?);
     relayminer_job(
         s,
         job_name(&name, window, open_height),
@@ -180,7 +175,7 @@ pub fn unstake_job(s: &Supplier, images: &Images) -> Result<Job, BuildError> {
         format!("{name}-unstake"),
         super::component::STAKE,
         vec!["unstake".into()],
-        vec![
+        [
             ("LODE_CHAIN_GRPC", s.spec.chain.grpc_url.clone()),
             ("LODE_CHAIN_RPC", s.spec.chain.rpc_url.clone()),
             ("LODE_CHAIN_ID", s.spec.chain.chain_id.clone()),
@@ -188,7 +183,10 @@ pub fn unstake_job(s: &Supplier, images: &Images) -> Result<Job, BuildError> {
                 "LODE_KEY_FILE",
                 format!("{}/{}", paths::KEYS, s.spec.key_secret_ref.key),
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(fee_env(&s.spec.jobs)?)
+        .collect(),
         BTreeMap::new(),
         images,
     )?;
@@ -220,6 +218,7 @@ pub fn stake_job(s: &Supplier, images: &Images) -> Result<Job, BuildError> {
         ),
         ("LODE_STAKE_SPEC", want),
     ];
+    let env = env.into_iter().chain(fee_env(&s.spec.jobs)?).collect();
     relayminer_job(
         s,
         format!("{name}-stake-{digest}"),
@@ -229,6 +228,46 @@ pub fn stake_job(s: &Supplier, images: &Images) -> Result<Job, BuildError> {
         BTreeMap::new(),
         images,
     )
+}
+
+/// What the Supplier's `jobs` settings say a transaction may cost, as the relayminer's
+/// environment (unset ones keep the relayminer's defaults). A value the relayminer would
+/// refuse is refused here, with the field's name.
+fn fee_env(jobs: &lode_crds::JobSettings) -> Result<Vec<(&'static str, String)>, BuildError> {
+    let rate = |v: &str| v.parse::<f64>().is_ok_and(|x| x.is_finite() && x >= 0.0);
+    let mut env = Vec::new();
+    // (variable, field, value, whether it is a rate: a finite non-negative decimal; else
+    // a whole uPOKT amount)
+    let checked = [
+        (
+            "LODE_GAS_ADJUSTMENT",
+            "gasAdjustment",
+            &jobs.gas_adjustment,
+            true,
+        ),
+        ("LODE_GAS_PRICE", "gasPrice", &jobs.gas_price, true),
+        (
+            "LODE_MAX_FEE_UPOKT",
+            "maxFeeUpokt",
+            &jobs.max_fee_upokt,
+            false,
+        ),
+    ];
+    for (var, field, value, is_rate) in checked {
+        let Some(v) = value else { continue };
+        let valid = if is_rate {
+            rate(v)
+        } else {
+            v.parse::<u128>().is_ok()
+        };
+        if !valid {
+            return Err(BuildError::Invalid(format!(
+                "jobs.{field} {v:?} is not a valid number"
+            )));
+        }
+        env.push((var, v.clone()));
+    }
+    Ok(env)
 }
 
 /// The windows open at `height` for sessions ending at or before it, as (window, open
@@ -290,6 +329,37 @@ mod tests {
             "the store lets it in"
         );
         assert_eq!(labels[SUPPLIER_LABEL], "supplier-1");
+    }
+
+    #[test]
+    fn every_transaction_job_gets_the_fee_settings_and_bad_ones_are_refused() {
+        let mut s = sample_supplier();
+        s.spec.jobs.max_fee_upokt = Some("2500000".into());
+        s.spec.jobs.gas_price = Some("0.0002".into());
+        let images = Images::default();
+        for j in [
+            window_job(&s, Window::Claim, 22, &images).expect("claim"),
+            window_job(&s, Window::Prove, 26, &images).expect("proof"),
+            stake_job(&s, &images).expect("stake"),
+            unstake_job(&s, &images).expect("unstake"),
+        ] {
+            let pod = j.spec.expect("spec").template.spec.expect("pod");
+            let env = env_of(&pod.containers[0]);
+            assert_eq!(env["LODE_MAX_FEE_UPOKT"], "2500000");
+            assert_eq!(env["LODE_GAS_PRICE"], "0.0002");
+            assert!(
+                !env.contains_key("LODE_GAS_ADJUSTMENT"),
+                "unset: the default"
+            );
+        }
+        for bad in ["-1", "1e30", "lots"] {
+            s.spec.jobs.max_fee_upokt = Some(bad.into());
+            let e = stake_job(&s, &images).expect_err(bad).to_string();
+            assert!(e.contains("jobs.maxFeeUpokt"), "{e}");
+        }
+        s.spec.jobs.max_fee_upokt = None;
+        s.spec.jobs.gas_price = Some("NaN".into());
+        assert!(window_job(&s, Window::Claim, 22, &images).is_err());
     }
 
     #[test]

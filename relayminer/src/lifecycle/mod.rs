@@ -53,6 +53,8 @@ pub struct LifecycleConfig {
     pub gas_adjustment: f64,
     /// `--gas-prices` in uPOKT per gas.
     pub gas_price: f64,
+    /// `--max-fee-upokt`: the largest fee signed.
+    pub max_fee_upokt: u128,
     /// How often inclusion and new blocks are polled.
     pub poll: Duration,
     /// How long a pass keeps retrying while the chain node or the store is unreachable.
@@ -73,6 +75,7 @@ impl LifecycleConfig {
             keys: Vec::new(),
             gas_adjustment: 1.5,
             gas_price: 0.0001,
+            max_fee_upokt: lode_chain_tx::DEFAULT_MAX_FEE_UPOKT,
             poll: Duration::from_secs(1),
             outage_budget: Duration::from_secs(300),
             sibling_data: false,
@@ -326,6 +329,7 @@ impl Lifecycle {
         let config = SendConfig {
             gas_adjustment: self.config.gas_adjustment,
             gas_price: self.config.gas_price,
+            max_fee: self.config.max_fee_upokt,
             poll: self.config.poll,
             ..SendConfig::pocket(self.chain_id().await?)
         };
