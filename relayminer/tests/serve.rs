@@ -364,8 +364,8 @@ async fn a_new_sessions_first_relays_share_one_chain_fetch() {
     assert_eq!(sessions.cached_sessions(), 1);
     assert_eq!(sessions.fetches_in_flight(), 0, "finished fetches leave");
 
-    // A refusal is shared by the relays that asked together, and not kept: made-up
-    // session ids (the node says no) leave nothing behind.
+    // Made-up session ids of the session already here cost no node query (issue 23 §9:
+    // each cost one), and leave nothing behind.
     let mut forged = f.header.clone();
     forged.session_id = "ab".repeat(32);
     let me = address(&f.supplier);
@@ -377,13 +377,44 @@ async fn a_new_sessions_first_relays_share_one_chain_fetch() {
     for (status, res) in &answers {
         assert_eq!((*status, error_code(res)), (400, 1));
     }
-    assert_eq!(f.devnet.chain().session_queries - before, 1);
+    for fill in ["cd", "ef"] {
+        forged.session_id = fill.repeat(32);
+        let (status, res) = f.send(&f.relay_for(&forged, &me, CHAT)).await;
+        assert_eq!((status, error_code(&res)), (400, 1));
+    }
+    assert_eq!(f.devnet.chain().session_queries - before, 0);
     assert_eq!(sessions.cached_sessions(), 1);
     assert_eq!(sessions.fetches_in_flight(), 0);
-    // Asked again later, it is fetched again (refusals are not cached).
-    let (status, res) = f.send(&f.relay_for(&forged, &me, CHAT)).await;
-    assert_eq!((status, error_code(&res)), (400, 1));
-    assert_eq!(f.devnet.chain().session_queries - before, 2);
+
+    // A header the chain refuses (an application with no session) is asked once per
+    // block, however its id varies; the refusal is shared by the relays that asked
+    // together.
+    let mut stranger = f.header.clone();
+    stranger.application_address = address(&SecretKey::from_secret(b"no such app"));
+    let before = f.devnet.chain().session_queries;
+    let (f, me) = (&f, &me);
+    let answers = futures_util::future::join_all((0..4).map(|i| {
+        let mut h = stranger.clone();
+        h.session_id = format!("{i:064}");
+        async move { f.send(&f.relay_for(&h, me, CHAT)).await }
+    }))
+    .await;
+    for (status, res) in &answers {
+        assert_eq!(*status, 400, "{:?}", res.relay_miner_error);
+    }
+    let asked = f.devnet.chain().session_queries - before;
+    assert!((1..=4).contains(&asked), "{asked}");
+    assert_eq!(sessions.remembered_refusals(), 1);
+    for i in 10..20 {
+        stranger.session_id = format!("{i:064}");
+        assert_eq!(f.send(&f.relay_for(&stranger, me, CHAT)).await.0, 400);
+    }
+    assert_eq!(
+        f.devnet.chain().session_queries - before,
+        asked,
+        "remembered until the next block"
+    );
+    assert_eq!(sessions.cached_sessions(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

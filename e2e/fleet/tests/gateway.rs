@@ -260,6 +260,24 @@ async fn the_openai_sdk_gets_answers_and_the_relays_are_mined_and_claimed() {
     chain.shutdown().await;
 }
 
+/// An answer with status 200 and `http_body` to the relay in `relay`, for its session,
+/// signed by `key`.
+fn signed_answer(relay: &[u8], key: &SecretKey, http_body: &[u8]) -> RelayResponse {
+    let req = lode_kernels::proto::RelayRequest::decode(relay).unwrap_or_default();
+    let mut res = RelayResponse {
+        payload: PoktHttpResponse {
+            status_code: 200,
+            body_bz: http_body.to_vec(),
+            ..Default::default()
+        }
+        .encode(),
+        ..Default::default()
+    };
+    res.meta.session_header = req.meta.session_header;
+    lode_kernels::relay::sign_response(&mut res, key);
+    res
+}
+
 /// A supplier endpoint that answers every relay with a response signed by the wrong key.
 async fn forger() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind(any()).await.expect("bind");
@@ -268,18 +286,11 @@ async fn forger() -> SocketAddr {
     let app = axum::Router::new().fallback(move |body: Bytes| {
         let wrong = wrong.clone();
         async move {
-            let req = lode_kernels::proto::RelayRequest::decode(&body).unwrap_or_default();
-            let mut res = RelayResponse {
-                payload: PoktHttpResponse {
-                    status_code: 200,
-                    body_bz: br#"{"choices":[{"message":{"content":"forged"}}]}"#.to_vec(),
-                    ..Default::default()
-                }
-                .encode(),
-                ..Default::default()
-            };
-            res.meta.session_header = req.meta.session_header.clone();
-            lode_kernels::relay::sign_response(&mut res, &wrong);
+            let res = signed_answer(
+                &body,
+                &wrong,
+                br#"{"choices":[{"message":{"content":"forged"}}]}"#,
+            );
             (
                 [(http::header::CONTENT_TYPE, "application/x-protobuf")],
                 res.encode(),
@@ -421,18 +432,11 @@ async fn trickler(key: SecretKey) -> SocketAddr {
     let app = axum::Router::new().fallback(move |body: Bytes| {
         let key = key.clone();
         async move {
-            let req = lode_kernels::proto::RelayRequest::decode(&body).unwrap_or_default();
-            let mut first = RelayResponse {
-                payload: PoktHttpResponse {
-                    status_code: 200,
-                    body_bz: b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n".to_vec(),
-                    ..Default::default()
-                }
-                .encode(),
-                ..Default::default()
-            };
-            first.meta.session_header = req.meta.session_header.clone();
-            lode_kernels::relay::sign_response(&mut first, &key);
+            let first = signed_answer(
+                &body,
+                &key,
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            );
             let mut head = first.encode();
             head.extend_from_slice(lode_kernels::relay::STREAM_DELIMITER);
             // The next batch: a payload field declared 1000 bytes long, sent a byte at

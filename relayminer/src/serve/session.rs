@@ -84,6 +84,20 @@ impl SessionEntry {
 /// A fetch of one session header's answer from the chain, shared by every relay that
 /// asks while it runs: the first relays of a new session make one set of queries to the
 /// node, not one per relay.
+/// Refusals remembered between two blocks, at most.
+const MAX_REFUSALS: usize = 4096;
+
+/// What a refusal is remembered by: the header without its session id (a made-up id is
+/// free to vary).
+fn refusal_key(h: &SessionHeader) -> (String, String, i64, i64) {
+    (
+        h.application_address.clone(),
+        h.service_id.clone(),
+        h.session_start_block_height,
+        h.session_end_block_height,
+    )
+}
+
 type Flight = Arc<tokio::sync::OnceCell<Result<Arc<SessionEntry>, SessionError>>>;
 
 /// A header's five fields: relays join a fetch only for exactly the header it checks.
@@ -117,6 +131,10 @@ pub struct Sessions {
     /// (any id, with a real application and service) adds nothing and cannot shadow the
     /// real session whose id it names.
     cache: Mutex<HashMap<String, Arc<SessionEntry>>>,
+    /// Headers the chain refused since the last block, by (application, service, start,
+    /// end): asked again, they are refused without a node query. At most
+    /// [`MAX_REFUSALS`]; emptied at every block.
+    refusals: Mutex<HashMap<(String, String, i64, i64), SessionError>>,
     flights: Mutex<HashMap<FlightKey, Flight>>,
     num_suppliers: Mutex<Option<u64>>,
 }
@@ -128,6 +146,7 @@ impl Sessions {
             height: Arc::new(AtomicI64::new(0)),
             last_block: Mutex::new(None),
             cache: Mutex::default(),
+            refusals: Mutex::default(),
             flights: Mutex::default(),
             num_suppliers: Mutex::new(None),
         })
@@ -174,7 +193,10 @@ impl Sessions {
 
     /// Sets the chain height (also used by tests and by `run`).
     pub fn set_height(&self, h: i64) {
-        self.height.fetch_max(h, Ordering::AcqRel);
+        if self.height.fetch_max(h, Ordering::AcqRel) < h {
+            // A new block can make a refused header valid (a session that has started).
+            self.refusals.lock().expect("lock").clear();
+        }
         *self.last_block.lock().expect("lock") = Some(Instant::now());
         // Sessions past their grace period are useless for serving.
         self.cache
@@ -194,9 +216,32 @@ impl Sessions {
         if height == 0 {
             return Err(SessionError::NoHeight);
         }
-        let entry = match self.cached(&header.session_id) {
+        // A made-up id of a session already here is found by its application, service
+        // and start, and refused below without asking the node.
+        let known = self
+            .cached(&header.session_id)
+            .or_else(|| self.cached_slot(header));
+        let entry = match known {
             Some(e) => e,
-            None => self.fetch_shared(header, height).await?,
+            None => {
+                let slot = refusal_key(header);
+                if let Some(e) = self.refusals.lock().expect("lock").get(&slot) {
+                    return Err(e.clone());
+                }
+                match self.fetch_shared(header, height).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        if !e.is_unavailable() {
+                            let mut refusals = self.refusals.lock().expect("lock");
+                            if refusals.len() >= MAX_REFUSALS {
+                                refusals.clear();
+                            }
+                            refusals.insert(slot, e.clone());
+                        }
+                        return Err(e);
+                    }
+                }
+            }
         };
         if height > entry.grace_end {
             return Err(SessionError::Expired {
@@ -376,6 +421,26 @@ impl Sessions {
     /// The cached session with this on-chain id.
     pub fn cached(&self, session_id: &str) -> Option<Arc<SessionEntry>> {
         self.cache.lock().expect("lock").get(session_id).cloned()
+    }
+
+    /// The cached session of `header`'s application and service starting where it says,
+    /// whatever id it names.
+    fn cached_slot(&self, header: &SessionHeader) -> Option<Arc<SessionEntry>> {
+        self.cache
+            .lock()
+            .expect("lock")
+            .values()
+            .find(|e| {
+                e.header.session_start_block_height == header.session_start_block_height
+                    && e.header.service_id == header.service_id
+                    && e.header.application_address == header.application_address
+            })
+            .cloned()
+    }
+
+    /// Headers refused since the last block, remembered (tests).
+    pub fn remembered_refusals(&self) -> usize {
+        self.refusals.lock().expect("lock").len()
     }
 
     async fn num_suppliers(&self) -> Result<u64, SessionError> {
