@@ -59,13 +59,18 @@ impl Rng {
     }
 }
 
-fn signal(pid: i32, sig: &str) {
-    let ok = std::process::Command::new("kill")
+/// Sends `sig` to `pid`; false when the process had already exited.
+fn try_signal(pid: i32, sig: &str) -> bool {
+    std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
+        .stderr(std::process::Stdio::null())
         .status()
         .expect("kill")
-        .success();
-    assert!(ok, "kill {sig} {pid}");
+        .success()
+}
+
+fn signal(pid: i32, sig: &str) {
+    assert!(try_signal(pid, sig), "kill {sig} {pid}");
 }
 
 /// The store pod's (IP, status of its container).
@@ -132,8 +137,11 @@ async fn inject(fleet: &mut Fleet, fault: Fault) -> String {
                 let job = ["claim", "prove"]
                     .into_iter()
                     .find_map(|c| Some((c, fleet.container_pid(c, c)?)));
-                if let Some((kind, pid)) = job {
-                    signal(pid, "-KILL");
+                // A Job's pod may finish between the lookup and the kill;
+                // then wait for the next one.
+                if let Some((kind, pid)) = job
+                    && try_signal(pid, "-KILL")
+                {
                     return format!("kill -9 {kind} job pod (pid {pid})");
                 }
                 assert!(
