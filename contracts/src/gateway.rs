@@ -49,6 +49,11 @@ pub struct ApplicationConfig {
     /// request names its application with `X-Pokt-Application` (or gets the first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_keys: Vec<String>,
+    /// A file of more API keys for this application, one per line (blank lines and
+    /// lines starting with `#` are skipped), read when the gateway starts: how keys
+    /// come from a Kubernetes Secret without being written into a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys_file: Option<PathBuf>,
     /// Sustained requests per second for this application (default: the gateway's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<f64>,
@@ -58,11 +63,17 @@ pub struct ApplicationConfig {
 }
 
 impl ApplicationConfig {
+    /// Whether requests select this application by API key.
+    pub fn has_keys(&self) -> bool {
+        !self.api_keys.is_empty() || self.api_keys_file.is_some()
+    }
+
     /// An application with no API keys and the gateway's rate.
     pub fn new(address: &str) -> Self {
         Self {
             address: address.to_string(),
             api_keys: Vec::new(),
+            api_keys_file: None,
             requests_per_second: None,
             burst: None,
         }
@@ -188,9 +199,9 @@ impl GatewayConfig {
                 "models: map at least one OpenAI model name to a service id",
             ));
         }
-        if self.applications.len() > 1 && self.applications.iter().any(|a| a.api_keys.is_empty()) {
+        if self.applications.len() > 1 && self.applications.iter().any(|a| !a.has_keys()) {
             return Err(Invalid::new(
-                "with several applications every one needs api_keys (they select the application)",
+                "with several applications every one needs api_keys or an api_keys_file (the key selects the application)",
             ));
         }
         let mut keys = BTreeSet::new();
@@ -202,6 +213,12 @@ impl GatewayConfig {
                 )));
             }
             for k in &a.api_keys {
+                if !is_api_key(k) {
+                    return Err(Invalid(format!(
+                        "application {}: an api key must be 1 to {MAX_API_KEY_BYTES} printable ASCII characters without spaces",
+                        a.address
+                    )));
+                }
                 if !keys.insert(k) {
                     return Err(Invalid::new("an api key is given to two applications"));
                 }
@@ -226,6 +243,14 @@ impl GatewayConfig {
         }
         Ok(())
     }
+}
+
+/// Longest API key, bytes.
+pub const MAX_API_KEY_BYTES: usize = 256;
+
+/// What a bearer token can be: printable ASCII, no spaces, bounded.
+pub fn is_api_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= MAX_API_KEY_BYTES && k.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// A usable rate: YAML's `.nan` and `.inf` parse as floats but would switch limiting off.
@@ -257,6 +282,23 @@ mod tests {
             ))
             .contains("two applications")
         );
+        assert!(
+            err(format!(
+                "{BASE}applications: [{{address: pokt1a, api_keys: [k]}}, {{address: pokt1b}}]\n"
+            ))
+            .contains("every one needs api_keys")
+        );
+        assert!(
+            err(format!(
+                "{BASE}applications: [{{address: pokt1a, api_keys: ['two words']}}]\n"
+            ))
+            .contains("printable ASCII")
+        );
+        // Keys from a file count: the gateway reads them when it starts.
+        parse(&format!(
+            "{BASE}applications: [{{address: pokt1a, api_keys: [k]}}, {{address: pokt1b, api_keys_file: /keys/b}}]\n"
+        ))
+        .expect("a key file selects the second application");
         assert!(err(format!("{BASE}applications: []\n")).contains("at least one application"));
         assert!(err(format!("{BASE}applications: [{{address: x}}]\n")).contains("pokt1"));
         assert!(

@@ -139,7 +139,9 @@ fn a_gateway_config_with_awkward_model_names_round_trips() {
         .map(|(i, m)| (m.to_string(), format!("svc-{i}")))
         .collect();
     let mut app = ApplicationConfig::new("pokt1dqkvq3mfz8nccuy2qx228u9lshdn908mhjg7jg");
-    app.api_keys = vec!["sk-'quoted'".into(), "line\nbreak".into()];
+    // Keys are header-safe (printable ASCII); YAML's special characters still round-trip.
+    app.api_keys = vec!["sk-'quoted'".into(), "k:#{x}&*|\"!%@`".into()];
+    app.api_keys_file = Some("/keys/app 'a'".into());
     app.requests_per_second = Some(2.5);
     let mut c = GatewayConfig::new(node(), "/keys/gateway 'key'", vec![app], models);
     c.routing = Routing::RoundRobin;

@@ -34,6 +34,15 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+/// A Secret in the resource's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
 /// Where the chain is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -292,6 +301,11 @@ pub struct EngineSpec {
     #[serde(default = "default_engine_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// Run the engine as root. Off by default: the engine runs as an unprivileged
+    /// user with every capability dropped, beside the relayminer that holds the
+    /// supplier's key. Turn on only for an image that cannot run otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_as_root: bool,
 }
 
 fn default_engine_port() -> i32 {
@@ -519,6 +533,7 @@ pub enum RoutingPolicy {
     )
 )]
 #[x_kube(validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+#[x_kube(validation = kube::core::Rule::new("self.applications.size() <= 1 || has(self.apiKeysSecretRef)").message("with several applications, apiKeysSecretRef is required: the API key selects the application"))]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayPoolSpec {
     #[schemars(regex(pattern = r"^pokt1[02-9ac-hj-np-z]{38}$"))]
@@ -537,6 +552,17 @@ pub struct GatewayPoolSpec {
     #[serde(default)]
     pub routing: RoutingPolicy,
     pub chain: ChainEndpoints,
+    /// A Secret in this namespace holding the API keys (`Authorization: Bearer …`, the
+    /// OpenAI SDK's `api_key`): one entry per application, named by its address, with
+    /// that application's keys one per line. Required with several applications.
+    /// Without it the gateway takes any request that reaches it, and its
+    /// NetworkPolicy then admits only this namespace's pods (unless `clients` says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys_secret_ref: Option<SecretRef>,
+    /// Who may reach the API port (NetworkPolicy peers, e.g. the ingress controller's
+    /// namespace). Empty: everyone when API keys are set, else this namespace's pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -64,6 +64,13 @@ fn samples_parse_with_defaults_filled_in() {
     assert_eq!(m.spec.gpus.resource_name, "nvidia.com/gpu");
     let g: GatewayPool = serde_saphyr::from_str(&read("gatewaypool.yaml")).expect("gatewaypool");
     assert_eq!(g.spec.services["Qwen/Qwen2.5-7B-Instruct"], "llm");
+    assert_eq!(
+        g.spec
+            .api_keys_secret_ref
+            .expect("the sample guards its API")
+            .name,
+        "gateway-api-keys"
+    );
 }
 
 #[test]
@@ -121,6 +128,19 @@ fn schemas_carry_validation_columns_and_subresources() {
         rules.contains(&"model needs exactly one of pvc, image or uri"),
         "{rules:?}"
     );
+    let gwp = crd("gatewaypools.yaml");
+    let spec = &gwp["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let rules: Vec<&str> = spec["x-kubernetes-validations"]
+        .as_array()
+        .expect("CEL rules")
+        .iter()
+        .map(|r| r["rule"].as_str().expect("rule"))
+        .collect();
+    assert!(
+        rules.contains(&"self.applications.size() <= 1 || has(self.apiKeysSecretRef)"),
+        "{rules:?}"
+    );
+    assert!(spec["properties"]["clients"]["items"]["properties"]["ipBlock"].is_object());
     let engine = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["engine"]
         ["properties"]["kind"];
     assert_eq!(

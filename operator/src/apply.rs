@@ -58,6 +58,7 @@ pub async fn gateway(client: &Client, o: &GatewayObjects) -> Result<Deployment, 
     apply::<ConfigMap>(client, &o.config).await?;
     let d = apply::<Deployment>(client, &o.deployment).await?;
     apply::<Service>(client, &o.service).await?;
+    apply::<NetworkPolicy>(client, &o.network_policy).await?;
     Ok(d)
 }
 

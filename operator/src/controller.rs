@@ -237,7 +237,8 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-/// GatewayPool: gateway Deployment, Service and ConfigMap; status from the Deployment.
+/// GatewayPool: gateway Deployment, Service, NetworkPolicy and ConfigMap; status from the
+/// Deployment.
 #[tracing::instrument(skip_all, fields(namespace = g.namespace().unwrap_or_default(), gateway = %g.name_any()))]
 pub async fn reconcile_gateway(g: Arc<GatewayPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let objects = build::gateway::gateway(&g, &ctx.images)?;

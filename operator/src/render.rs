@@ -140,7 +140,12 @@ pub fn render(
     for g in &r.gateways {
         let name = build::name_of(g);
         let o = build::gateway::gateway(g, images).map_err(fail("GatewayPool", name))?;
-        out.extend([value(&o.config), value(&o.deployment), value(&o.service)]);
+        out.extend([
+            value(&o.config),
+            value(&o.deployment),
+            value(&o.service),
+            value(&o.network_policy),
+        ]);
     }
     Ok((out, notes))
 }
@@ -226,6 +231,7 @@ mod tests {
                 "ConfigMap/gateway-gateway",
                 "Deployment/gateway",
                 "Service/gateway",
+                "NetworkPolicy/gateway",
             ]
         );
         assert!(objects.iter().all(|o| o["metadata"]["namespace"] == "lode"));

@@ -36,6 +36,8 @@ pub const CRDS: [&str; 3] = [
 pub const NAMESPACE: &str = "lode";
 /// The OpenAI model name the sample serves.
 pub const MODEL: &str = "Qwen/Qwen2.5-7B-Instruct";
+/// The OpenAI API key of the fleet's gateway (in Secret `gateway-api-keys`).
+pub const DEVNET_API_KEY: &str = "sk-lode-devnet";
 
 /// What to start.
 #[derive(Clone, Debug)]
@@ -129,10 +131,14 @@ pub fn manifests(
                  apiVersion: v1\nkind: Secret\nmetadata:\n  name: supplier-key\n  namespace: {ns}\n\
                  stringData:\n  operator.key: \"{sk}\"\n---\n\
                  apiVersion: v1\nkind: Secret\nmetadata:\n  name: gateway-key\n  namespace: {ns}\n\
-                 stringData:\n  gateway.key: \"{gk}\"\n",
+                 stringData:\n  gateway.key: \"{gk}\"\n---\n\
+                 # OpenAI API keys of the gateway: one entry per application, keys one per line.\n\
+                 apiVersion: v1\nkind: Secret\nmetadata:\n  name: gateway-api-keys\n  namespace: {ns}\n\
+                 stringData:\n  {aa}: \"{DEVNET_API_KEY}\\n\"\n",
                 seed = config.seed,
                 sk = hex(supplier),
                 gk = hex(gateway),
+                aa = addr(app),
             ),
         ),
         (
@@ -171,7 +177,8 @@ pub fn manifests(
                 "# Gateway 0 of the devnet serving application 0; OpenAI clients use the NodePort below.\n\
                  apiVersion: lode.pokt.network/v1alpha1\nkind: GatewayPool\nmetadata:\n  name: gateway\n  namespace: {ns}\n\
                  spec:\n  gatewayAddress: {ga}\n  keySecretRef: {{name: gateway-key, key: gateway.key}}\n\
-                 \x20 applications: [{aa}]\n  services: {{\"{MODEL}\": llm}}\n  minReplicas: 1\n  maxReplicas: 2\n{chain}---\n\
+                 \x20 applications: [{aa}]\n  apiKeysSecretRef: {{name: gateway-api-keys}}\n\
+                 \x20 services: {{\"{MODEL}\": llm}}\n  minReplicas: 1\n  maxReplicas: 2\n{chain}---\n\
                  apiVersion: v1\nkind: Service\nmetadata:\n  name: gateway-public\n  namespace: {ns}\n\
                  spec:\n  type: NodePort\n  selector:\n    app.kubernetes.io/component: gateway\n    app.kubernetes.io/instance: gateway\n\
                  \x20 ports:\n    - name: http\n      port: 8080\n      targetPort: http\n      nodePort: {gp}\n",
@@ -264,7 +271,20 @@ pub async fn chat(gateway_port: u16, prompt: &str) -> Result<String, String> {
 /// A chat completion through the gateway, streamed (SSE, complete only with its
 /// `data: [DONE]`) or not; the response body on success.
 pub async fn chat_with(gateway_port: u16, prompt: &str, stream: bool) -> Result<String, String> {
+    chat_as(gateway_port, Some(DEVNET_API_KEY), prompt, stream).await
+}
+
+/// [`chat_with`] with the API key `key` (or none); an error starts with the status line.
+pub async fn chat_as(
+    gateway_port: u16,
+    key: Option<&str>,
+    prompt: &str,
+    stream: bool,
+) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": prompt}],
         "max_tokens": 8, "stream": stream})
     .to_string();
@@ -274,7 +294,7 @@ pub async fn chat_with(gateway_port: u16, prompt: &str, stream: bool) -> Result<
             .await
             .map_err(|e| e.to_string())?;
         let req = format!(
-            "POST /v1/chat/completions HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/chat/completions HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes())
@@ -664,9 +684,10 @@ impl Fleet {
             "lode fleet is up (chain RPC {rpc}, gRPC {grpc}, Kubernetes API http://{api}).\n\n\
              Point kubectl at it:\n  export KUBECONFIG={kc}\n  kubectl get suppliers,servicemodels,gatewaypools,pods\n\
              \x20 kubectl logs deploy/qwen-7b -c relayminer      (or: ls {root}/pods)\n\n\
-             Send an OpenAI request:\n  curl -s {gw}/chat/completions -H 'Content-Type: application/json' \\\n\
+             Send an OpenAI request (API key {DEVNET_API_KEY}, from Secret gateway-api-keys):\n\
+             \x20 curl -s {gw}/chat/completions -H 'Authorization: Bearer {DEVNET_API_KEY}' -H 'Content-Type: application/json' \\\n\
              \x20   -d '{{\"model\": \"{MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'\n\
-             \x20 python3 -c \"from openai import OpenAI; print(OpenAI(base_url='{gw}', api_key='none').chat.completions.create(model='{MODEL}', messages=[{{'role': 'user', 'content': 'hi'}}]).choices[0].message.content)\"\n\n\
+             \x20 python3 -c \"from openai import OpenAI; print(OpenAI(base_url='{gw}', api_key='{DEVNET_API_KEY}').chat.completions.create(model='{MODEL}', messages=[{{'role': 'user', 'content': 'hi'}}]).choices[0].message.content)\"\n\n\
              Change the fleet: edit {man}/*.yaml and run kubectl apply -f {man}\n\
              Operator log: {root}/operator.log\n",
             rpc = self.running.rpc_url,

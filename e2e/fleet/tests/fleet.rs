@@ -98,6 +98,19 @@ async fn kubectl_apply_of_the_samples_serves_relays_and_gets_the_supplier_paid()
     }
     assert!(pods.contains("2/2"), "engine and relayminer ready: {pods}");
 
+    // The operator's gateway reads its API keys from the Secret: no key or a wrong
+    // one is refused before anything is relayed.
+    let port = fleet.options.gateway_port;
+    for key in [None, Some("sk-wrong")] {
+        let err = lode_fleet::chat_as(port, key, "who pays?", false)
+            .await
+            .expect_err("refused");
+        assert!(
+            err.starts_with("HTTP/1.0 401") && err.contains("invalid_api_key"),
+            "{key:?}: {err}"
+        );
+    }
+
     // Traffic: enough relays in one session that the chain asks for a proof (threshold
     // 20,000 uPOKT = 5 relays of 4,200).
     for i in 0..12 {

@@ -461,6 +461,19 @@ mod tests {
             eval_rule(unique, &json!([{"serviceId": "a"}, {"serviceId": "a"}])),
             Ok(false)
         );
+        let keys = "self.applications.size() <= 1 || has(self.apiKeysSecretRef)";
+        assert_eq!(eval_rule(keys, &json!({"applications": ["a"]})), Ok(true));
+        assert_eq!(
+            eval_rule(
+                keys,
+                &json!({"applications": ["a", "b"], "apiKeysSecretRef": {"name": "k"}})
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            eval_rule(keys, &json!({"applications": ["a", "b"]})),
+            Ok(false)
+        );
         assert_eq!(
             eval_rule("size(self) > 1 && 'a' in self", &json!(["a", "b"])),
             Ok(true)

@@ -269,6 +269,19 @@ pub fn tcp_port(port: i32) -> NetworkPolicyPort {
     }
 }
 
+/// A volume with every key of a Secret, each a read-only file named by its key.
+pub fn whole_secret_volume(volume: &str, secret: &str, mode: i32) -> Volume {
+    Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode: Some(mode),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 /// A volume with one key of a Secret, mounted read-only as a file.
 pub fn secret_volume(volume: &str, secret: &str, key: &str, mode: i32) -> Volume {
     Volume {
@@ -311,6 +324,7 @@ pub fn mount(volume: &str, path: &str) -> VolumeMount {
 pub mod paths {
     pub const KEYS: &str = "/var/run/lode/keys";
     pub const STORE_TOKEN: &str = "/var/run/lode/store-token";
+    pub const API_KEYS: &str = "/var/run/lode/api-keys";
     pub const CONFIG: &str = "/etc/lode";
     pub const STORE_DATA: &str = "/var/lib/lode/store";
 }

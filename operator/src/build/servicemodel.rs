@@ -10,7 +10,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecretKeySelector, Service, ServiceSpec, TCPSocketAction, Toleration, Volume, VolumeMount,
+    SecretKeySelector, SecurityContext, Service, ServiceSpec, TCPSocketAction, Toleration, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -36,6 +37,8 @@ use super::{
 pub const CONFIG_HASH: &str = "lode.pokt.network/config-hash";
 /// Where model weights are (PVC, copied image contents, or the engine's download cache).
 const MODELS: &str = "/models";
+/// The engine's `$HOME` (an emptyDir).
+const ENGINE_HOME: &str = "/home/engine";
 
 /// Everything one ServiceModel becomes.
 #[derive(Clone, Debug, PartialEq)]
@@ -170,6 +173,8 @@ fn model_source(sm: &ServiceModel, images: &Images) -> (String, Vec<Volume>, Vec
                 mount_path: MODELS.into(),
                 ..VolumeMount::default()
             }]),
+            // A copy needs no privilege: lode's user, the pod's group owns the volume.
+            security_context: Some(locked_down()),
             ..Container::default()
         };
         return (MODELS.into(), models_volume(empty), vec![init]);
@@ -272,11 +277,20 @@ fn engine_container(sm: &ServiceModel, images: &Images, model: &str) -> Containe
             container_port: port,
             ..ContainerPort::default()
         }]),
-        env: Some(vec![EnvVar {
-            name: "HF_HOME".into(),
-            value: Some(format!("{MODELS}/.cache")),
-            ..EnvVar::default()
-        }]),
+        env: Some(vec![
+            EnvVar {
+                name: "HF_HOME".into(),
+                value: Some(format!("{MODELS}/.cache")),
+                ..EnvVar::default()
+            },
+            // Engines write caches (compiled kernels, configs) under $HOME; an
+            // unprivileged user has none of its own.
+            EnvVar {
+                name: "HOME".into(),
+                value: Some(ENGINE_HOME.into()),
+                ..EnvVar::default()
+            },
+        ]),
         resources: Some(ResourceRequirements {
             limits,
             ..ResourceRequirements::default()
@@ -287,13 +301,38 @@ fn engine_container(sm: &ServiceModel, images: &Images, model: &str) -> Containe
             ..probe.clone()
         }),
         readiness_probe: Some(probe),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "models".into(),
-            mount_path: MODELS.into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "models".into(),
+                mount_path: MODELS.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "engine-home".into(),
+                mount_path: ENGINE_HOME.into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        security_context: Some(engine_security(e)),
         ..Container::default()
     }
+}
+
+/// The engine shares the pod (and its network) with the relayminer, which holds the
+/// supplier's key and the store token: it gets no capability (no raw sockets to sniff
+/// with), no privilege escalation, and lode's unprivileged user unless the
+/// ServiceModel says its image needs root. Its root filesystem stays writable: engines
+/// write to /tmp.
+fn engine_security(e: &lode_crds::EngineSpec) -> SecurityContext {
+    let mut c = locked_down();
+    c.read_only_root_filesystem = None;
+    if e.run_as_root {
+        // The image's own user, root included.
+        c.run_as_non_root = None;
+        c.run_as_user = None;
+        c.run_as_group = None;
+    }
+    c
 }
 
 fn serve_container(supplier: &Supplier, images: &Images) -> Container {
@@ -381,6 +420,11 @@ pub fn serving(
         .map(|p| BTreeMap::from([("nvidia.com/gpu.product".to_string(), p.clone())]));
     let (model, mut volumes, init) = model_source(sm, images);
     volumes.extend([
+        Volume {
+            name: "engine-home".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
         config_volume("config", &config_name),
         secret_volume(
             "keys",
@@ -643,9 +687,57 @@ mod tests {
         sm.spec.model.uri = None;
         sm.spec.model.image = Some("example.com/qwen-weights:1".into());
         let p = pod(&serving(&sm, &s, &images).expect("builds"));
+        let init = &p.init_containers.expect("init")[0];
+        assert_eq!(init.image.as_deref(), Some("example.com/qwen-weights:1"));
+        assert_eq!(init.security_context, Some(locked_down()));
+    }
+
+    /// The engine runs beside the key-holding relayminer: no capability (no raw socket
+    /// to sniff the store token with), no privilege escalation, not root unless asked.
+    #[test]
+    fn engines_run_unprivileged_beside_the_key() {
+        let (mut sm, s) = (sample_model(), sample_supplier());
+        let o = serving(&sm, &s, &Images::default()).expect("builds");
+        let engine = pod(&o).containers[0].clone();
+        assert_eq!(engine.name, "engine");
+        let c = engine.security_context.expect("a security context");
+        assert_eq!(c.run_as_non_root, Some(true));
+        assert_eq!(c.run_as_user, Some(65532));
+        assert_eq!(c.allow_privilege_escalation, Some(false));
         assert_eq!(
-            p.init_containers.expect("init")[0].image.as_deref(),
-            Some("example.com/qwen-weights:1")
+            c.capabilities.expect("caps").drop,
+            Some(vec!["ALL".to_string()])
+        );
+        let env = engine.env.expect("env");
+        assert!(
+            env.iter()
+                .any(|e| e.name == "HOME" && e.value.as_deref() == Some(ENGINE_HOME))
+        );
+        let mounts = engine.volume_mounts.expect("mounts");
+        assert!(mounts.iter().any(|m| m.mount_path == ENGINE_HOME));
+        assert!(
+            pod(&o)
+                .volumes
+                .expect("volumes")
+                .iter()
+                .any(|v| v.name == "engine-home" && v.empty_dir.is_some())
+        );
+
+        sm.spec.engine.run_as_root = true;
+        let o = serving(&sm, &s, &Images::default()).expect("builds");
+        let c = pod(&o).containers[0]
+            .security_context
+            .clone()
+            .expect("a security context");
+        assert_eq!(
+            (c.run_as_non_root, c.run_as_user),
+            (None, None),
+            "the image's user"
+        );
+        assert_eq!(c.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            c.capabilities.expect("caps").drop,
+            Some(vec!["ALL".to_string()])
         );
     }
 
