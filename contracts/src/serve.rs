@@ -256,6 +256,13 @@ pub struct ServeConfig {
     /// Serve relays beyond the application's per-session budget (spec §5.3).
     #[serde(default)]
     pub enable_over_servicing: bool,
+    /// Refuse the relays of applications with no delegated gateway. Their ring holds
+    /// the public placeholder key, whose secret anyone can derive, so anyone can sign
+    /// their relays (and spend their stake with this supplier). The chain accepts such
+    /// relays, hence off by default; on, those applications are not served at all, even
+    /// when they sign their own relays.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refuse_placeholder_ring: bool,
     /// Streams: later chunks are flushed to the gateway after this long…
     #[serde(default = "default_batch_ms")]
     pub stream_batch_ms: u64,
@@ -329,6 +336,7 @@ impl ServeConfig {
             key_passphrase: None,
             services,
             enable_over_servicing: false,
+            refuse_placeholder_ring: false,
             stream_batch_ms: DEFAULT_STREAM_BATCH_MS,
             stream_batch_bytes: DEFAULT_STREAM_BATCH_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,

@@ -209,6 +209,11 @@ pub struct SupplierSpec {
     /// The public URL gateways reach this supplier's relay port at.
     #[schemars(regex(pattern = r"^https?://"))]
     pub public_endpoint: String,
+    /// Refuse relays of applications with no delegated gateway: their ring holds a
+    /// placeholder key whose secret is public, so anyone can sign their relays. The
+    /// chain accepts such relays, so off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refuse_placeholder_ring: bool,
     pub chain: ChainEndpoints,
     #[serde(default)]
     pub store: StoreSpec,

@@ -7,6 +7,7 @@ mod common;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use lode_kernels::crypto::SecretKey;
 use lode_kernels::proto::RelayRequest;
 
 use common::*;
@@ -381,4 +382,49 @@ async fn extreme_session_heights_are_refused_not_overflowed() {
         assert_eq!(error_code(&res), 1);
     }
     assert_eq!(f.send(&f.relay(CHAT)).await.0, 200, "serve is still up");
+}
+
+/// An application with no delegated gateway has the public placeholder key in its ring,
+/// so anyone can sign its relays with the placeholder's (public) secret. The chain
+/// accepts them, so serve does too by default; `refuse_placeholder_ring` refuses them
+/// while delegated applications are served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placeholder_ring_relays_are_refused_when_the_policy_says_so() {
+    use lode_kernels::crypto::ring::{PLACEHOLDER_SECRET, placeholder_key};
+    let mut chain = lode_devnet::DevnetConfig::new(11);
+    chain.applications = 2;
+    chain.undelegated_applications = 1;
+    for refuse in [false, true] {
+        let f = fleet_with(chain.clone(), |y| {
+            if refuse {
+                y.push_str("refuse_placeholder_ring: true\n");
+            }
+        })
+        .await;
+        let app = f.devnet.keys().applications[1].clone();
+        let session = f
+            .devnet
+            .chain()
+            .session(&address(&app), SERVICE, f.header.session_start_block_height)
+            .expect("the undelegated application's session");
+        // Anyone: the ring [application, placeholder], signed with the placeholder key.
+        let anyone = SecretKey::from_secret(PLACEHOLDER_SECRET.as_bytes());
+        let mut forged = f.relay_for(&session.header, &address(&f.supplier), CHAT);
+        lode_kernels::relay::sign_request(
+            &mut forged,
+            &[app.public_key(), placeholder_key()],
+            &anyone,
+            &mut rand_core::OsRng,
+        )
+        .expect("sign");
+        if refuse {
+            f.refused(&forged, (403, 2), "no delegated gateway").await;
+        } else {
+            let (status, res) = f.send(&forged).await;
+            assert_eq!(status, 200, "the chain's rule: {:?}", res.relay_miner_error);
+        }
+        // The delegated application is served either way.
+        let (status, res) = f.send(&f.relay(CHAT)).await;
+        assert_eq!(status, 200, "{:?}", res.relay_miner_error);
+    }
 }

@@ -39,6 +39,9 @@ pub struct DevnetConfig {
     pub num_suppliers_per_session: u64,
     pub services: Vec<ServiceDef>,
     pub applications: usize,
+    /// The last this many applications delegate to no gateway: their rings hold the
+    /// public placeholder key instead.
+    pub undelegated_applications: usize,
     pub application_stake: u128,
     pub gateways: usize,
     pub suppliers: usize,
@@ -72,6 +75,7 @@ impl DevnetConfig {
                 owner: String::new(),
             }],
             applications: 1,
+            undelegated_applications: 0,
             application_stake: 100_000_000_000,
             gateways: 1,
             suppliers: 2,
@@ -151,12 +155,18 @@ impl Devnet {
             applications: keys
                 .applications
                 .iter()
-                .map(|k| {
+                .enumerate()
+                .map(|(i, k)| {
+                    let delegated = i + config.undelegated_applications < config.applications;
                     (
                         k.clone(),
                         config.application_stake,
                         first_service.clone(),
-                        gateway_addresses.clone(),
+                        if delegated {
+                            gateway_addresses.clone()
+                        } else {
+                            Vec::new()
+                        },
                     )
                 })
                 .collect(),

@@ -90,6 +90,7 @@ pub fn serve_config(sm: &ServiceModel, supplier: &Supplier) -> ServeConfig {
     );
     config.listen = format!("0.0.0.0:{}", ports::RELAY);
     config.admin = format!("0.0.0.0:{}", ports::SERVE_ADMIN);
+    config.refuse_placeholder_ring = s.refuse_placeholder_ring;
     config
 }
 
@@ -656,6 +657,12 @@ mod tests {
         let mut holding = s.clone();
         holding.spec.store.relay_policy = lode_crds::RelayPolicy::Hold;
         assert_eq!(serve_config(&sm, &holding).store.policy, StorePolicy::Hold);
+        assert!(
+            !config.refuse_placeholder_ring,
+            "the chain's rule by default"
+        );
+        holding.spec.refuse_placeholder_ring = true;
+        assert!(serve_config(&sm, &holding).refuse_placeholder_ring);
 
         // A custom engine without an image is refused; with one it is used as is.
         let mut sm = sample_model();

@@ -108,6 +108,16 @@ pub async fn admit(state: &RelayState, body: Body) -> Result<Admitted<'_>, Refus
         .validate(&header, &supplier)
         .await
         .map_err(|e| signed(session_refusal(e)))?;
+    if session.placeholder_ring && state.config.refuse_placeholder_ring {
+        return Err(signed(fail(
+            StatusCode::FORBIDDEN,
+            codes::INVALID_REQUEST,
+            format!(
+                "application {} has no delegated gateway, so anyone can sign its relays with the public placeholder key; this supplier refuses them (refuse_placeholder_ring)",
+                session.header.application_address
+            ),
+        )));
+    }
     let http_req = match PoktHttpRequest::decode(&req.payload) {
         Ok(h) => h,
         Err(e) => {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use lode_chain::pocket::{ChainParams, KeyError, PocketQuery};
 use lode_chain::{CometRpc, QueryError};
-use lode_kernels::crypto::ring::AppRing;
+use lode_kernels::crypto::PublicKey;
+use lode_kernels::crypto::ring::{AppRing, placeholder_key};
 use lode_kernels::mining::relay_cost_upokt;
 use lode_kernels::proto::SessionHeader;
 
@@ -36,6 +37,12 @@ pub enum SessionError {
     Ring(String),
 }
 
+/// The placeholder ring member's key, derived once.
+fn placeholder() -> &'static PublicKey {
+    static KEY: std::sync::OnceLock<PublicKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(placeholder_key)
+}
+
 impl SessionError {
     /// A chain outage rather than a bad relay.
     pub fn is_unavailable(&self) -> bool {
@@ -56,6 +63,9 @@ pub struct SessionEntry {
     pub relay_cost: u64,
     /// uPOKT the application may still spend with this supplier this session.
     pub budget_left: AtomicU64,
+    /// The application has no delegated gateway: its ring holds the public placeholder
+    /// key, so anyone can sign its relays.
+    pub placeholder_ring: bool,
     /// A relay of this session came with a bad ring signature: check every later one
     /// before the engine sees it.
     pub refused_signature: AtomicBool,
@@ -376,6 +386,7 @@ impl Sessions {
                 other => SessionError::Ring(other.to_string()),
             })?;
         let ring = AppRing::new(&keys).map_err(|e| SessionError::Ring(e.to_string()))?;
+        let placeholder_ring = keys.contains(placeholder());
         // Over-servicing budget (spec §5.3).
         let num_suppliers = self.num_suppliers().await?.max(1);
         let s = end_params.shared;
@@ -408,6 +419,7 @@ impl Sessions {
             relay_cost: relay_cost.min(u64::MAX as u128) as u64,
             budget_left: AtomicU64::new(budget.min(u64::MAX as u128) as u64),
             refused_signature: AtomicBool::new(false),
+            placeholder_ring,
         });
         Ok(self
             .cache
