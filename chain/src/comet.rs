@@ -8,8 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use lode_net::tls::HttpsConnector;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -157,7 +157,7 @@ const MAX_RESPONSE: usize = 64 << 20;
 #[derive(Clone, Debug)]
 pub struct CometRpc {
     base: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector, Full<Bytes>>,
     retry: RetryPolicy,
 }
 
@@ -195,7 +195,9 @@ impl CometRpc {
     pub fn new(base: &str, retry: RetryPolicy) -> Self {
         Self {
             base: base.trim_end_matches('/').to_string(),
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            // `https://` (and `wss://`) through TLS: the system's roots, or SSL_CERT_FILE.
+            http: Client::builder(TokioExecutor::new())
+                .build(lode_net::tls::https_connector(retry.timeout)),
             retry,
         }
     }
@@ -220,7 +222,7 @@ impl CometRpc {
                 .http
                 .request(req)
                 .await
-                .map_err(|e| unreachable(e.to_string()))?;
+                .map_err(|e| unreachable(lode_net::error_chain(&e)))?;
             let status = res.status().as_u16();
             let body = Limited::new(res.into_body(), MAX_RESPONSE)
                 .collect()
@@ -449,14 +451,26 @@ impl CometRpc {
             url: ws_url.to_string(),
             reason: e,
         };
-        let (mut ws, _) =
-            tokio::time::timeout(self.retry.timeout, tokio_tungstenite::connect_async(ws_url))
+        let uri: hyper::Uri = ws_url
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| unreachable(e.to_string()))?;
+        let tls = uri.scheme_str() == Some("wss");
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let handshake = async {
+            let stream = lode_net::tls::connect(&host, port, tls)
                 .await
-                .map_err(|_| RpcError::Timeout {
-                    url: ws_url.to_string(),
-                    timeout: self.retry.timeout,
-                })?
-                .map_err(|e| unreachable(e.to_string()))?;
+                .map_err(|e| unreachable(lode_net::error_chain(&e)))?;
+            tokio_tungstenite::client_async(ws_url, stream)
+                .await
+                .map_err(|e| unreachable(e.to_string()))
+        };
+        let (mut ws, _) = tokio::time::timeout(self.retry.timeout, handshake)
+            .await
+            .map_err(|_| RpcError::Timeout {
+                url: ws_url.to_string(),
+                timeout: self.retry.timeout,
+            })??;
         let subscribe = serde_json::json!({"jsonrpc": "2.0", "method": "subscribe", "id": 1, "params": {"query": "tm.event='NewBlockHeader'"}});
         ws.send(WsMessage::Text(subscribe.to_string().into()))
             .await

@@ -77,15 +77,28 @@ fn transient(s: &Status) -> bool {
     )
 }
 
+/// A transport failure's status says "transport error"; its cause (refused, a
+/// certificate the roots do not trust) goes into the message.
+fn with_cause(status: Status) -> Status {
+    match std::error::Error::source(&status) {
+        Some(cause) => Status::new(
+            status.code(),
+            format!("{}: {}", status.message(), lode_net::error_chain(cause)),
+        ),
+        None => status,
+    }
+}
+
 impl ChainGrpc {
     /// A lazily connecting client: an unreachable node shows up as a (retried) error on
     /// the first call, not here.
     pub fn new(url: &str, retry: RetryPolicy) -> Result<Self, QueryError> {
+        // `https://` through TLS (lode_net::tls: the system's roots, or SSL_CERT_FILE).
         let channel = Endpoint::from_shared(url.to_string())
             .map_err(|e| QueryError::Connect(url.to_string(), e.to_string()))?
             .connect_timeout(retry.timeout)
             .timeout(retry.timeout)
-            .connect_lazy();
+            .connect_with_connector_lazy(lode_net::tls::h2_connector(retry.timeout));
         Ok(Self { channel, retry })
     }
 
@@ -105,7 +118,7 @@ impl ChainGrpc {
             let result = tokio::time::timeout(self.retry.timeout, call(self.channel.clone())).await;
             let status = match result {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(s)) => s,
+                Ok(Err(s)) => with_cause(s),
                 Err(_) => Status::deadline_exceeded(format!("{what} timed out")),
             };
             if !transient(&status) || attempt >= self.retry.attempts {

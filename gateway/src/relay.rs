@@ -7,16 +7,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use lode_kernels::proto::{
     Header, Message, PoktHttpRequest, PoktHttpResponse, RelayRequest, RelayResponse,
 };
 use lode_kernels::relay::{StreamDecoder, sign_request_presigned, verify_response};
+use lode_net::tls::HttpsConnector;
 use tokio::sync::mpsc;
 
 use crate::sessions::{Session, SessionSupplier};
 
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector, Full<Bytes>>;
 
 /// Largest non-streamed response accepted from a supplier.
 const MAX_RESPONSE: usize = 64 << 20;
@@ -159,7 +159,7 @@ pub async fn attempt(
     let res = tokio::time::timeout_at(deadline, http.request(post))
         .await
         .map_err(|_| late())?
-        .map_err(|e| AttemptError::Transport(e.to_string()))?;
+        .map_err(|e| AttemptError::Transport(lode_net::error_chain(&e)))?;
     let http_status = res.status().as_u16();
     let streamed = res
         .headers()

@@ -100,8 +100,9 @@ pub async fn start(config: GatewayConfig) -> Result<GatewayHandle, StartError> {
         key,
     );
     let tracker = sessions.track(CometRpc::new(&config.chain.rpc_url, retry));
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_nodelay(true);
+    // Suppliers staked `http://` or `https://` endpoints; TLS trusts the system's roots
+    // (or SSL_CERT_FILE).
+    let connector = lode_net::tls::https_connector(SUPPLIER_CONNECT_TIMEOUT);
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(connector);
@@ -180,6 +181,9 @@ pub async fn start(config: GatewayConfig) -> Result<GatewayHandle, StartError> {
         task,
     })
 }
+
+/// Longest wait for a supplier's TCP connection (the request deadline bounds the rest).
+const SUPPLIER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl GatewayState {
     /// The application a request is for: by its bearer token when keys are configured;

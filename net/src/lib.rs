@@ -6,6 +6,23 @@
 //! a budget for request bodies in flight.
 
 pub mod server;
+pub mod tls;
+
+/// An error with its causes, `outer: inner: …`: hyper's client errors say only
+/// "client error (Connect)" at the top, the certificate or connection error is below.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
 
 use std::io;
 use std::net::SocketAddr;
