@@ -3,7 +3,8 @@
 # and 1M-leaf sessions against the SHA-256 lower bound and the Go reference figures
 # (--quick: 100k only), then ring and supplier signatures and relay hashing against ECDSA
 # and SHA-256 baselines, the session store's ingest, root, proof, memory and space
-# reclamation, and serve's added latency, throughput and memory per stream.
+# reclamation, serve's added latency, throughput and memory per stream, and serve and the
+# gateway under attack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -16,6 +17,9 @@ cargo bench -p lode-relayminer --bench store --profile dev --locked
 # serve as a real process between a client and engine-sim, against calling engine-sim
 # directly, with the devnet and a real store.
 cargo bench -p lode-relayminer --bench serve --profile dev --locked
+# Honest relays at half of serve's saturation, alone and under a mix of attacks on serve
+# and the gateway: served share, p99 ratio, peak memory against the limits, relays lost.
+cargo bench -p lode-relayminer --bench hostile --profile dev --locked
 
 # The latency the gateway adds in front of serve.
 cargo bench -p lode-gateway --bench gateway --profile dev --locked

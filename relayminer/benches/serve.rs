@@ -7,8 +7,10 @@
 //! signing, hashing, shipping to a real store), the delay serve adds to a stream's first
 //! chunk, and the memory each open slow stream costs the serve process.
 
+mod support;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,101 +18,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use lode_devnet::{Devnet, DevnetConfig, HRP};
 use lode_engine_sim::{EngineSim, SimConfig};
-use lode_kernels::proto::{Message, PoktHttpRequest, RelayRequest};
-use lode_kernels::relay::sign_request;
-use lode_testkit::{StoreProcess, cpu_seconds, free_addr};
-
-const SERVICE: &str = "llm";
+use lode_testkit::{cpu_seconds, free_addr};
+use support::*;
 /// About 1 KB of response JSON.
 const BODY: &str =
     r#"{"model":"sim-model","messages":[{"role":"user","content":"benchmark"}],"max_tokens":120}"#;
-
-type Http = Client<HttpConnector, Full<Bytes>>;
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// How an open loop spaces its requests.
-#[derive(Clone, Copy, PartialEq)]
-enum Pacing {
-    /// One every `1/rate` seconds.
-    Steady,
-    /// The requests of each millisecond together, at its end (what pacing with tokio's
-    /// timer, which works in 1 ms ticks, gives).
-    MillisecondBursts,
-}
-
-/// Sends `n` requests at `rate` per second (open loop); returns latencies in ms. A thread
-/// of its own paces the requests (see [`Pacing`]).
-async fn open_loop(
-    n: usize,
-    rate: f64,
-    pacing: Pacing,
-    make: MakeRequest,
-    http: &Http,
-) -> Vec<f64> {
-    let (runtime, http) = (tokio::runtime::Handle::current(), http.clone());
-    let pacer = std::thread::spawn(move || {
-        let gap = Duration::from_secs_f64(1.0 / rate);
-        let start = Instant::now();
-        (0..n)
-            .map(|i| {
-                let mut at = gap * i as u32;
-                if pacing == Pacing::MillisecondBursts {
-                    at = Duration::from_millis(at.as_micros().div_ceil(1000) as u64);
-                }
-                let at = start + at;
-                if let Some(wait) = at.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                let (http, req) = (http.clone(), make(i));
-                runtime.spawn(async move {
-                    let t = Instant::now();
-                    let res = http.request(req).await.expect("answer");
-                    assert_eq!(res.status(), 200);
-                    res.into_body().collect().await.expect("body");
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-            })
-            .collect::<Vec<_>>()
-    });
-    let tasks = tokio::task::spawn_blocking(move || pacer.join().expect("pacer"))
-        .await
-        .expect("pacer");
-    let mut out = Vec::with_capacity(n);
-    for t in tasks {
-        out.push(t.await.expect("task"));
-    }
-    out
-}
-
-/// Closed loop with `concurrency` workers for `dur`; returns requests completed.
-async fn saturate(dur: Duration, concurrency: usize, make: MakeRequest, http: &Http) -> usize {
-    let deadline = Instant::now() + dur;
-    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (http, make, counter) = (http.clone(), make.clone(), counter.clone());
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let res = http.request(make(i)).await.expect("answer");
-                assert_eq!(res.status(), 200);
-                res.into_body().collect().await.expect("body");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    counter.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-type MakeRequest = Arc<dyn Fn(usize) -> hyper::Request<Full<Bytes>> + Send + Sync>;
 
 /// `n` requests at `rate` per second straight to the engine, then as many through serve;
 /// prints both and returns what serve adds at p50 and p99 (ms).
@@ -124,6 +37,10 @@ async fn latencies(
 ) -> (f64, f64) {
     let mut direct = open_loop(n, rate, pacing, to_engine.clone(), http).await;
     let mut through = open_loop(n, rate, pacing, to_serve.clone(), http).await;
+    for (path, l) in [("direct", &direct), ("through serve", &through)] {
+        let failed = l.iter().filter(|ms| !ms.is_finite()).count();
+        assert_eq!(failed, 0, "{failed} of {n} relays {path} not answered 200");
+    }
     let (d50, d99) = (percentile(&mut direct, 0.5), percentile(&mut direct, 0.99));
     let (s50, s99) = (
         percentile(&mut through, 0.5),
@@ -145,112 +62,12 @@ async fn sim_in_flight(http: &Http, admin: SocketAddr) -> u64 {
     v["services"][0]["in_flight"].as_u64().unwrap_or(0)
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // The chain, a staked supplier, its session.
-    let devnet = Devnet::new(&DevnetConfig::new(5));
+    let rig = Rig::start("").await;
+    let (http, relay_addr, sim_addr) = (rig.http.clone(), rig.relay_addr, rig.sim_addr);
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let chain = devnet.serve(any, any, None).await.expect("devnet");
-    let supplier = devnet.keys().suppliers[0].clone();
-    let header = devnet
-        .stake_into_next_session(&chain, 0, SERVICE)
-        .await
-        .expect("staked")
-        .header;
-    let app = devnet.keys().applications[0].clone();
-    let gateway = devnet.keys().gateways[0].clone();
-
-    // engine-sim answering at once (the engine's own time is not what is measured).
-    let sim = EngineSim::new(SimConfig {
-        ttft: Duration::ZERO,
-        tokens_per_second: 0.0,
-        max_num_seqs: 100_000,
-        ..SimConfig::default()
-    });
-    let (sim_addr, _) = sim
-        .serve(any, std::future::pending())
-        .await
-        .expect("engine-sim");
-
-    // A real store and a real serve process.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("store");
-    let store = StoreProcess::start(&data, &["--fsync", "os"]);
-    store.client().await;
-    let key_file = dir.path().join("supplier.key");
-    std::fs::write(&key_file, lode_kernels::hex::encode(&supplier.to_bytes())).expect("key");
-    let (relay_addr, admin_addr) = (free_addr(), free_addr());
-    let config = dir.path().join("serve.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: {relay_addr}\nadmin: {admin_addr}\nchain: {{grpc_url: '{}', rpc_url: '{}'}}\n\
-             store: {{url: 'http://{}', token_file: '{}', policy: queue, queue_capacity: 100000}}\n\
-             signing_key_files: ['{}']\nenable_over_servicing: true\nstream_batch_ms: 20\n\
-             services:\n  - service_id: {SERVICE}\n    backend_url: http://{sim_addr}\n",
-            chain.grpc_url,
-            chain.rpc_url,
-            store.grpc,
-            StoreProcess::token_file(&data).display(),
-            key_file.display()
-        ),
-    )
-    .expect("config");
-    let mut serve: Child = Command::new(env!("CARGO_BIN_EXE_relayminer"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    // The gateway side without Nagle, as a latency-minded gateway runs.
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let http: Http = Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_max_idle_per_host(20_000)
-        .build(connector);
-    for _ in 0..500 {
-        if let Ok(r) = http
-            .get(format!("http://{admin_addr}/demand").parse().expect("uri"))
-            .await
-            && r.status() == 200
-        {
-            let b = r.into_body().collect().await.expect("body").to_bytes();
-            let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
-            if v["height"].as_i64().unwrap_or(0) > 0 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    // Pre-signed relays (ring signing is the gateway's cost, not serve's).
-    let ring = [app.public_key(), gateway.public_key()];
-    let sign = |body: &str, i: usize| -> Bytes {
-        let mut req = RelayRequest {
-            payload: PoktHttpRequest {
-                method: "POST".into(),
-                url: format!("/v1/chat/completions?n={i}"),
-                body_bz: body.as_bytes().to_vec(),
-                ..Default::default()
-            }
-            .encode(),
-            ..Default::default()
-        };
-        req.meta.session_header = Some(header.clone());
-        req.meta.supplier_operator_address = supplier.public_key().address().to_bech32(HRP);
-        sign_request(&mut req, &ring, &gateway, &mut rand_core::OsRng).expect("sign");
-        Bytes::from(req.encode())
-    };
+    let sign = |body: &str, i: usize| rig.sign(body, i);
     let relays: Arc<Vec<Bytes>> = Arc::new((0..2000).map(|i| sign(BODY, i)).collect());
     let to_serve: MakeRequest = {
         let relays = relays.clone();
@@ -270,10 +87,10 @@ async fn main() {
     saturate(Duration::from_millis(300), 8, to_engine.clone(), &http).await;
 
     // Saturation through serve, and serve's CPU per relay.
-    let cpu0 = cpu_seconds(&format!("/proc/{}/stat", serve.id()));
+    let cpu0 = cpu_seconds(&format!("/proc/{}/stat", rig.serve.id()));
     let secs = 4.0;
     let done = saturate(Duration::from_secs_f64(secs), 64, to_serve.clone(), &http).await;
-    let cpu = cpu_seconds(&format!("/proc/{}/stat", serve.id())) - cpu0;
+    let cpu = cpu_seconds(&format!("/proc/{}/stat", rig.serve.id())) - cpu0;
     let saturated = done as f64 / secs;
     let per_core = done as f64 / cpu.max(1e-9);
     println!(
@@ -365,11 +182,11 @@ async fn main() {
         .await
         .expect("slow engine");
     let (slow_relay, slow_admin) = (free_addr(), free_addr());
-    let slow_config = dir.path().join("serve-slow.yaml");
-    let text = std::fs::read_to_string(&config)
+    let slow_config = rig.dir.path().join("serve-slow.yaml");
+    let text = std::fs::read_to_string(&rig.config)
         .expect("config")
         .replace(&relay_addr.to_string(), &slow_relay.to_string())
-        .replace(&admin_addr.to_string(), &slow_admin.to_string())
+        .replace(&rig.admin_addr.to_string(), &slow_admin.to_string())
         .replace(&sim_addr.to_string(), &slow_addr.to_string());
     std::fs::write(&slow_config, text).expect("config");
     let mut slow_serve = Command::new(env!("CARGO_BIN_EXE_relayminer"))
@@ -436,6 +253,7 @@ async fn main() {
     drop(held);
     let _ = slow_serve.kill();
     let _ = slow_serve.wait();
+    let mut serve = rig.serve;
     let _ = serve.kill();
     let _ = serve.wait();
 }

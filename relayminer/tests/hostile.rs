@@ -56,16 +56,8 @@ async fn a_ring_signature_bomb_is_refused_from_its_size_field() {
     let f = fleet(large_bodies).await;
     let honest = f.relay(CHAT);
     let app = f.devnet.keys().applications[0].public_key().to_compressed();
-    let n = 300_000u32;
-    let mut sig = Vec::with_capacity(69 + 65 * n as usize);
-    sig.extend_from_slice(&n.to_be_bytes());
-    sig.extend_from_slice(&honest.meta.signature[4..69]);
-    for _ in 0..n {
-        sig.extend_from_slice(&[1u8; 32]);
-        sig.extend_from_slice(&app);
-    }
     let mut bomb = honest.clone();
-    bomb.meta.signature = sig;
+    bomb.meta.signature = lode_testkit::ring_bomb(&honest.meta.signature, &app, 300_000);
     let cpu = || lode_testkit::cpu_seconds("/proc/self/stat");
     let before = cpu();
     let (bombed, served) = tokio::join!(f.send(&bomb), async {

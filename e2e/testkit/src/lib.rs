@@ -271,6 +271,20 @@ pub fn gateway_relay_to(
     req
 }
 
+/// A ring-signature bomb (issue 23): `honest`'s signature rewritten to list `member`
+/// (a ring member's compressed key) `members` times, 65 bytes each, behind a size field
+/// that says so. Verifying it naively costs seconds of CPU per 100,000 members.
+pub fn ring_bomb(honest: &[u8], member: &[u8; 33], members: u32) -> Vec<u8> {
+    let mut sig = Vec::with_capacity(69 + 65 * members as usize);
+    sig.extend_from_slice(&members.to_be_bytes());
+    sig.extend_from_slice(&honest[4..69]);
+    for _ in 0..members {
+        sig.extend_from_slice(&[1u8; 32]);
+        sig.extend_from_slice(member);
+    }
+    sig
+}
+
 /// A devnet serving on loopback with its first supplier staked for `service`, produced
 /// into the session where it serves; that session's header for the first application.
 pub async fn staked_devnet(
