@@ -219,6 +219,16 @@ pub struct StoreConfig {
     /// …and their bytes, at most (a relay is counted by its request and response).
     #[serde(default = "default_queue_bytes")]
     pub queue_bytes: usize,
+    /// The CA (PEM) that signed the store's TLS certificate: set, the URL is
+    /// `https://…` and only that CA is trusted. (An `https://` URL without it trusts the
+    /// system's roots.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The name the store's certificate must carry, whatever host the URL names
+    /// (default `store.lode.internal`, the name in the certificates lode's operator
+    /// issues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
 }
 
 impl StoreConfig {
@@ -230,7 +240,23 @@ impl StoreConfig {
             policy: StorePolicy::default(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             queue_bytes: DEFAULT_QUEUE_BYTES,
+            ca_file: None,
+            tls_server_name: None,
         }
+    }
+
+    /// The name a store certificate lode's operator issues carries.
+    pub const OPERATOR_TLS_NAME: &str = "store.lode.internal";
+
+    /// The store's CA file and certificate name, when it speaks TLS with a private CA.
+    pub fn tls_parts(&self) -> Option<(PathBuf, String)> {
+        let ca = self.ca_file.clone()?;
+        Some((
+            ca,
+            self.tls_server_name
+                .clone()
+                .unwrap_or_else(|| Self::OPERATOR_TLS_NAME.to_string()),
+        ))
     }
 }
 

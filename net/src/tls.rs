@@ -145,3 +145,124 @@ impl AsyncWrite for MaybeTls {
         }
     }
 }
+
+/// Why TLS material could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("{0:?} is not a valid TLS server name")]
+    ServerName(String),
+}
+
+fn file_error(path: &std::path::Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The certificates of a PEM file (a CA bundle or a certificate chain).
+fn certificates(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+/// HTTP/2 (gRPC) to a server whose certificate a private CA signed: `ca_file` (PEM) is
+/// the only root trusted, and the certificate must name `server_name` whatever host the
+/// URL has (a cluster may reach the server by several names or by address).
+pub fn h2_connector_private(
+    ca_file: &std::path::Path,
+    server_name: &str,
+    connect_timeout: std::time::Duration,
+) -> Result<HttpsConnector, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certificates(ca_file)? {
+        roots.add(c).map_err(|e| file_error(ca_file, e))?;
+    }
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|_| TlsError::ServerName(server_name.to_string()))?;
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        .enable_http2()
+        .wrap_connector(http(connect_timeout)))
+}
+
+/// A server configuration from a PEM certificate chain and its PEM private key,
+/// offering `alpn`.
+pub fn server_config(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = certificates(cert_file)?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| file_error(key_file, e))?;
+    let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(c))
+}
+
+/// Accepts connections on `listener` and completes their TLS handshakes, each in its
+/// own task within `handshake_timeout` (a client that stalls its handshake holds only
+/// its own task); the connections that made it, in order of completion. Failed
+/// handshakes are logged at debug and dropped.
+pub fn accept_tls(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    handshake_timeout: std::time::Duration,
+) -> tokio::sync::mpsc::Receiver<tokio_rustls::server::TlsStream<TcpStream>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                _ = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(tls).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    rx
+}

@@ -184,6 +184,8 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
         ctx.event(s.as_ref(), true, reason, message.clone()).await;
     }
     let secret = build::supplier::token_secret(&s, &new_token()?)?;
+    let name = s.name_any();
+    let tls = build::supplier::tls_secret(&s, &build::supplier::store_certificate(&name)?)?;
     let store = build::supplier::store(&s, &ctx.images)?;
     let stake_job = match stake {
         Stake::Differs { .. } => Some(build::jobs::stake_job(&s, &ctx.images)?),
@@ -195,6 +197,18 @@ pub async fn reconcile_supplier(s: Arc<Supplier>, ctx: Arc<Context>) -> Result<A
             false,
             "StoreTokenCreated",
             format!("created Secret {}", secret.name_any()),
+        )
+        .await;
+    }
+    if apply::create_secret(&ctx.client, &tls).await? {
+        ctx.event(
+            s.as_ref(),
+            false,
+            "StoreCertificateIssued",
+            format!(
+                "created Secret {} (the store's TLS certificate and its CA)",
+                tls.name_any()
+            ),
         )
         .await;
     }

@@ -111,6 +111,11 @@ pub fn render(
             &build::supplier::token_secret(s, RENDER_TOKEN)
                 .map_err(fail("Supplier", name.clone()))?,
         ));
+        // A fresh certificate: applying the rendered objects twice would replace it.
+        let tls = build::supplier::store_certificate(&name)
+            .and_then(|c| build::supplier::tls_secret(s, &c))
+            .map_err(fail("Supplier", name.clone()))?;
+        out.push(value(&tls));
         let o = build::supplier::store(s, images).map_err(fail("Supplier", name))?;
         out.extend([
             value(&o.stateful_set),
@@ -220,6 +225,7 @@ mod tests {
             kinds,
             [
                 "Secret/supplier-1-store-token",
+                "Secret/supplier-1-store-tls",
                 "StatefulSet/supplier-1-store",
                 "Service/supplier-1-store",
                 "NetworkPolicy/supplier-1-store",

@@ -134,7 +134,7 @@ async fn a_listed_service_model_gets_its_serving_objects_and_a_ready_status() {
             cm["data"]["serve.yaml"]
                 .as_str()
                 .expect("yaml")
-                .contains("http://supplier-1-store:7070")
+                .contains("https://supplier-1-store:7070")
         );
         assert_eq!(
             cm["metadata"]["ownerReferences"][0]["uid"], "sm-uid",
@@ -392,6 +392,27 @@ async fn a_new_supplier_gets_a_token_once_and_its_store() {
         );
         assert_eq!(body["reason"], "StoreTokenCreated");
         reply(send, 201, body);
+        // And the store's TLS Secret: its certificate, key, and the CA that signed it.
+        let (method, path, body, send) = next(&mut h).await;
+        assert_eq!(method, "POST");
+        assert!(
+            path.starts_with("/api/v1/namespaces/lode/secrets"),
+            "{path}"
+        );
+        assert_eq!(body["metadata"]["name"], "supplier-1-store-tls");
+        assert_eq!(body["type"], "kubernetes.io/tls");
+        for key in ["ca.crt", "tls.crt", "tls.key"] {
+            assert!(body["stringData"][key].as_str().is_some(), "{key}");
+        }
+        reply(send, 201, body);
+        let (method, path, body, send) = next(&mut h).await;
+        assert_eq!(method, "POST");
+        assert!(
+            path.starts_with("/apis/events.k8s.io/v1/namespaces/lode/events"),
+            "{path}"
+        );
+        assert_eq!(body["reason"], "StoreCertificateIssued");
+        reply(send, 201, body);
         let sts = expect_apply(
             &mut h,
             "/apis/apps/v1/namespaces/lode/statefulsets",
@@ -560,20 +581,23 @@ async fn serving_facts(h: &mut Handle) {
     expect_empty_list(h, "/api/v1/namespaces/lode/pods?", "store", "PodList").await;
 }
 
-/// Answers the store's writes: the token Secret exists (the create answers 409 and the
-/// token is kept), the store is applied and ready.
+/// Answers the store's writes: the token and TLS Secrets exist (the creates answer 409
+/// and both are kept), the store is applied and ready.
 async fn store_applied(h: &mut Handle) {
-    let (method, path, _, send) = next(h).await;
-    assert_eq!(method, "POST");
-    assert!(
-        path.starts_with("/api/v1/namespaces/lode/secrets"),
-        "{path}"
-    );
-    reply(
-        send,
-        409,
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "secrets \"supplier-1-store-token\" already exists"}),
-    );
+    for secret in ["supplier-1-store-token", "supplier-1-store-tls"] {
+        let (method, path, body, send) = next(h).await;
+        assert_eq!(method, "POST");
+        assert!(
+            path.starts_with("/api/v1/namespaces/lode/secrets"),
+            "{path}"
+        );
+        assert_eq!(body["metadata"]["name"], secret);
+        reply(
+            send,
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": format!("secrets \"{secret}\" already exists")}),
+        );
+    }
     expect_apply(
         h,
         "/apis/apps/v1/namespaces/lode/statefulsets",

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use lode_contracts::serve::StoreConfig;
 use lode_contracts::stake::{RevShare, ServiceStake, StakeSpec};
 use lode_relayminer::lifecycle::{Lifecycle, LifecycleConfig};
 use lode_store::{Durability, ServerConfig};
@@ -109,6 +110,13 @@ struct JobArgs {
     /// File holding the store's token (a mounted Secret).
     #[arg(long, env = "LODE_STORE_TOKEN_FILE")]
     store_token_file: Option<PathBuf>,
+    /// The CA (PEM) that signed the store's TLS certificate (the store URL is then
+    /// https://).
+    #[arg(long, env = "LODE_STORE_CA_FILE")]
+    store_ca_file: Option<PathBuf>,
+    /// The name the store's certificate carries [default: store.lode.internal].
+    #[arg(long, env = "LODE_STORE_TLS_NAME")]
+    store_tls_name: Option<String>,
     /// Supplier operator key file (hex, or `pocketd keys export` armor with
     /// LODE_KEY_PASSPHRASE); repeat for several suppliers.
     #[arg(long = "key-file", env = "LODE_KEY_FILES", value_delimiter = ',')]
@@ -358,6 +366,14 @@ struct StoreArgs {
     /// Block cache size in MiB (bounds memory with many sessions).
     #[arg(long, default_value_t = 64, env = "LODE_STORE_CACHE_MIB")]
     cache_mib: usize,
+    /// Serve gRPC over TLS with this certificate chain (PEM; with --tls-key). lode's
+    /// operator issues one per Supplier, so the token never crosses the pod network in
+    /// the clear.
+    #[arg(long, env = "LODE_STORE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "LODE_STORE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -423,6 +439,7 @@ async fn store(args: StoreArgs) -> anyhow::Result<()> {
         },
         cache_bytes: args.cache_mib << 20,
         suppliers: args.suppliers,
+        tls: args.tls_cert.zip(args.tls_key),
     };
     lode_store::run(config, grpc, admin, shutdown_signal())
         .await
@@ -528,6 +545,18 @@ fn job_config(args: &JobArgs) -> anyhow::Result<LifecycleConfig> {
     }
     let mut c = LifecycleConfig::new(&grpc, &rpc, &store, &read_token(&token_file)?);
     c.keys = keys;
+    // The store's TLS: the flags, else serve's configuration.
+    let mut store_config = serve
+        .as_ref()
+        .map(|s| s.store.clone())
+        .unwrap_or_else(|| StoreConfig::new(&store, &token_file));
+    if let Some(ca) = &args.store_ca_file {
+        store_config.ca_file = Some(ca.clone());
+    }
+    if let Some(name) = &args.store_tls_name {
+        store_config.tls_server_name = Some(name.clone());
+    }
+    c.store_tls = lode_relayminer::serve::config::store_tls(&store_config);
     c.chain_id = args.chain_id.clone();
     args.tx.apply(&mut c);
     Ok(c)

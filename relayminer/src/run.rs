@@ -132,6 +132,8 @@ pub async fn start(opts: RunOptions) -> Result<RunHandle, RunError> {
         durability: opts.store_durability,
         cache_bytes: 64 << 20,
         suppliers: Vec::new(),
+        // One machine, loopback only.
+        tls: None,
     };
     let store_task = tokio::spawn(async move {
         lode_store::run(store_config, grpc, admin, async {

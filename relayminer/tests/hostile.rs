@@ -230,6 +230,7 @@ async fn the_store_queue_is_bounded_in_bytes() {
         &format!("http://{}", lode_testkit::free_addr()),
         "token",
         Duration::from_millis(200),
+        None,
     )
     .expect("client");
     let (shipper, task) = Shipper::start(

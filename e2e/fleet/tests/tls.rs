@@ -36,24 +36,32 @@ fn address(k: &SecretKey) -> String {
 struct Pki {
     ca_pem: String,
     cert: rustls::pki_types::CertificateDer<'static>,
+    cert_pem: String,
     key: Vec<u8>,
+    key_pem: String,
 }
 
 impl Pki {
     fn new(name: &str) -> Self {
+        Self::for_names(name, &["localhost"])
+    }
+
+    fn for_names(name: &str, names: &[&str]) -> Self {
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.distinguished_name.push(DnType::CommonName, name);
         let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
         let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec!["localhost".to_string()])
+        let cert = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .expect("params")
             .signed_by(&key, &ca)
             .expect("leaf");
         Self {
             ca_pem: ca.pem(),
             cert: cert.der().clone(),
+            cert_pem: cert.pem(),
             key: key.serialize_der(),
+            key_pem: key.serialize_pem(),
         }
     }
 
@@ -355,4 +363,93 @@ async fn chain_and_suppliers_over_tls_with_a_private_ca() {
     let refused = lode_fleet::chat_as(port, Some("sk-test"), "hello", false).await;
     assert!(refused.is_err(), "{refused:?}");
     ticker.abort();
+}
+
+/// The store speaks TLS with a certificate a private CA signed for the name lode's
+/// operator gives it: a client with that CA and name gets in; a plaintext client, one
+/// trusting another CA, and one expecting another name do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_speaks_tls_to_clients_that_trust_its_ca() {
+    use lode_store_api::{ListSessionsRequest, StoreTls};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let name = lode_contracts::serve::StoreConfig::OPERATOR_TLS_NAME;
+    let pki = Pki::for_names("store CA", &[name]);
+    let ca_file = write(d, "ca.pem", &pki.ca_pem);
+    let cert = write(d, "tls.crt", &pki.cert_pem);
+    let key = write(d, "tls.key", &pki.key_pem);
+    let data = d.join("store");
+    let store = StoreProcess::start(
+        &data,
+        &[
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+        ],
+    );
+    let token = std::fs::read_to_string(StoreProcess::token_file(&data)).expect("token");
+    let url = format!("https://{}", store.grpc);
+    let trusting = StoreTls {
+        ca_file: ca_file.clone(),
+        server_name: name.to_string(),
+    };
+    let mut client = ok_within("the store over TLS", Duration::from_secs(20), async || {
+        lode_store_api::connect_with(&url, token.trim(), Some(&trusting))
+            .await
+            .map_err(|e| lode_net::error_chain(e.as_ref()))
+    })
+    .await;
+    let listed = client
+        .list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("a call over TLS with the token");
+    assert!(listed.into_inner().sessions.is_empty());
+
+    // Plaintext to the TLS port, another CA, another name: no connection.
+    let plain = lode_store_api::connect(&format!("http://{}", store.grpc), token.trim()).await;
+    let refused = match plain {
+        Err(e) => lode_net::error_chain(e.as_ref()),
+        Ok(mut c) => c
+            .list_sessions(ListSessionsRequest::default())
+            .await
+            .expect_err("plaintext to a TLS port")
+            .to_string(),
+    };
+    assert!(!refused.is_empty());
+    println!("plaintext to the TLS port: {refused}");
+    let other = write(d, "other.pem", &Pki::new("another CA").ca_pem);
+    for (tls, says) in [
+        (
+            StoreTls {
+                ca_file: other,
+                server_name: name.to_string(),
+            },
+            "UnknownIssuer",
+        ),
+        (
+            StoreTls {
+                ca_file: ca_file.clone(),
+                server_name: "store.elsewhere.internal".into(),
+            },
+            "not valid for name",
+        ),
+    ] {
+        let e = lode_store_api::connect_with(&url, token.trim(), Some(&tls))
+            .await
+            .map(|_| ())
+            .expect_err("refused");
+        let e = lode_net::error_chain(e.as_ref());
+        assert!(e.contains(says), "{e}");
+    }
+    // A CA file with an http:// URL is a configuration error, said at once.
+    let e = lode_store_api::connect_lazy(
+        &format!("http://{}", store.grpc),
+        "t",
+        Duration::from_secs(1),
+        Some(&trusting),
+    )
+    .map(|_| ())
+    .expect_err("refused");
+    assert!(e.to_string().contains("must be https://"), "{e}");
 }

@@ -96,6 +96,7 @@ fn relayminer_job(
                         volume_mounts: Some(vec![
                             mount("keys", paths::KEYS),
                             mount("store-token", paths::STORE_TOKEN),
+                            mount("store-ca", paths::STORE_CA),
                         ]),
                         termination_message_policy: Some("FallbackToLogsOnError".into()),
                         ..Container::default()
@@ -113,6 +114,7 @@ fn relayminer_job(
                             STORE_TOKEN_KEY,
                             0o440,
                         ),
+                        super::store_ca_volume(&name),
                     ]),
                     security_context: Some(pod_security()),
                     automount_service_account_token: Some(false),
@@ -140,6 +142,7 @@ pub fn window_job(
         ("LODE_CHAIN_RPC", spec.chain.rpc_url.clone()),
         ("LODE_CHAIN_ID", spec.chain.chain_id.clone()),
         ("LODE_STORE_URL", store_url(&name)),
+        ("LODE_STORE_CA_FILE", super::store_ca_file()),
         (
             "LODE_STORE_TOKEN_FILE",
             format!("{}/{STORE_TOKEN_KEY}", paths::STORE_TOKEN),
@@ -319,7 +322,22 @@ mod tests {
         let c = &pod.containers[0];
         assert_eq!(c.args, Some(vec!["claim".to_string()]));
         let env = env_of(c);
-        assert_eq!(env["LODE_STORE_URL"], "http://supplier-1-store:7070");
+        assert_eq!(env["LODE_STORE_URL"], "https://supplier-1-store:7070");
+        assert_eq!(env["LODE_STORE_CA_FILE"], "/var/run/lode/store-ca/ca.crt");
+        let ca = pod
+            .volumes
+            .clone()
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.name == "store-ca")
+            .expect("the store's CA");
+        let ca = ca.secret.expect("a Secret");
+        assert_eq!(ca.secret_name.as_deref(), Some("supplier-1-store-tls"));
+        assert_eq!(
+            ca.items.expect("items")[0].key,
+            "ca.crt",
+            "the CA only, not the key"
+        );
         assert_eq!(env["LODE_KEY_FILES"], "/var/run/lode/keys/operator.key");
         assert_eq!(env["LODE_CHAIN_ID"], "pocket");
         assert_eq!(env["LODE_REPORT_FILE"], "/dev/termination-log");

@@ -72,6 +72,8 @@ pub enum BuildError {
     Toleration(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("issuing the store's TLS certificate: {0}")]
+    Certificate(String),
 }
 
 impl BuildError {
@@ -81,6 +83,7 @@ impl BuildError {
             Self::NoNamespace(_) => "NoNamespace",
             Self::Toleration(_) => "InvalidToleration",
             Self::Invalid(_) => "InvalidSpec",
+            Self::Certificate(_) => "CertificateFailed",
         }
     }
 }
@@ -284,15 +287,24 @@ pub fn whole_secret_volume(volume: &str, secret: &str, mode: i32) -> Volume {
 
 /// A volume with one key of a Secret, mounted read-only as a file.
 pub fn secret_volume(volume: &str, secret: &str, key: &str, mode: i32) -> Volume {
+    secret_keys_volume(volume, secret, &[key], mode)
+}
+
+/// A volume with some keys of a Secret, each a read-only file named by its key.
+pub fn secret_keys_volume(volume: &str, secret: &str, keys: &[&str], mode: i32) -> Volume {
     Volume {
         name: volume.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.into()),
-            items: Some(vec![KeyToPath {
-                key: key.into(),
-                path: key.into(),
-                mode: Some(mode),
-            }]),
+            items: Some(
+                keys.iter()
+                    .map(|k| KeyToPath {
+                        key: (*k).into(),
+                        path: (*k).into(),
+                        mode: Some(mode),
+                    })
+                    .collect(),
+            ),
             default_mode: Some(mode),
             ..SecretVolumeSource::default()
         }),
@@ -325,6 +337,10 @@ pub mod paths {
     pub const KEYS: &str = "/var/run/lode/keys";
     pub const STORE_TOKEN: &str = "/var/run/lode/store-token";
     pub const API_KEYS: &str = "/var/run/lode/api-keys";
+    /// The store's TLS certificate and key (store pods).
+    pub const STORE_TLS: &str = "/var/run/lode/store-tls";
+    /// The CA that signed it (serve pods and Jobs).
+    pub const STORE_CA: &str = "/var/run/lode/store-ca";
     pub const CONFIG: &str = "/etc/lode";
     pub const STORE_DATA: &str = "/var/lib/lode/store";
 }
@@ -343,7 +359,26 @@ pub mod ports {
 
 /// The store's in-cluster URL of a supplier.
 pub fn store_url(supplier: &str) -> String {
-    format!("http://{}:{}", supplier::store_name(supplier), ports::STORE)
+    format!(
+        "https://{}:{}",
+        supplier::store_name(supplier),
+        ports::STORE
+    )
+}
+
+/// The volume with the CA of a supplier's store, for its clients (serve pods, Jobs).
+pub fn store_ca_volume(supplier: &str) -> Volume {
+    secret_volume(
+        "store-ca",
+        &supplier::tls_secret_name(supplier),
+        supplier::TLS_CA_KEY,
+        0o440,
+    )
+}
+
+/// Where a client finds the CA of its supplier's store.
+pub fn store_ca_file() -> String {
+    format!("{}/{}", paths::STORE_CA, supplier::TLS_CA_KEY)
 }
 
 #[cfg(test)]

@@ -71,6 +71,8 @@ pub fn serve_config(sm: &ServiceModel, supplier: &Supplier) -> ServeConfig {
         &store_url(&name_of(supplier)),
         format!("{}/{STORE_TOKEN_KEY}", paths::STORE_TOKEN),
     );
+    // The store speaks TLS with the certificate the operator issued.
+    store.ca_file = Some(super::store_ca_file().into());
     store.policy = match s.store.relay_policy {
         lode_crds::RelayPolicy::Hold => StorePolicy::Hold,
         lode_crds::RelayPolicy::Queue => StorePolicy::Queue,
@@ -377,6 +379,7 @@ fn serve_container(supplier: &Supplier, images: &Images) -> Container {
             mount("config", paths::CONFIG),
             mount("keys", paths::KEYS),
             mount("store-token", paths::STORE_TOKEN),
+            mount("store-ca", paths::STORE_CA),
         ]),
         ..Container::default()
     }
@@ -439,6 +442,7 @@ pub fn serving(
             STORE_TOKEN_KEY,
             0o440,
         ),
+        super::store_ca_volume(&supplier_name),
     ]);
     let hash = Sha256::digest(yaml.as_bytes());
     let hash: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -605,7 +609,14 @@ mod tests {
         let yaml = &o.config.data.clone().expect("data")["serve.yaml"];
         let config = ServeConfig::from_yaml(yaml).expect("serve accepts it");
         assert_eq!(config, serve_config(&sm, &s));
-        assert_eq!(config.store.url, "http://supplier-1-store:7070");
+        assert_eq!(config.store.url, "https://supplier-1-store:7070");
+        assert_eq!(
+            config.store.tls_parts(),
+            Some((
+                "/var/run/lode/store-ca/ca.crt".into(),
+                "store.lode.internal".to_string()
+            ))
+        );
         assert_eq!(
             config.signing_key_files,
             vec![std::path::PathBuf::from("/var/run/lode/keys/operator.key")]

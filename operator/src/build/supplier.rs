@@ -21,7 +21,7 @@ use lode_crds::Supplier;
 use super::{
     BuildError, Images, STORE_TOKEN_KEY, SUPPLIER_LABEL, child_meta, component, container_ports,
     http_probe, ingress_policy, labels, locked_down, mount, name_of, paths, pod_security, ports,
-    resources, secret_volume, selector, tcp_port,
+    resources, secret_keys_volume, secret_volume, selector, tcp_port,
 };
 
 /// The store's objects.
@@ -45,6 +45,74 @@ pub fn token_secret_name(s: &str) -> String {
 fn with_supplier(mut l: BTreeMap<String, String>, supplier: &str) -> BTreeMap<String, String> {
     l.insert(SUPPLIER_LABEL.into(), supplier.into());
     l
+}
+
+/// The Secret holding the store's TLS certificate and key and the CA that signed it.
+pub fn tls_secret_name(s: &str) -> String {
+    format!("{s}-store-tls")
+}
+
+/// Keys of the TLS Secret (those of `kubernetes.io/tls`).
+pub const TLS_CA_KEY: &str = "ca.crt";
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+
+/// A store's TLS material, PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreCertificate {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// A new CA for `supplier`'s store and the one certificate it signs, for
+/// [`lode_contracts::serve::StoreConfig::OPERATOR_TLS_NAME`] (clients check that name
+/// whatever address they reach the store at). The CA's key is dropped once it has
+/// signed: nobody, the operator included, can issue another certificate serve trusts.
+pub fn store_certificate(supplier: &str) -> Result<StoreCertificate, BuildError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let fail = |e: rcgen::Error| BuildError::Certificate(e.to_string());
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("lode store CA ({supplier})"));
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().map_err(fail)?).map_err(fail)?;
+    let key = KeyPair::generate().map_err(fail)?;
+    let mut leaf = CertificateParams::new(vec![
+        lode_contracts::serve::StoreConfig::OPERATOR_TLS_NAME.to_string(),
+    ])
+    .map_err(fail)?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, format!("lode store ({supplier})"));
+    let cert = leaf.signed_by(&key, &ca).map_err(fail)?;
+    Ok(StoreCertificate {
+        ca: ca.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// The store's TLS Secret (created once and kept, like the token).
+pub fn tls_secret(s: &Supplier, tls: &StoreCertificate) -> Result<Secret, BuildError> {
+    let name = name_of(s);
+    Ok(Secret {
+        metadata: child_meta(
+            s,
+            tls_secret_name(&name),
+            with_supplier(labels(&name, component::STORE), &name),
+        )?,
+        string_data: Some(BTreeMap::from([
+            (TLS_CA_KEY.to_string(), tls.ca.clone()),
+            (TLS_CERT_KEY.to_string(), tls.cert.clone()),
+            (TLS_KEY_KEY.to_string(), tls.key.clone()),
+        ])),
+        type_: Some("kubernetes.io/tls".into()),
+        ..Secret::default()
+    })
 }
 
 /// The store token Secret (`token` is generated once by the controller and kept).
@@ -86,6 +154,10 @@ pub fn store(s: &Supplier, images: &Images) -> Result<StoreObjects, BuildError> 
             format!("{}/{STORE_TOKEN_KEY}", paths::STORE_TOKEN),
             "--supplier".into(),
             spec.operator_address.clone(),
+            "--tls-cert".into(),
+            format!("{}/{TLS_CERT_KEY}", paths::STORE_TLS),
+            "--tls-key".into(),
+            format!("{}/{TLS_KEY_KEY}", paths::STORE_TLS),
             "--log-json".into(),
         ]),
         ports: Some(container_ports(&[
@@ -103,6 +175,7 @@ pub fn store(s: &Supplier, images: &Images) -> Result<StoreObjects, BuildError> 
                 ..VolumeMount::default()
             },
             mount("store-token", paths::STORE_TOKEN),
+            mount("store-tls", paths::STORE_TLS),
         ]),
         ..Container::default()
     };
@@ -124,12 +197,20 @@ pub fn store(s: &Supplier, images: &Images) -> Result<StoreObjects, BuildError> 
                     containers: vec![container],
                     security_context: Some(pod_security()),
                     automount_service_account_token: Some(false),
-                    volumes: Some(vec![secret_volume(
-                        "store-token",
-                        &token_secret_name(&name),
-                        STORE_TOKEN_KEY,
-                        0o440,
-                    )]),
+                    volumes: Some(vec![
+                        secret_volume(
+                            "store-token",
+                            &token_secret_name(&name),
+                            STORE_TOKEN_KEY,
+                            0o440,
+                        ),
+                        secret_keys_volume(
+                            "store-tls",
+                            &tls_secret_name(&name),
+                            &[TLS_CERT_KEY, TLS_KEY_KEY],
+                            0o440,
+                        ),
+                    ]),
                     ..PodSpec::default()
                 }),
             },
@@ -166,7 +247,6 @@ pub fn store(s: &Supplier, images: &Images) -> Result<StoreObjects, BuildError> 
                     name: Some("grpc".into()),
                     port: ports::STORE,
                     target_port: Some(IntOrString::String("grpc".into())),
-                    app_protocol: Some("kubernetes.io/h2c".into()),
                     ..ServicePort::default()
                 },
                 ServicePort {
@@ -302,5 +382,90 @@ mod tests {
             Some("supplier-1-store-token")
         );
         assert_eq!(secret.string_data.expect("data")["token"], "abc");
+    }
+
+    /// A CA per store, the certificate it signed for the name clients check, and the
+    /// store run with them; the CA's key is not kept anywhere.
+    #[test]
+    fn the_store_gets_a_certificate_its_clients_can_check() {
+        use rustls_pki_types::pem::PemObject;
+        let s = sample_supplier();
+        let c = store_certificate("supplier-1").expect("issued");
+        let secret = tls_secret(&s, &c).expect("builds");
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("supplier-1-store-tls")
+        );
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+        let data = secret.string_data.expect("data");
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["ca.crt", "tls.crt", "tls.key"]
+        );
+        assert!(data["tls.key"].contains("PRIVATE KEY"));
+        assert_eq!(
+            data["tls.key"].matches("PRIVATE KEY-----").count(),
+            2,
+            "one key: the leaf's"
+        );
+        // The leaf verifies against the CA for the operator's name, and for no other.
+        let ca = rustls_pki_types::CertificateDer::from_pem_slice(c.ca.as_bytes()).expect("ca");
+        let leaf =
+            rustls_pki_types::CertificateDer::from_pem_slice(c.cert.as_bytes()).expect("leaf");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).expect("root");
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("verifier");
+        let now = rustls_pki_types::UnixTime::now();
+        let name = |n: &str| rustls_pki_types::ServerName::try_from(n.to_string()).expect("name");
+        use rustls::client::danger::ServerCertVerifier;
+        verifier
+            .verify_server_cert(&leaf, &[], &name("store.lode.internal"), &[], now)
+            .expect("valid for the operator's name");
+        assert!(
+            verifier
+                .verify_server_cert(&leaf, &[], &name("supplier-1-store"), &[], now)
+                .is_err()
+        );
+        // Two issues are two different CAs.
+        assert_ne!(store_certificate("supplier-1").expect("issued").ca, c.ca);
+
+        // The store serves with it; the Service no longer says cleartext HTTP/2.
+        let o = store(&s, &Images::default()).expect("builds");
+        let pod = o
+            .stateful_set
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod");
+        let args = pod.containers[0].args.clone().expect("args").join(" ");
+        assert!(
+            args.contains("--tls-cert /var/run/lode/store-tls/tls.crt --tls-key /var/run/lode/store-tls/tls.key"),
+            "{args}"
+        );
+        let tls = pod
+            .volumes
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.name == "store-tls")
+            .expect("the TLS volume");
+        let keys: Vec<String> = tls
+            .secret
+            .expect("secret")
+            .items
+            .expect("items")
+            .into_iter()
+            .map(|i| i.key)
+            .collect();
+        assert_eq!(keys, ["tls.crt", "tls.key"], "not the CA");
+        assert_eq!(
+            o.service.spec.expect("spec").ports.expect("ports")[0].app_protocol,
+            None
+        );
     }
 }

@@ -47,6 +47,8 @@ pub struct LifecycleConfig {
     pub chain_id: Option<String>,
     pub store_url: String,
     pub store_token: String,
+    /// The store's CA and certificate name when it speaks TLS.
+    pub store_tls: Option<lode_store_api::StoreTls>,
     /// Supplier operator keys: every session of these suppliers in the store is handled.
     pub keys: Vec<SecretKey>,
     /// `--gas-adjustment`: simulated gas × this.
@@ -72,6 +74,7 @@ impl LifecycleConfig {
             chain_id: None,
             store_url: store_url.to_string(),
             store_token: store_token.to_string(),
+            store_tls: None,
             keys: Vec::new(),
             gas_adjustment: 1.5,
             gas_price: 0.0001,
@@ -232,6 +235,7 @@ impl Lifecycle {
             &config.store_url,
             &config.store_token,
             Duration::from_secs(10),
+            config.store_tls.as_ref(),
         )
         .map_err(|e| PassError::StoreUrl {
             url: config.store_url.clone(),

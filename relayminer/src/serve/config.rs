@@ -288,6 +288,16 @@ fn from_poktroll(p: PoktrollConfig, keys_dir: Option<&Path>) -> Result<ServeConf
     Ok(config)
 }
 
+/// How serve and the jobs check a store that speaks TLS with a private CA.
+pub fn store_tls(store: &StoreConfig) -> Option<lode_store_api::StoreTls> {
+    store
+        .tls_parts()
+        .map(|(ca_file, server_name)| lode_store_api::StoreTls {
+            ca_file,
+            server_name,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

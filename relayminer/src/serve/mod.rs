@@ -134,12 +134,16 @@ pub async fn start_with(
             path: config.store.token_file.display().to_string(),
             source,
         })?;
-    let store =
-        lode_store_api::connect_lazy(&config.store.url, token.trim(), Duration::from_secs(10))
-            .map_err(|e| ServeError::StoreUrl {
-                url: config.store.url.clone(),
-                reason: e.to_string(),
-            })?;
+    let store = lode_store_api::connect_lazy(
+        &config.store.url,
+        token.trim(),
+        Duration::from_secs(10),
+        config::store_tls(&config.store).as_ref(),
+    )
+    .map_err(|e| ServeError::StoreUrl {
+        url: config.store.url.clone(),
+        reason: e.to_string(),
+    })?;
     let (shipper, ship_task) = Shipper::start(
         store,
         ship::QueueLimits {

@@ -67,26 +67,66 @@ fn client(
     )
 }
 
+/// How a client checks a store that speaks TLS: the CA that signed its certificate
+/// (PEM) and the name the certificate must carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreTls {
+    pub ca_file: std::path::PathBuf,
+    pub server_name: String,
+}
+
+/// The connector `tls` calls for: a private CA (then the URL must be `https://`), or
+/// plain `http://` and `https://` with the system's roots.
+fn connector(
+    url: &str,
+    tls: Option<&StoreTls>,
+    timeout: std::time::Duration,
+) -> Result<lode_net::tls::HttpsConnector, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(match tls {
+        Some(_) if !url.starts_with("https://") => {
+            return Err(
+                format!("store {url}: with a CA file the store's URL must be https://").into(),
+            );
+        }
+        Some(t) => lode_net::tls::h2_connector_private(&t.ca_file, &t.server_name, timeout)?,
+        None => lode_net::tls::h2_connector(timeout),
+    })
+}
+
 /// Connects to a store at `url` (e.g. `http://store:7070`) with the windows above.
 pub async fn connect(
     url: &str,
     token: &str,
 ) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
-    client(endpoint(url)?.connect().await?, token)
+    connect_with(url, token, None).await
+}
+
+/// [`connect`] to a store that speaks TLS (`tls`: its CA and name).
+pub async fn connect_with(
+    url: &str,
+    token: &str,
+    tls: Option<&StoreTls>,
+) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
+    let timeout = std::time::Duration::from_secs(10);
+    let channel = endpoint(url)?
+        .connect_timeout(timeout)
+        .connect_with_connector(connector(url, tls, timeout)?)
+        .await?;
+    client(channel, token)
 }
 
 /// A client that connects on first use (and reconnects after the store restarts): for
-/// callers that must start while the store is down.
+/// callers that must start while the store is down. Every call times out after
+/// `timeout`.
 pub fn connect_lazy(
     url: &str,
     token: &str,
     timeout: std::time::Duration,
+    tls: Option<&StoreTls>,
 ) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
-    client(
-        endpoint(url)?
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect_lazy(),
-        token,
-    )
+    let channel = endpoint(url)?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_with_connector_lazy(connector(url, tls, timeout)?);
+    client(channel, token)
 }

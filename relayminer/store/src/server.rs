@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub cache_bytes: usize,
     /// Supplier operator addresses served; empty means any.
     pub suppliers: Vec<String>,
+    /// gRPC over TLS with this certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Opens the database and serves gRPC on `grpc` (token-checked) and the admin endpoints
@@ -36,6 +38,11 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // TLS material first: a bad file stops the start before the database opens.
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(lode_net::tls::server_config(cert, key, &[b"h2"])?),
+        None => None,
+    };
     let backend = RocksBackend::open(&config.data_dir, config.durability, config.cache_bytes)?;
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
@@ -48,7 +55,7 @@ pub async fn run(
         ready,
     });
     let grpc_addr: SocketAddr = grpc.local_addr()?;
-    tracing::info!(%grpc_addr, admin_addr = %admin.local_addr()?, data_dir = %config.data_dir.display(), "store serving");
+    tracing::info!(%grpc_addr, admin_addr = %admin.local_addr()?, data_dir = %config.data_dir.display(), tls = tls.is_some(), "store serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut failure = store.storage_failure();
@@ -86,18 +93,34 @@ pub async fn run(
     let mut grpc_stop = stop_rx;
     // Batches are tens of kilobytes and many are in flight from every serve pod: windows
     // sized for that keep HTTP/2 flow control from throttling ingest.
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
-        .add_service(service)
+        .add_service(service);
+    let stopped = async move {
+        let _ = grpc_stop.wait_for(|s| *s).await;
+    };
+    match tls {
+        Some(tls) => {
+            let accepted = lode_net::tls::accept_tls(grpc, tls, HANDSHAKE_TIMEOUT);
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(accepted),
+                |io| Ok::<_, std::io::Error>(TlsIo(io)),
+            );
+            router
+                .serve_with_incoming_shutdown(incoming, stopped)
+                .await?;
+        }
         // (`tcp_nodelay` on the builder only applies to addresses it binds itself.)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            async move {
-                let _ = grpc_stop.wait_for(|s| *s).await;
-            },
-        )
-        .await?;
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                    stopped,
+                )
+                .await?
+        }
+    }
     admin_task.await??;
     if let Some(e) = failed_with.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(format!(
@@ -106,4 +129,49 @@ pub async fn run(
         .into());
     }
     Ok(())
+}
+
+/// Longest TLS handshake a client gets.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A TLS connection to the gRPC port, as tonic serves it.
+struct TlsIo(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsIo {
+    type ConnectInfo = Option<SocketAddr>;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.get_ref().0.peer_addr().ok()
+    }
+}
+
+impl tokio::io::AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }

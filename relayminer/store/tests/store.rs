@@ -311,6 +311,7 @@ async fn grpc_requires_the_token_and_answers_bad_requests_clearly() {
         durability: Durability::Fsync,
         cache_bytes: 8 << 20,
         suppliers: vec!["pokt1sup".into()],
+        tls: None,
     };
     let server = tokio::spawn(lode_store::run(config, grpc, admin, async {
         let _ = stopped.await;
