@@ -56,8 +56,8 @@ fn rendered_objects_validate_against_the_kubernetes_schemas() {
     }
     assert_eq!(
         text.matches("passed for resource").count(),
-        16,
-        "13 objects and the stake, claim and prove Jobs:\n{text}"
+        17,
+        "14 objects and the stake, claim and prove Jobs:\n{text}"
     );
 }
 

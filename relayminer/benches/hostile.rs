@@ -14,6 +14,8 @@
 //! sending 4 MiB and stalling (reconnecting when cut); 200 connections sending half
 //! their headers (same); forged relays to an engine admin route; relays for made-up
 //! sessions; and 20 stalled 19 MiB bodies against the gateway's API.
+//! `HOSTILE_ONLY=bombs,bodies,headers,forged,madeup,gateway` (any of them) runs only
+//! those, to see which attack costs the honest relays what.
 
 mod support;
 
@@ -260,7 +262,8 @@ async fn main() {
         Bytes::from(r.encode())
     };
     println!("ring bomb: {:.1} MB", bomb.len() as f64 / 1e6);
-    for _ in 0..2 {
+    let on = |a: &str| std::env::var("HOSTILE_ONLY").map_or(true, |v| v.split(',').any(|x| x == a));
+    for _ in 0..if on("bombs") { 2 } else { 0 } {
         let (bomb, t) = (bomb.clone(), tally.clone());
         attackers.push(tokio::spawn(flood(
             http.clone(),
@@ -273,7 +276,7 @@ async fn main() {
             },
         )));
     }
-    for _ in 0..40 {
+    for _ in 0..if on("bodies") { 40 } else { 0 } {
         attackers.push(tokio::spawn(hold_open(
             relay_addr,
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 19922944\r\n\r\n",
@@ -283,7 +286,7 @@ async fn main() {
             tally.clone(),
         )));
     }
-    for _ in 0..200 {
+    for _ in 0..if on("headers") { 200 } else { 0 } {
         attackers.push(tokio::spawn(hold_open(
             relay_addr,
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-",
@@ -293,7 +296,7 @@ async fn main() {
             tally.clone(),
         )));
     }
-    {
+    if on("forged") {
         let mut admin = rig.relay(BODY, 2);
         admin.payload = PoktHttpRequest {
             method: "POST".into(),
@@ -316,7 +319,7 @@ async fn main() {
             },
         )));
     }
-    {
+    if on("madeup") {
         let template = rig.relay(BODY, 3);
         let counter = AtomicU64::new(0);
         let t = tally.clone();
@@ -338,7 +341,7 @@ async fn main() {
             },
         )));
     }
-    for _ in 0..20 {
+    for _ in 0..if on("gateway") { 20 } else { 0 } {
         attackers.push(tokio::spawn(hold_open(
             gw_addr,
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-bench\r\nContent-Length: 19922944\r\n\r\n",
