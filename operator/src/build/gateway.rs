@@ -7,9 +7,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, PodSpec, PodTemplateSpec, Service, ServiceSpec,
 };
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer,
-};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use lode_contracts::NodeConfig;
 use lode_contracts::gateway::{ApplicationConfig, GatewayConfig, Routing};
@@ -198,16 +196,12 @@ fn gateway_network_policy(
     select: BTreeMap<String, String>,
     g: &GatewayPool,
 ) -> NetworkPolicy {
-    let namespace = NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector::default()),
-        ..NetworkPolicyPeer::default()
-    };
     let api_from = if !g.spec.clients.is_empty() {
         Some(g.spec.clients.clone())
     } else if g.spec.api_keys_secret_ref.is_some() {
         None
     } else {
-        Some(vec![namespace.clone()])
+        Some(vec![super::namespace_peer()])
     };
     ingress_policy(
         metadata,
@@ -217,14 +211,7 @@ fn gateway_network_policy(
                 from: api_from,
                 ports: Some(vec![tcp_port(ports::GATEWAY)]),
             },
-            NetworkPolicyIngressRule {
-                from: Some(vec![
-                    namespace,
-                    super::operator_peer(),
-                    super::app_peer("prometheus"),
-                ]),
-                ports: Some(vec![tcp_port(ports::GATEWAY_ADMIN)]),
-            },
+            super::admin_rule(ports::GATEWAY_ADMIN),
         ],
     )
 }
@@ -233,6 +220,7 @@ fn gateway_network_policy(
 mod tests {
     use super::*;
     use crate::build::tests::sample_gateway;
+    use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     #[test]

@@ -264,6 +264,27 @@ pub fn operator_peer() -> NetworkPolicyPeer {
     app_peer("lode-operator")
 }
 
+/// Every pod of the object's own namespace.
+pub fn namespace_peer() -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+/// An admin port (metrics, probes, `/demand`): open to the namespace, the lode operator
+/// and Prometheus pods, wherever they run.
+pub fn admin_rule(port: i32) -> NetworkPolicyIngressRule {
+    NetworkPolicyIngressRule {
+        from: Some(vec![
+            namespace_peer(),
+            operator_peer(),
+            app_peer("prometheus"),
+        ]),
+        ports: Some(vec![tcp_port(port)]),
+    }
+}
+
 pub fn tcp_port(port: i32) -> NetworkPolicyPort {
     NetworkPolicyPort {
         port: Some(IntOrString::Int(port)),

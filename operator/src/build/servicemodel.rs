@@ -13,9 +13,7 @@ use k8s_openapi::api::core::v1::{
     SecretKeySelector, SecurityContext, Service, ServiceSpec, TCPSocketAction, Toleration, Volume,
     VolumeMount,
 };
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer,
-};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -528,10 +526,6 @@ pub fn serving(
 /// `/demand`) only from the namespace, the lode operator (the autoscaler reads
 /// `/demand`) and Prometheus pods, wherever they run.
 fn serving_network_policy(metadata: ObjectMeta, select: BTreeMap<String, String>) -> NetworkPolicy {
-    let namespace = NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector::default()),
-        ..NetworkPolicyPeer::default()
-    };
     ingress_policy(
         metadata,
         select,
@@ -540,14 +534,7 @@ fn serving_network_policy(metadata: ObjectMeta, select: BTreeMap<String, String>
                 from: None,
                 ports: Some(vec![tcp_port(ports::RELAY)]),
             },
-            NetworkPolicyIngressRule {
-                from: Some(vec![
-                    namespace,
-                    super::operator_peer(),
-                    super::app_peer("prometheus"),
-                ]),
-                ports: Some(vec![tcp_port(ports::SERVE_ADMIN)]),
-            },
+            super::admin_rule(ports::SERVE_ADMIN),
         ],
     )
 }

@@ -289,13 +289,7 @@ pub fn store(s: &Supplier, images: &Images) -> Result<StoreObjects, BuildError> 
                 ports: Some(vec![tcp_port(ports::STORE)]),
             },
             NetworkPolicyIngressRule {
-                from: Some(vec![
-                    NetworkPolicyPeer {
-                        pod_selector: Some(LabelSelector::default()),
-                        ..NetworkPolicyPeer::default()
-                    },
-                    super::operator_peer(),
-                ]),
+                from: Some(vec![super::namespace_peer(), super::operator_peer()]),
                 ports: Some(vec![tcp_port(ports::STORE_ADMIN)]),
             },
         ],

@@ -24,6 +24,16 @@ pub const SERVICE: &str = "llm";
 
 pub type Http = Client<HttpConnector, Full<Bytes>>;
 
+/// A client as a latency-minded gateway runs one: no Nagle, a large idle pool. Its
+/// connections run on the runtime that first uses them.
+pub fn client() -> Http {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(20_000)
+        .build(connector)
+}
+
 pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -208,12 +218,7 @@ impl Rig {
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn serve");
-        // The gateway side without Nagle, as a latency-minded gateway runs.
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let http: Http = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(20_000)
-            .build(connector);
+        let http = client();
         for _ in 0..500 {
             if let Ok(r) = http
                 .get(format!("http://{admin_addr}/demand").parse().expect("uri"))

@@ -10,9 +10,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::http::StatusCode;
-use http_body_util::{BodyExt, Limited};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use lode_kernels::crypto::ring::RingError;
 use lode_kernels::proto::{Message, PoktHttpRequest, RelayRequest};
 use lode_kernels::relay::{request_signable_hash, verify_request};
@@ -178,26 +179,126 @@ fn bounded(s: &str) -> &str {
     &s[..end]
 }
 
-/// The body, within the largest configured limit.
-async fn read_body(body: Body, max: usize) -> Result<Bytes, RelayFailure> {
-    match Limited::new(body, max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(fail(
+/// The largest `RelayRequestMetadata` serve reads: a session header (a few hundred
+/// bytes), a supplier address and a ring signature of up to ~1,000 members (65 bytes
+/// each; poktroll's rings are an application and its delegated gateways, 8 by default).
+pub const MAX_META_BYTES: u64 = 64 << 10;
+
+/// The body, within the largest configured limit; a body declared larger is refused
+/// before it is read, and one whose relay metadata is larger than [`MAX_META_BYTES`] (a
+/// ring-signature bomb) as soon as the metadata's length has arrived.
+async fn read_body(mut body: Body, max: usize) -> Result<Bytes, RelayFailure> {
+    let too_large = || {
+        fail(
             StatusCode::PAYLOAD_TOO_LARGE,
             codes::MAX_BODY,
             format!("relay request body exceeds {max} bytes"),
-        )),
-        Err(e) if lode_net::server::is_body_timeout(&*e) => Err(fail(
-            StatusCode::REQUEST_TIMEOUT,
-            codes::TIMEOUT,
-            format!("reading the request body: {e}"),
-        )),
-        Err(e) => Err(fail(
-            StatusCode::BAD_REQUEST,
-            codes::INVALID_REQUEST,
-            format!("reading the request body: {e}"),
-        )),
+        )
+    };
+    let declared = body.size_hint().lower();
+    if declared > max as u64 {
+        return Err(too_large());
     }
+    // The body budget holds the declared bytes already; one allocation of that size
+    // (its pages resident only as bytes arrive) saves copying the body as it grows.
+    let mut buf = BytesMut::with_capacity(declared as usize);
+    let mut walk = MetaWalk::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if lode_net::server::is_body_timeout(&e) {
+                fail(
+                    StatusCode::REQUEST_TIMEOUT,
+                    codes::TIMEOUT,
+                    format!("reading the request body: {e}"),
+                )
+            } else {
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    codes::INVALID_REQUEST,
+                    format!("reading the request body: {e}"),
+                )
+            }
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > max {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&data);
+        walk.check(&buf).map_err(|len| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                codes::INVALID_REQUEST,
+                format!(
+                    "relay request metadata is {len} bytes; a session header and a ring signature never exceed {MAX_META_BYTES}"
+                ),
+            )
+        })?;
+    }
+    Ok(buf.freeze())
+}
+
+/// Walks a `RelayRequest`'s top-level fields as its bytes arrive and checks the length
+/// of each metadata field (field 1) from its header: work in proportion to the fields,
+/// not the bytes, so it runs after every frame.
+#[derive(Debug, Default)]
+struct MetaWalk {
+    /// Where the next field's key starts.
+    next: usize,
+    /// A wire type no `RelayRequest` has: decoding will say why.
+    done: bool,
+}
+
+impl MetaWalk {
+    /// `Err(length)` for metadata longer than [`MAX_META_BYTES`]; otherwise walks as far
+    /// as `buf` goes.
+    fn check(&mut self, buf: &[u8]) -> Result<(), u64> {
+        while !self.done {
+            let Some(rest) = buf.get(self.next..) else {
+                return Ok(());
+            };
+            let Some((key, k)) = varint(rest) else {
+                return Ok(());
+            };
+            let body = match key & 7 {
+                0 => match varint(&rest[k..]) {
+                    Some((_, n)) => n,
+                    None => return Ok(()),
+                },
+                1 => 8,
+                5 => 4,
+                2 => {
+                    let Some((len, n)) = varint(&rest[k..]) else {
+                        return Ok(());
+                    };
+                    if key >> 3 == 1 && len > MAX_META_BYTES {
+                        return Err(len);
+                    }
+                    n.saturating_add(usize::try_from(len).unwrap_or(usize::MAX))
+                }
+                _ => {
+                    self.done = true;
+                    return Ok(());
+                }
+            };
+            self.next = self.next.saturating_add(k).saturating_add(body);
+        }
+        Ok(())
+    }
+}
+
+/// The varint at the start of `b` and its length; `None` while it has not all arrived.
+/// One longer than ten bytes reads as `u64::MAX` (decoding refuses it).
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().take(10).enumerate() {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    (b.len() >= 10).then_some((u64::MAX, 10))
 }
 
 /// The configured route a relay's method and path name, or its refusal (404: the
@@ -350,7 +451,69 @@ pub fn signature_verdict(
 
 #[cfg(test)]
 mod tests {
-    use super::bounded;
+    use super::{MAX_META_BYTES, MetaWalk, bounded};
+    use lode_kernels::proto::{Message, RelayRequest};
+
+    /// Walks `bytes` fed `step` bytes at a time, as frames would bring them.
+    fn walk_in_steps(bytes: &[u8], step: usize) -> Result<(), u64> {
+        let mut walk = MetaWalk::default();
+        let mut end = 0;
+        while end < bytes.len() {
+            end = (end + step).min(bytes.len());
+            walk.check(&bytes[..end])?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn metadata_larger_than_any_ring_is_refused_from_its_first_bytes() {
+        let mut req = RelayRequest::default();
+        req.meta.signature = vec![7; 5_000];
+        req.meta.supplier_operator_address = "pokt1supplier".into();
+        req.payload = vec![1; 300_000];
+        let honest = req.encode();
+        for step in [1, 3, 1000, honest.len()] {
+            assert_eq!(walk_in_steps(&honest, step), Ok(()), "step {step}");
+        }
+        // A bomb: its length is known from the first five bytes.
+        req.meta.signature = vec![7; 20 << 20];
+        let bomb = req.encode();
+        let mut walk = MetaWalk::default();
+        assert!(matches!(walk.check(&bomb[..6]), Err(n) if n > 20 << 20));
+        // The payload first, the metadata after (field order is free in protobuf).
+        let mut reordered = prost_field(2, &vec![1; 1000]);
+        reordered.extend(prost_field(1, &vec![0; MAX_META_BYTES as usize + 1]));
+        assert_eq!(
+            walk_in_steps(&reordered, 7),
+            Err(MAX_META_BYTES + 1),
+            "metadata after the payload"
+        );
+        // Varint and fixed fields are stepped over; a wire type no message has stops
+        // the walk, and decoding reports it.
+        let mut odd = vec![
+            0x18, 0xff, 0xff, 0x01, 0x21, 0, 0, 0, 0, 0, 0, 0, 0, 0x2d, 0, 0, 0, 0,
+        ];
+        odd.extend(prost_field(1, &[0; 70_000]));
+        assert_eq!(walk_in_steps(&odd, 1), Err(70_000));
+        assert_eq!(walk_in_steps(&[0x0b, 0x0a, 0xff, 0xff, 0x7f], 1), Ok(()));
+        // A varint longer than ten bytes reads as the largest length.
+        assert_eq!(
+            walk_in_steps(&[&[0x0a][..], &[0xff; 12]].concat(), 2),
+            Err(u64::MAX)
+        );
+    }
+
+    fn prost_field(number: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![(number << 3) | 2];
+        let mut n = bytes.len();
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(bytes);
+        out
+    }
 
     #[test]
     fn logged_names_are_cut_to_a_bounded_prefix() {

@@ -205,20 +205,21 @@ async fn ship(client: &Client, group: Vec<Shipment>, stats: &ShipStats) {
     }
 }
 
-/// Gives back the queue bytes and slots of shipped (or refused) relays, telling those
-/// waiting for an acknowledgement when there was one.
+/// Gives back the queue bytes and slots of shipped (or refused) relays, then tells
+/// those waiting for an acknowledgement when there was one (so that whoever hears has
+/// the room back already).
 fn release(group: Vec<Shipment>, stats: &ShipStats, acknowledged: bool) {
     for s in group {
         stats
             .queued_bytes
             .fetch_sub(s.relay.bytes.len(), Ordering::Relaxed);
+        drop(s.slot);
         if let Some(ack) = s.ack
             && acknowledged
         {
             // The receiver is gone when the client left; nothing to tell then.
             let _ = ack.send(());
         }
-        drop(s.slot);
     }
 }
 
