@@ -265,7 +265,8 @@ pub struct SupplierStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// The inference engine.
+/// The inference engine. `llamacpp` is llama.cpp's `llama-server`: one GGUF file
+/// (`model.file`), on CPUs (`gpus.count: 0`) or with every layer on the pod's GPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EngineKind {
@@ -274,7 +275,30 @@ pub enum EngineKind {
     TensorrtLlm,
     Triton,
     Sglang,
+    // llama.cpp's OpenAI-compatible `llama-server` (a variant's doc comment would make
+    // the schema list it apart, out of order).
+    Llamacpp,
     Custom,
+}
+
+impl EngineKind {
+    /// The kind as a ServiceModel names it (`engine.kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vllm => "vllm",
+            Self::TensorrtLlm => "tensorrt-llm",
+            Self::Triton => "triton",
+            Self::Sglang => "sglang",
+            Self::Llamacpp => "llamacpp",
+            Self::Custom => "custom",
+        }
+    }
+
+    /// Whether the engine runs without a GPU: llama.cpp does; a custom image may; vLLM's,
+    /// SGLang's, TensorRT-LLM's and Triton's images need one.
+    pub fn runs_on_cpu(self) -> bool {
+        matches!(self, Self::Llamacpp | Self::Custom)
+    }
 }
 
 /// Where the model weights come from (exactly one).
@@ -290,6 +314,13 @@ pub struct ModelSource {
     /// A URI the engine loads (`hf://org/model`, `s3://…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+    /// The one weights file an engine that loads a single file reads (llama.cpp's GGUF,
+    /// e.g. `qwen2.5-0.5b-instruct-q4_k_m.gguf`, or a split model's first part), relative
+    /// to the PVC, the image's `/model` or the `hf://` repository; required for
+    /// `llamacpp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}$"))]
+    pub file: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -320,7 +351,7 @@ fn default_engine_port() -> i32 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GpuSpec {
-    /// GPUs per pod.
+    /// GPUs per pod; 0 runs the engine on CPUs (`llamacpp` and `custom` only).
     #[schemars(range(min = 0, max = 16))]
     pub count: i32,
     /// `nvidia.com/gpu.product` to select, e.g. `NVIDIA-H100-80GB-HBM3`.
@@ -432,6 +463,8 @@ impl Default for AutoscalingSpec {
 #[x_kube(validation = kube::core::Rule::new("!has(self.replicas) || (self.replicas >= self.minReplicas && self.replicas <= self.maxReplicas)").message("replicas must be between minReplicas and maxReplicas"))]
 #[x_kube(validation = kube::core::Rule::new("(has(self.model.pvc) ? 1 : 0) + (has(self.model.image) ? 1 : 0) + (has(self.model.uri) ? 1 : 0) == 1").message("model needs exactly one of pvc, image or uri"))]
 #[x_kube(validation = kube::core::Rule::new("self.engine.kind != 'custom' || has(self.engine.image)").message("a custom engine needs an image"))]
+#[x_kube(validation = kube::core::Rule::new("self.engine.kind != 'llamacpp' || has(self.model.file)").message("a llamacpp engine loads one GGUF file: set model.file"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.gpus) || self.gpus.count > 0 || self.engine.kind == 'llamacpp' || self.engine.kind == 'custom'").message("this engine needs a GPU (gpus.count >= 1); llamacpp and custom engines may run on CPUs"))]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceModelSpec {
     /// The on-chain service id this model serves.

@@ -62,6 +62,14 @@ fn samples_parse_with_defaults_filled_in() {
     assert_eq!(m.spec.autoscaling.target_in_flight_per_replica, 8);
     assert_eq!(m.spec.engine.port, 8000);
     assert_eq!(m.spec.gpus.resource_name, "nvidia.com/gpu");
+    let cpu: ServiceModel =
+        serde_saphyr::from_str(&read("servicemodel-llamacpp.yaml")).expect("servicemodel");
+    assert_eq!(cpu.spec.engine.kind, lode_crds::EngineKind::Llamacpp);
+    assert_eq!(cpu.spec.gpus.count, 0);
+    assert_eq!(
+        cpu.spec.model.file.as_deref(),
+        Some("qwen2.5-0.5b-instruct-q4_k_m.gguf")
+    );
     let g: GatewayPool = serde_saphyr::from_str(&read("gatewaypool.yaml")).expect("gatewaypool");
     assert_eq!(g.spec.services["Qwen/Qwen2.5-7B-Instruct"], "llm");
     assert_eq!(
@@ -128,6 +136,10 @@ fn schemas_carry_validation_columns_and_subresources() {
         rules.contains(&"model needs exactly one of pvc, image or uri"),
         "{rules:?}"
     );
+    assert!(
+        rules.contains(&"a llamacpp engine loads one GGUF file: set model.file"),
+        "{rules:?}"
+    );
     let gwp = crd("gatewaypools.yaml");
     let spec = &gwp["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
     let rules: Vec<&str> = spec["x-kubernetes-validations"]
@@ -145,6 +157,13 @@ fn schemas_carry_validation_columns_and_subresources() {
         ["properties"]["kind"];
     assert_eq!(
         engine["enum"],
-        serde_json::json!(["vllm", "tensorrt-llm", "triton", "sglang", "custom"])
+        serde_json::json!([
+            "vllm",
+            "tensorrt-llm",
+            "triton",
+            "sglang",
+            "llamacpp",
+            "custom"
+        ])
     );
 }

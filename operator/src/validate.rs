@@ -46,13 +46,38 @@ pub fn supplier_of<'a>(
 /// What a ServiceModel needs beyond its schema: an image for a custom engine, and
 /// tolerations that parse.
 pub fn service_model(sm: &ServiceModel) -> Result<(), BuildError> {
-    if sm.spec.engine.kind == EngineKind::Custom && sm.spec.engine.image.is_none() {
+    let kind = sm.spec.engine.kind;
+    if kind == EngineKind::Custom && sm.spec.engine.image.is_none() {
         return Err(BuildError::Invalid("a custom engine needs an image".into()));
+    }
+    if sm.spec.gpus.count == 0 && !kind.runs_on_cpu() {
+        return Err(BuildError::Invalid(format!(
+            "engine {} needs a GPU: set gpus.count to 1 or more, or serve on CPUs with engine kind llamacpp (or a custom image)",
+            kind.name()
+        )));
+    }
+    match (&sm.spec.model.file, kind) {
+        (None, EngineKind::Llamacpp) => {
+            return Err(BuildError::Invalid(
+                "a llamacpp engine loads one GGUF file: set model.file (e.g. model.gguf)".into(),
+            ));
+        }
+        (Some(f), _) if !is_relative_file(f) => {
+            return Err(BuildError::Invalid(format!(
+                "model.file {f:?} must be a relative path inside the model source, without '..'"
+            )));
+        }
+        _ => {}
     }
     for t in &sm.spec.gpus.tolerations {
         build::servicemodel::parse_toleration(t)?;
     }
     Ok(())
+}
+
+/// A path inside the model's directory: relative, with no empty, `.` or `..` part.
+fn is_relative_file(f: &str) -> bool {
+    !f.is_empty() && f.len() <= 255 && f.split('/').all(|part| !matches!(part, "" | "." | ".."))
 }
 
 /// The on-chain state a Supplier asks for: its stake, owner, and every service at its

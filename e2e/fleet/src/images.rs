@@ -1,5 +1,5 @@
 //! What lode's images run as on kubesim: lode's own images as the workspace's binaries,
-//! and every other image (vLLM, TensorRT-LLM, SGLang, Triton, custom) as an inference
+//! and every other image (vLLM, TensorRT-LLM, SGLang, Triton, llama.cpp, custom) as an inference
 //! engine, `engine-sim`, with the model name and ports taken from the engine's own
 //! command line.
 
@@ -50,7 +50,7 @@ fn engine_args(args: &[String], ip: &str, extra: &[String]) -> Vec<String> {
         };
         let mut value = || inline.clone().or_else(|| it.next().cloned());
         match flag {
-            "--served-model-name" => model = value(),
+            "--served-model-name" | "--alias" => model = value(),
             "--model" | "--model-path" if model.is_none() => model = value(),
             "--port" | "--http-port" => port = value(),
             "--grpc-port" => grpc = value(),
@@ -110,6 +110,22 @@ mod tests {
                 "--triton-listen",
                 "127.2.0.5:8001"
             ]
+        );
+        // llama.cpp's server: the model file is not the name it serves (`--alias`).
+        assert_eq!(
+            engine_args(
+                &[
+                    "--model".into(),
+                    "/models/tiny.gguf".into(),
+                    "--alias".into(),
+                    "tiny".into(),
+                    "--port".into(),
+                    "8000".into()
+                ],
+                "127.2.0.5",
+                &[]
+            ),
+            vec!["--listen", "127.2.0.5:8000", "--model", "tiny"]
         );
         let images = LodeImages {
             bin_dir: "/bin".into(),

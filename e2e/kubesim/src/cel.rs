@@ -478,6 +478,29 @@ mod tests {
             eval_rule("size(self) > 1 && 'a' in self", &json!(["a", "b"])),
             Ok(true)
         );
+        let gguf = "self.engine.kind != 'llamacpp' || has(self.model.file)";
+        let gpu = "!has(self.gpus) || self.gpus.count > 0 || self.engine.kind == 'llamacpp' || self.engine.kind == 'custom'";
+        for (sm, file_ok, gpu_ok) in [
+            (json!({"engine": {"kind": "vllm"}, "model": {}}), true, true),
+            (
+                json!({"engine": {"kind": "vllm"}, "model": {}, "gpus": {"count": 0}}),
+                true,
+                false,
+            ),
+            (
+                json!({"engine": {"kind": "llamacpp"}, "model": {}, "gpus": {"count": 0}}),
+                false,
+                true,
+            ),
+            (
+                json!({"engine": {"kind": "llamacpp"}, "model": {"file": "m.gguf"}, "gpus": {"count": 1}}),
+                true,
+                true,
+            ),
+        ] {
+            assert_eq!(eval_rule(gguf, &sm), Ok(file_ok), "{sm}");
+            assert_eq!(eval_rule(gpu, &sm), Ok(gpu_ok), "{sm}");
+        }
         assert!(eval_rule("self.x.format('y')", &json!({"x": "a"})).is_err());
         assert!(eval_rule("self.missing > 1", &json!({})).is_err());
     }

@@ -45,6 +45,9 @@ pub struct Images {
     pub tensorrt_llm: String,
     pub triton: String,
     pub sglang: String,
+    /// llama.cpp's server for CPUs, and its CUDA build for pods with GPUs.
+    pub llamacpp: String,
+    pub llamacpp_cuda: String,
 }
 
 impl Default for Images {
@@ -57,6 +60,9 @@ impl Default for Images {
             tensorrt_llm: "nvcr.io/nvidia/tensorrt-llm/release:1.0.0".into(),
             triton: "nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3".into(),
             sglang: "lmsysorg/sglang:v0.5.2-cu126".into(),
+            // llama.cpp publishes these tags per build; pin one with `engine.image`.
+            llamacpp: "ghcr.io/ggml-org/llama.cpp:server".into(),
+            llamacpp_cuda: "ghcr.io/ggml-org/llama.cpp:server-cuda".into(),
         }
     }
 }

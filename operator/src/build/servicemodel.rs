@@ -250,6 +250,16 @@ fn engine_container(sm: &ServiceModel, images: &Images, model: &str) -> Containe
                 ],
                 http_probe("/v2/health/ready", port + 1, 10),
             ),
+            EngineKind::Llamacpp => (
+                if sm.spec.gpus.count > 0 {
+                    images.llamacpp_cuda.clone()
+                } else {
+                    images.llamacpp.clone()
+                },
+                None,
+                llamacpp_args(sm, model, port),
+                http_probe("/health", port, 10),
+            ),
             EngineKind::Custom => (
                 String::new(),
                 None,
@@ -282,6 +292,12 @@ fn engine_container(sm: &ServiceModel, images: &Images, model: &str) -> Containe
             EnvVar {
                 name: "HF_HOME".into(),
                 value: Some(format!("{MODELS}/.cache")),
+                ..EnvVar::default()
+            },
+            // llama.cpp's downloads (`--hf-repo`, `--model-url`).
+            EnvVar {
+                name: "LLAMA_CACHE".into(),
+                value: Some(format!("{MODELS}/.cache/llama.cpp")),
                 ..EnvVar::default()
             },
             // Engines write caches (compiled kernels, configs) under $HOME; an
@@ -317,6 +333,38 @@ fn engine_container(sm: &ServiceModel, images: &Images, model: &str) -> Containe
         security_context: Some(engine_security(e)),
         ..Container::default()
     }
+}
+
+/// `llama-server`'s arguments: the GGUF file (in the model directory, from an `hf://`
+/// repository, or at a URL), the served name, the port, Prometheus metrics, and every
+/// layer on the GPUs when the pod has any. llama.cpp answers `/health` 503 while it
+/// loads and 200 once it serves.
+fn llamacpp_args(sm: &ServiceModel, model_dir: &str, port: i32) -> Vec<String> {
+    let m = &sm.spec.model;
+    let file = m.file.clone().unwrap_or_default();
+    let mut args: Vec<String> = match m.uri.as_deref() {
+        Some(uri) => match uri.strip_prefix("hf://") {
+            Some(repo) => vec!["--hf-repo".into(), repo.into(), "--hf-file".into(), file],
+            None => vec![
+                "--model-url".into(),
+                format!("{}/{file}", uri.trim_end_matches('/')),
+            ],
+        },
+        None => vec!["--model".into(), format!("{model_dir}/{file}")],
+    };
+    args.extend([
+        "--alias".into(),
+        sm.spec.model_name.clone(),
+        "--host".into(),
+        "0.0.0.0".into(),
+        "--port".into(),
+        port.to_string(),
+        "--metrics".into(),
+    ]);
+    if sm.spec.gpus.count > 0 {
+        args.extend(["--n-gpu-layers".into(), "999".into()]);
+    }
+    args
 }
 
 /// The engine shares the pod (and its network) with the relayminer, which holds the
@@ -754,6 +802,99 @@ mod tests {
         assert_eq!(desired_replicas(&sm), 3);
         sm.spec.replicas = Some(40);
         assert_eq!(desired_replicas(&sm), 4, "clamped to maxReplicas");
+    }
+
+    #[test]
+    fn llamacpp_serves_one_gguf_on_cpus_or_gpus_and_gpu_engines_need_a_gpu() {
+        let (s, images) = (sample_supplier(), Images::default());
+        let mut sm = sample_model();
+        sm.spec.engine.kind = EngineKind::Llamacpp;
+        sm.spec.engine.args.clear();
+        sm.spec.gpus.count = 0;
+        sm.spec.gpus.product = None;
+        sm.spec.model = lode_crds::ModelSource {
+            pvc: Some("weights".into()),
+            file: Some("qwen/q4_k_m.gguf".into()),
+            ..lode_crds::ModelSource::default()
+        };
+        let p = pod(&serving(&sm, &s, &images).expect("builds"));
+        let engine = &p.containers[0];
+        assert_eq!(engine.image, Some(images.llamacpp.clone()));
+        assert_eq!(
+            engine.args.clone().expect("args"),
+            [
+                "--model",
+                "/models/qwen/q4_k_m.gguf",
+                "--alias",
+                "Qwen/Qwen2.5-7B-Instruct",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "8000",
+                "--metrics"
+            ]
+        );
+        assert_eq!(engine.resources.clone().expect("r").limits, None, "no GPU");
+        assert_eq!(p.tolerations, None, "no GPU taint tolerated");
+        let probe = engine.startup_probe.clone().expect("startup");
+        assert_eq!(
+            probe.http_get.expect("http").path.as_deref(),
+            Some("/health")
+        );
+
+        // With GPUs: the CUDA build, every layer offloaded; from a hub repository.
+        sm.spec.gpus.count = 1;
+        sm.spec.model = lode_crds::ModelSource {
+            uri: Some("hf://Qwen/Qwen2.5-0.5B-Instruct-GGUF".into()),
+            file: Some("qwen2.5-0.5b-instruct-q4_k_m.gguf".into()),
+            ..lode_crds::ModelSource::default()
+        };
+        let engine = pod(&serving(&sm, &s, &images).expect("builds")).containers[0].clone();
+        assert_eq!(engine.image, Some(images.llamacpp_cuda.clone()));
+        let args = engine.args.expect("args");
+        assert_eq!(
+            &args[..4],
+            [
+                "--hf-repo",
+                "Qwen/Qwen2.5-0.5B-Instruct-GGUF",
+                "--hf-file",
+                "qwen2.5-0.5b-instruct-q4_k_m.gguf"
+            ]
+        );
+        assert!(args.ends_with(&["--n-gpu-layers".into(), "999".into()]));
+        sm.spec.model.uri = Some("https://models.example.com/qwen/".into());
+        let engine = pod(&serving(&sm, &s, &images).expect("builds")).containers[0].clone();
+        assert_eq!(
+            &engine.args.expect("args")[..2],
+            [
+                "--model-url",
+                "https://models.example.com/qwen/qwen2.5-0.5b-instruct-q4_k_m.gguf"
+            ]
+        );
+
+        // Refused, each with its reason.
+        let refused = |sm: &ServiceModel| match serving(sm, &s, &images) {
+            Err(BuildError::Invalid(why)) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        for bad in ["../etc/passwd", "/abs.gguf", "a//b.gguf", "a/./b.gguf"] {
+            let mut m = sm.clone();
+            m.spec.model.file = Some(bad.into());
+            assert!(refused(&m).contains("relative path"), "{bad}");
+        }
+        let mut m = sm.clone();
+        m.spec.model.file = None;
+        assert!(refused(&m).contains("set model.file"));
+        let mut vllm = sample_model();
+        vllm.spec.gpus.count = 0;
+        let why = refused(&vllm);
+        assert!(why.contains("engine vllm needs a GPU"), "{why}");
+        vllm.spec.engine.kind = EngineKind::Custom;
+        vllm.spec.engine.image = Some("example.com/cpu-engine:1".into());
+        assert!(
+            serving(&vllm, &s, &images).is_ok(),
+            "a custom image may run on CPUs"
+        );
     }
 
     #[test]
