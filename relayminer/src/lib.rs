@@ -7,3 +7,4 @@ pub mod lifecycle;
 pub mod run;
 pub mod serve;
 pub mod stake;
+pub mod weights;

@@ -84,6 +84,23 @@ enum Command {
     /// (its `store` section is optional: run owns the store, on loopback, with a token it
     /// creates in the data directory). Claim and proof counters join serve's /metrics.
     Run(RunArgs),
+    /// Digest model weights with BLAKE3: one line per file, then the model's digest.
+    ///
+    /// Prints `<blake3>  <size>  <path>` for every regular file under DIR, sorted by path
+    /// (the manifest), then `model blake3:<digest of the manifest>`. With --expect, exits
+    /// 1 unless the model's digest is that one: a pod's init step refuses to start an
+    /// engine on weights that are not the ones its ServiceModel pins. Large files are
+    /// memory-mapped and hashed on every core.
+    Digest(DigestArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DigestArgs {
+    /// The model directory (a PVC, an image's /model, a download).
+    dir: PathBuf,
+    /// The digest the weights must have (`blake3:<64 hex digits>`, or the hex alone).
+    #[arg(long, value_name = "DIGEST")]
+    expect: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -620,5 +637,42 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(args).await,
         Command::Stake(args) => stake(args).await,
         Command::Unstake(args) => unstake(args).await,
+        Command::Digest(args) => digest(args),
     }
+}
+
+fn digest(args: DigestArgs) -> anyhow::Result<()> {
+    use lode_relayminer::weights;
+    let expect = match &args.expect {
+        Some(e) => {
+            let hex = e.strip_prefix("blake3:").unwrap_or(e).to_ascii_lowercase();
+            anyhow::ensure!(
+                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "--expect {e:?} is not blake3:<64 hex digits>"
+            );
+            Some(hex)
+        }
+        None => None,
+    };
+    let started = std::time::Instant::now();
+    let manifest = weights::digest_dir(&args.dir)?;
+    let digest = weights::hex(&manifest.digest());
+    print!("{}", manifest.text());
+    println!("model blake3:{digest}");
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        files = manifest.files.len(),
+        bytes = manifest.total_bytes(),
+        seconds = secs,
+        "digested the model's weights"
+    );
+    if let Some(want) = expect
+        && want != digest
+    {
+        anyhow::bail!(
+            "the weights in {} have digest blake3:{digest}, not the pinned blake3:{want}",
+            args.dir.display()
+        );
+    }
+    Ok(())
 }
