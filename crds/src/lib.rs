@@ -321,6 +321,12 @@ pub struct ModelSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}$"))]
     pub file: Option<String>,
+    /// The weights' digest (`blake3:…`, as `relayminer digest` prints it): each pod
+    /// checks its weights before the engine starts and does not start on others. PVC and
+    /// image sources (the weights of a URI are downloaded by the engine itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^blake3:[0-9a-f]{64}$"))]
+    pub digest: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

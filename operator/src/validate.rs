@@ -56,6 +56,11 @@ pub fn service_model(sm: &ServiceModel) -> Result<(), BuildError> {
             kind.name()
         )));
     }
+    if sm.spec.model.digest.is_some() && sm.spec.model.uri.is_some() {
+        return Err(BuildError::Invalid(
+            "model.digest pins weights lode reads before the engine starts: a pvc or image source (an engine downloads a uri's weights itself)".into(),
+        ));
+    }
     match (&sm.spec.model.file, kind) {
         (None, EngineKind::Llamacpp) => {
             return Err(BuildError::Invalid(

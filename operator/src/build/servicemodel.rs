@@ -137,6 +137,32 @@ pub fn parse_toleration(t: &str) -> Result<Toleration, BuildError> {
     })
 }
 
+/// The init step that checks the weights against `model.digest` (after the image
+/// copy, when there is one): `relayminer digest --expect`, which exits 1 naming both
+/// digests, so the engine never starts on other weights. The mismatch is the
+/// container's termination message.
+fn digest_check(images: &Images, digest: &str) -> Container {
+    Container {
+        name: "weights-digest".into(),
+        image: Some(images.relayminer.clone()),
+        args: Some(vec![
+            "digest".into(),
+            MODELS.into(),
+            "--expect".into(),
+            digest.into(),
+        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "models".into(),
+            mount_path: MODELS.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(locked_down()),
+        ..Container::default()
+    }
+}
+
 /// The model argument the engine gets, and the volumes that provide it.
 fn model_source(sm: &ServiceModel, images: &Images) -> (String, Vec<Volume>, Vec<Container>) {
     let _ = images;
@@ -468,7 +494,10 @@ pub fn serving(
         .product
         .as_ref()
         .map(|p| BTreeMap::from([("nvidia.com/gpu.product".to_string(), p.clone())]));
-    let (model, mut volumes, init) = model_source(sm, images);
+    let (model, mut volumes, mut init) = model_source(sm, images);
+    if let Some(digest) = &sm.spec.model.digest {
+        init.push(digest_check(images, digest));
+    }
     volumes.extend([
         Volume {
             name: "engine-home".into(),
@@ -743,6 +772,36 @@ mod tests {
         let init = &p.init_containers.expect("init")[0];
         assert_eq!(init.image.as_deref(), Some("example.com/qwen-weights:1"));
         assert_eq!(init.security_context, Some(locked_down()));
+
+        // A pinned digest: checked after the copy, read-only, before the engine starts.
+        let pin = format!("blake3:{}", "ab".repeat(32));
+        sm.spec.model.digest = Some(pin.clone());
+        let inits = pod(&serving(&sm, &s, &images).expect("builds"))
+            .init_containers
+            .expect("init");
+        assert_eq!(
+            inits.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["model", "weights-digest"]
+        );
+        let check = &inits[1];
+        assert_eq!(check.image, Some(images.relayminer.clone()));
+        assert_eq!(
+            check.args.clone().expect("args"),
+            ["digest", MODELS, "--expect", pin.as_str()]
+        );
+        let mount = &check.volume_mounts.clone().expect("mounts")[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (MODELS, Some(true))
+        );
+        assert_eq!(check.security_context, Some(locked_down()));
+        // Weights the engine downloads itself cannot be pinned (yet): said so.
+        let mut downloaded = sample_model();
+        downloaded.spec.model.digest = Some(pin);
+        assert!(matches!(
+            serving(&downloaded, &s, &images),
+            Err(BuildError::Invalid(why)) if why.contains("pvc or image source")
+        ));
     }
 
     /// The engine runs beside the key-holding relayminer: no capability (no raw socket
