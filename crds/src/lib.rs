@@ -459,6 +459,7 @@ impl Default for AutoscalingSpec {
     printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine.kind"),
     printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Digest", type_ = "string", json_path = ".status.modelDigest"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -535,7 +536,8 @@ pub struct ServiceModelStatus {
     /// In-flight plus queued relays across the pods, last observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_demand: Option<i64>,
-    /// BLAKE3 of the model weights, when known.
+    /// The weights' digest (`blake3:…`): the pinned `model.digest`, once every pod of
+    /// the current template has checked it and one is ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

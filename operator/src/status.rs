@@ -141,9 +141,19 @@ pub fn model_serving(
         format!("{replicas} pods, {desired} desired"),
         generation,
     );
+    // A pinned digest is what every pod of the current template checked before its
+    // engine started: published once all pods are on that template and one is ready.
+    let updated = deployment.and_then(|d| d.updated_replicas).unwrap_or(0);
+    let model_digest = sm
+        .spec
+        .model
+        .digest
+        .clone()
+        .filter(|_| ready > 0 && updated == replicas);
     ServiceModelStatus {
         replicas: Some(replicas),
         ready_replicas: Some(ready),
+        model_digest,
         selector: Some(selector),
         observed_generation: generation,
         conditions: conds,
@@ -372,6 +382,38 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_pinned_digest_is_published_once_the_current_pods_checked_it() {
+        let mut sm = crate::build::tests::sample_model();
+        let deployment = |replicas, updated, ready| DeploymentStatus {
+            replicas: Some(replicas),
+            updated_replicas: Some(updated),
+            ready_replicas: Some(ready),
+            ..DeploymentStatus::default()
+        };
+        assert_eq!(
+            model_serving(&sm, Some(&deployment(1, 1, 1))).model_digest,
+            None,
+            "nothing pinned"
+        );
+        let pin = format!("blake3:{}", "0f".repeat(32));
+        sm.spec.model.digest = Some(pin.clone());
+        assert_eq!(
+            model_serving(&sm, Some(&deployment(2, 2, 1))).model_digest,
+            Some(pin)
+        );
+        // Rolling out (old pods may hold other weights), or nothing ready yet: absent.
+        assert_eq!(
+            model_serving(&sm, Some(&deployment(2, 1, 2))).model_digest,
+            None
+        );
+        assert_eq!(
+            model_serving(&sm, Some(&deployment(1, 1, 0))).model_digest,
+            None
+        );
+        assert_eq!(model_serving(&sm, None).model_digest, None);
     }
 
     #[test]
