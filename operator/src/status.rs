@@ -386,7 +386,7 @@ mod tests {
 
     #[test]
     fn a_pinned_digest_is_published_once_the_current_pods_checked_it() {
-        let mut sm = crate::build::tests::sample_model();
+        let mut sm = build::tests::sample_model();
         let deployment = |replicas, updated, ready| DeploymentStatus {
             replicas: Some(replicas),
             updated_replicas: Some(updated),
