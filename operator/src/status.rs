@@ -2,7 +2,10 @@
 //! from the facts and what the API server accepted (pure), and written through the
 //! typed status structs with server-side apply, each writer owning its fields.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::apps::v1::DeploymentStatus;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
@@ -106,10 +109,84 @@ pub fn model_not_ready(sm: &ServiceModel, reason: &str, message: String) -> Serv
     }
 }
 
-/// A served ServiceModel, from its Deployment as the API server stored it.
+/// What the serving pods' `weights-digest` init steps reported (their termination
+/// messages).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WeightsReport {
+    /// The digests reported by pods whose step succeeded: one when the pods agree.
+    pub digests: BTreeSet<String>,
+    /// Why a pod's weights were refused (its step's latest failure), bounded.
+    pub refused: Option<String>,
+    /// Pods whose step has not reported yet.
+    pub checking: usize,
+}
+
+impl WeightsReport {
+    /// Reads the step's outcome from each pod that is not being deleted.
+    pub fn of(pods: &[Pod]) -> Self {
+        let mut r = Self::default();
+        for pod in pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+        {
+            let Some(step) = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.init_container_statuses.as_ref())
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c.name == build::servicemodel::WEIGHTS_DIGEST)
+                })
+            else {
+                continue;
+            };
+            let now = step.state.as_ref().and_then(|s| s.terminated.as_ref());
+            let last = step.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+            match (now, last) {
+                (Some(t), _) if t.exit_code == 0 => match report_digest(t) {
+                    Some(d) => {
+                        r.digests.insert(d);
+                    }
+                    None => r.refused = Some("the weights-digest step reported no digest".into()),
+                },
+                (Some(t), _) | (None, Some(t)) => r.refused = Some(report_message(t)),
+                (None, None) => r.checking += 1,
+            }
+        }
+        r
+    }
+}
+
+/// `blake3:<64 hex>` from a successful step's message.
+fn report_digest(t: &ContainerStateTerminated) -> Option<String> {
+    let m = t.message.as_deref()?.trim();
+    let hex = m.strip_prefix("blake3:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| format!("blake3:{}", hex.to_ascii_lowercase()))
+}
+
+/// A failed step's message: its first line, at most 512 bytes (the kubelet keeps up to
+/// 4 KiB of whatever the container wrote).
+fn report_message(t: &ContainerStateTerminated) -> String {
+    let m = t.message.as_deref().unwrap_or("").trim();
+    let line = m.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let mut end = line.len().min(512);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    if line.is_empty() {
+        format!("the weights-digest step failed (exit code {})", t.exit_code)
+    } else {
+        line[..end].to_string()
+    }
+}
+
+/// A served ServiceModel, from its Deployment as the API server stored it and what its
+/// pods' weights-digest steps reported.
 pub fn model_serving(
     sm: &ServiceModel,
     deployment: Option<&DeploymentStatus>,
+    weights: &WeightsReport,
 ) -> ServiceModelStatus {
     let generation = sm.metadata.generation;
     let conditions = conditions_of(sm.status.as_ref().map(|s| &s.conditions));
@@ -141,15 +218,47 @@ pub fn model_serving(
         format!("{replicas} pods, {desired} desired"),
         generation,
     );
-    // A pinned digest is what every pod of the current template checked before its
-    // engine started: published once all pods are on that template and one is ready.
-    let updated = deployment.and_then(|d| d.updated_replicas).unwrap_or(0);
-    let model_digest = sm
-        .spec
-        .model
-        .digest
-        .clone()
-        .filter(|_| ready > 0 && updated == replicas);
+    // The weights' digest, as the pods' digest steps report it: published when they
+    // agree (a pinned digest is all a step lets through).
+    let model_digest = (weights.digests.len() == 1 && weights.refused.is_none())
+        .then(|| weights.digests.first().cloned())
+        .flatten();
+    let pinned = sm.spec.model.digest.is_some();
+    if let Some(why) = &weights.refused {
+        let reason = if pinned {
+            "DigestMismatch"
+        } else {
+            "DigestFailed"
+        };
+        conds = set_condition(
+            &conds,
+            "WeightsVerified",
+            false,
+            reason,
+            why.clone(),
+            generation,
+        );
+    } else if weights.digests.len() > 1 {
+        let all: Vec<&str> = weights.digests.iter().map(String::as_str).collect();
+        conds = set_condition(
+            &conds,
+            "WeightsVerified",
+            false,
+            "DigestsDiffer",
+            format!("serving pods hold different weights: {}", all.join(", ")),
+            generation,
+        );
+    } else if let Some(d) = &model_digest {
+        let (reason, message) = if pinned {
+            ("Verified", format!("weights match the pinned {d}"))
+        } else {
+            (
+                "Digested",
+                format!("weights digested: {d} (pin it in spec.model.digest)"),
+            )
+        };
+        conds = set_condition(&conds, "WeightsVerified", true, reason, message, generation);
+    }
     ServiceModelStatus {
         replicas: Some(replicas),
         ready_replicas: Some(ready),
@@ -384,36 +493,106 @@ mod tests {
         }
     }
 
+    /// A serving pod whose weights-digest step is in `state` (and `last`, a failure
+    /// before it).
+    fn digest_pod(state: serde_json::Value, last: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"initContainerStatuses": [
+                {"name": "model", "ready": true, "restartCount": 0, "image": "i", "imageID": "",
+                 "state": {"terminated": {"exitCode": 0}}},
+                {"name": "weights-digest", "ready": false, "restartCount": 1, "image": "i", "imageID": "",
+                 "state": state, "lastState": last}]}
+        }))
+        .expect("pod")
+    }
+
     #[test]
-    fn a_pinned_digest_is_published_once_the_current_pods_checked_it() {
+    fn the_digest_the_pods_report_is_published_and_a_refusal_is_a_condition() {
         let mut sm = build::tests::sample_model();
-        let deployment = |replicas, updated, ready| DeploymentStatus {
-            replicas: Some(replicas),
-            updated_replicas: Some(updated),
-            ready_replicas: Some(ready),
+        sm.spec.model.uri = None;
+        sm.spec.model.pvc = Some("weights".into());
+        let d = format!("blake3:{}", "0f".repeat(32));
+        let ok = |m: &str| serde_json::json!({"terminated": {"exitCode": 0, "message": m}});
+        let none = serde_json::json!({});
+        let deployment = DeploymentStatus {
+            replicas: Some(2),
+            ready_replicas: Some(1),
             ..DeploymentStatus::default()
         };
-        assert_eq!(
-            model_serving(&sm, Some(&deployment(1, 1, 1))).model_digest,
-            None,
-            "nothing pinned"
+        let verified = |st: &ServiceModelStatus| {
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == "WeightsVerified")
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        };
+
+        // Unpinned: the digest the pods agree on, uppercase or with a newline.
+        let pods = [
+            digest_pod(ok(&format!("{d}\n")), none.clone()),
+            digest_pod(
+                ok(&d.to_uppercase().replace("BLAKE3", "blake3")),
+                none.clone(),
+            ),
+        ];
+        let report = WeightsReport::of(&pods);
+        assert_eq!(report.digests.len(), 1);
+        let st = model_serving(&sm, Some(&deployment), &report);
+        assert_eq!(st.model_digest, Some(d.clone()));
+        let (status, reason, message) = verified(&st).expect("condition");
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "Digested"));
+        assert!(message.contains(&d), "{message}");
+
+        // Pinned and verified.
+        sm.spec.model.digest = Some(d.clone());
+        let st = model_serving(&sm, Some(&deployment), &report);
+        assert_eq!(st.model_digest, Some(d.clone()));
+        assert_eq!(verified(&st).expect("condition").1, "Verified");
+
+        // One pod refuses its weights (crash looping: waiting, the failure its last
+        // state): the condition says why, nothing is published.
+        let why = format!(
+            "the weights in /models have digest blake3:{}, not the pinned {d}",
+            "aa".repeat(32)
         );
-        let pin = format!("blake3:{}", "0f".repeat(32));
-        sm.spec.model.digest = Some(pin.clone());
-        assert_eq!(
-            model_serving(&sm, Some(&deployment(2, 2, 1))).model_digest,
-            Some(pin)
+        let refusing = digest_pod(
+            serde_json::json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+            serde_json::json!({"terminated": {"exitCode": 1, "message": format!("{why}\nmore log")}}),
         );
-        // Rolling out (old pods may hold other weights), or nothing ready yet: absent.
+        let report = WeightsReport::of(&[pods[0].clone(), refusing]);
+        assert_eq!(report.refused.as_deref(), Some(why.as_str()));
+        let st = model_serving(&sm, Some(&deployment), &report);
+        assert_eq!(st.model_digest, None);
         assert_eq!(
-            model_serving(&sm, Some(&deployment(2, 1, 2))).model_digest,
-            None
+            verified(&st),
+            Some(("False".into(), "DigestMismatch".into(), why))
         );
-        assert_eq!(
-            model_serving(&sm, Some(&deployment(1, 1, 0))).model_digest,
-            None
+
+        // Pods holding different weights (a PVC changed under a rollout).
+        let other = format!("blake3:{}", "1e".repeat(32));
+        let report = WeightsReport::of(&[pods[0].clone(), digest_pod(ok(&other), none.clone())]);
+        let st = model_serving(&sm, Some(&deployment), &report);
+        assert_eq!(st.model_digest, None);
+        assert_eq!(verified(&st).expect("condition").1, "DigestsDiffer");
+
+        // Still digesting, a garbage report, a huge message: bounded and said.
+        let running = digest_pod(serde_json::json!({"running": {}}), none.clone());
+        assert_eq!(WeightsReport::of(&[running]).checking, 1);
+        let garbage = WeightsReport::of(&[digest_pod(ok("sha256:00"), none.clone())]);
+        assert!(garbage.refused.expect("refused").contains("no digest"));
+        let huge = digest_pod(
+            serde_json::json!({"terminated": {"exitCode": 1, "message": "é".repeat(4000)}}),
+            none,
         );
-        assert_eq!(model_serving(&sm, None).model_digest, None);
+        let refused = WeightsReport::of(&[huge]).refused.expect("refused");
+        assert!(refused.len() <= 512, "{}", refused.len());
+        // Weights the engine downloads: no step, nothing said.
+        let st = model_serving(
+            &build::tests::sample_model(),
+            Some(&deployment),
+            &WeightsReport::default(),
+        );
+        assert_eq!((st.model_digest.clone(), verified(&st)), (None, None));
     }
 
     #[test]

@@ -101,6 +101,11 @@ struct DigestArgs {
     /// The digest the weights must have (`blake3:<64 hex digits>`, or the hex alone).
     #[arg(long, value_name = "DIGEST")]
     expect: Option<String>,
+    /// Also write the outcome as one line to FILE: `blake3:<digest>`, or why the weights
+    /// were refused. A pod's init step writes it to its termination message
+    /// (/dev/termination-log), where the operator reads it into the ServiceModel's status.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -642,6 +647,20 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn digest(args: DigestArgs) -> anyhow::Result<()> {
+    let outcome = digest_weights(&args);
+    if let Some(report) = &args.report {
+        let line = match &outcome {
+            Ok(digest) => format!("blake3:{digest}\n"),
+            Err(e) => format!("{e:#}\n"),
+        };
+        std::fs::write(report, line)
+            .with_context(|| format!("writing the report to {}", report.display()))?;
+    }
+    outcome.map(|_| ())
+}
+
+/// The weights' digest (hex), or why they are refused.
+fn digest_weights(args: &DigestArgs) -> anyhow::Result<String> {
     use lode_relayminer::weights;
     let expect = match &args.expect {
         Some(e) => {
@@ -674,5 +693,5 @@ fn digest(args: DigestArgs) -> anyhow::Result<()> {
             args.dir.display()
         );
     }
-    Ok(())
+    Ok(digest)
 }

@@ -4,8 +4,16 @@
 use std::process::Command;
 
 fn digest(dir: &std::path::Path, expect: Option<&str>) -> (bool, String, String) {
+    digest_with(dir, expect, &[])
+}
+
+fn digest_with(
+    dir: &std::path::Path,
+    expect: Option<&str>,
+    extra: &[&str],
+) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_relayminer"));
-    cmd.arg("digest").arg(dir);
+    cmd.arg("digest").arg(dir).args(extra);
     if let Some(e) = expect {
         cmd.args(["--expect", e]);
     }
@@ -36,6 +44,45 @@ fn the_model_digest_pins_the_weights() {
     let want = blake3::hash(manifest.as_bytes()).to_hex().to_string();
     assert_eq!(lines[2], format!("model blake3:{want}"));
 
+    // The reference implementation (the PyPI bindings of BLAKE3's authors) agrees on
+    // each file's digest.
+    let py = Command::new("python3")
+        .args([
+            "-c",
+            "import blake3, sys; print(blake3.blake3(open(sys.argv[1], 'rb').read()).hexdigest())",
+        ])
+        .arg(dir.path().join("model.gguf"))
+        .output()
+        .expect("python3 runs (blake3 is installed by scripts/setup.sh)");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let reference = String::from_utf8_lossy(&py.stdout).trim().to_string();
+    assert!(
+        lines[1].starts_with(&format!("{reference}  ")),
+        "{reference} / {out}"
+    );
+
+    // The report (a pod's termination message) is the digest alone.
+    let report = dir.path().join("report");
+    let report_arg = report.display().to_string();
+    assert!(digest_with(dir.path(), None, &["--report", &report_arg]).0);
+    std::fs::remove_file(&report).ok();
+    let (ok, _, err) = digest_with(
+        dir.path(),
+        Some(&want),
+        &["--report", &report.display().to_string()],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&report).expect("report"),
+        format!("blake3:{want}\n")
+    );
+    // (The report file is not part of the digest: it lives elsewhere in a pod.)
+    std::fs::remove_file(&report).ok();
+
     // Pinned: the same weights pass (with or without the prefix, any case).
     assert!(digest(dir.path(), Some(&format!("blake3:{want}"))).0);
     assert!(digest(dir.path(), Some(&want.to_uppercase())).0);
@@ -43,11 +90,23 @@ fn the_model_digest_pins_the_weights() {
     let mut w = vec![7u8; 3 << 20];
     w[1 << 20] = 8;
     std::fs::write(dir.path().join("model.gguf"), w).expect("write");
-    let (ok, _, err) = digest(dir.path(), Some(&want));
+    let outside = tempfile::tempdir().expect("tempdir");
+    let report = outside.path().join("termination-log");
+    let (ok, _, err) = digest_with(
+        dir.path(),
+        Some(&want),
+        &["--report", &report.display().to_string()],
+    );
     assert!(!ok);
     assert!(
         err.contains(&format!("not the pinned blake3:{want}")),
         "{err}"
+    );
+    let why = std::fs::read_to_string(&report).expect("report");
+    assert!(
+        why.starts_with("the weights in ")
+            && why.contains(&format!("not the pinned blake3:{want}")),
+        "{why}"
     );
     // A malformed pin and a missing directory are errors that say so.
     let (ok, _, err) = digest(dir.path(), Some("sha256:abc"));

@@ -1,7 +1,8 @@
-//! What lode's images run as on kubesim: lode's own images as the workspace's binaries,
-//! and every other image (vLLM, TensorRT-LLM, SGLang, Triton, llama.cpp, custom) as an inference
-//! engine, `engine-sim`, with the model name and ports taken from the engine's own
-//! command line.
+//! What lode's images run as on kubesim: lode's own images as the workspace's binaries;
+//! llama.cpp's server image as the real `llama-server` when the fleet has one (its
+//! command line is llama.cpp's own, with paths and addresses mapped by the kubelet); and
+//! every other engine image (vLLM, TensorRT-LLM, SGLang, Triton, custom) as
+//! `engine-sim`, with the model name and ports taken from the engine's own command line.
 
 use std::path::PathBuf;
 
@@ -14,6 +15,9 @@ pub struct LodeImages {
     pub bin_dir: PathBuf,
     /// Extra arguments for every `engine-sim` (e.g. `--ttft-ms 50`).
     pub engine_args: Vec<String>,
+    /// llama.cpp's `llama-server`: what its images (`…/llama.cpp:server…`) run as.
+    /// Without one they run as `engine-sim` too.
+    pub llama_server: Option<PathBuf>,
 }
 
 impl Runtime for LodeImages {
@@ -28,6 +32,9 @@ impl Runtime for LodeImages {
             "relayminer" => (bin("relayminer"), args),
             "gateway" | "lode-gateway" => (bin("lode-gateway"), args),
             "operator" | "lode-operator" => (bin("lode-operator"), args),
+            "llama.cpp" if self.llama_server.is_some() => {
+                (self.llama_server.clone().unwrap_or_default(), args)
+            }
             _ => (
                 bin("engine-sim"),
                 engine_args(&args, pod_ip, &self.engine_args),
@@ -127,9 +134,10 @@ mod tests {
             ),
             vec!["--listen", "127.2.0.5:8000", "--model", "tiny"]
         );
-        let images = LodeImages {
+        let mut images = LodeImages {
             bin_dir: "/bin".into(),
             engine_args: vec!["--ttft-ms".into(), "50".into()],
+            llama_server: None,
         };
         let (p, args) = images
             .program(
@@ -153,6 +161,20 @@ mod tests {
         assert!(
             args.ends_with(&["--ttft-ms".to_string(), "50".to_string()]),
             "{args:?}"
+        );
+        // llama.cpp's server image: engine-sim, or the real server with its own flags.
+        let llama_args = vec!["--model".to_string(), "/tmp/m.gguf".into()];
+        let image = "ghcr.io/ggml-org/llama.cpp:server";
+        let (p, _) = images
+            .program(image, llama_args.clone(), "127.2.0.5")
+            .expect("runs");
+        assert_eq!(p, PathBuf::from("/bin/engine-sim"));
+        images.llama_server = Some("/opt/llama-server".into());
+        assert_eq!(
+            images
+                .program(image, llama_args.clone(), "127.2.0.5")
+                .expect("runs"),
+            (PathBuf::from("/opt/llama-server"), llama_args)
         );
     }
 }

@@ -36,6 +36,24 @@ pub const CRDS: [&str; 3] = [
 pub const NAMESPACE: &str = "lode";
 /// The OpenAI model name the sample serves.
 pub const MODEL: &str = "Qwen/Qwen2.5-7B-Instruct";
+/// The OpenAI model name of the llama.cpp sample (a tiny generated model).
+pub const TINY_MODEL: &str = "lode/tiny-llama";
+/// The tiny model's file in its PersistentVolumeClaim.
+pub const TINY_MODEL_FILE: &str = "tiny-llama.gguf";
+/// The script that writes the tiny model (the `gguf` package, seeded random weights).
+pub const TINY_GGUF_SCRIPT: &str = include_str!("../../../scripts/tiny-gguf.py");
+
+/// The engine the sample ServiceModel runs on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum FleetEngine {
+    /// `engine-sim` standing in for vLLM, one (simulated) GPU per pod.
+    #[default]
+    Sim,
+    /// llama.cpp's own server (`llama-server` at this path) on CPUs, serving a tiny
+    /// model the fleet generates into the ServiceModel's weights volume.
+    Llamacpp(PathBuf),
+}
+
 /// The OpenAI API key of the fleet's gateway (in Secret `gateway-api-keys`).
 pub const DEVNET_API_KEY: &str = "sk-lode-devnet";
 
@@ -61,6 +79,8 @@ pub struct FleetOptions {
     pub engine_args: Vec<String>,
     /// The Supplier's `spec.store.relayPolicy` (`queue` or `hold`); unset: the default.
     pub relay_policy: Option<String>,
+    /// The engine of the sample ServiceModel.
+    pub engine: FleetEngine,
 }
 
 impl FleetOptions {
@@ -79,7 +99,58 @@ impl FleetOptions {
             apply_samples: true,
             engine_args: Vec::new(),
             relay_policy: None,
+            engine: FleetEngine::Sim,
         }
+    }
+
+    /// The OpenAI model name the sample serves.
+    pub fn model(&self) -> &'static str {
+        match self.engine {
+            FleetEngine::Sim => MODEL,
+            FleetEngine::Llamacpp(_) => TINY_MODEL,
+        }
+    }
+
+    /// The sample ServiceModel's name (and its Service's: kubesim maps Service names
+    /// standing alone in a pod's configuration to their IPs, so it differs from
+    /// anything else there, the model name included).
+    pub fn service_model(&self) -> &'static str {
+        match self.engine {
+            FleetEngine::Sim => "qwen-7b",
+            FleetEngine::Llamacpp(_) => "llamacpp-tiny",
+        }
+    }
+}
+
+/// The tiny model's weights volume (a PersistentVolumeClaim) and its digest.
+pub const TINY_MODEL_PVC: &str = "tiny-llama-weights";
+
+/// The sample ServiceModel (and what it needs) for the fleet's engine; `digest` pins the
+/// llama.cpp model's weights.
+fn service_model_manifest(o: &FleetOptions, digest: Option<&str>) -> String {
+    let ns = NAMESPACE;
+    match &o.engine {
+        FleetEngine::Sim => format!(
+            "# {MODEL} on vLLM (engine-sim stands in for it here), one GPU per pod.\n\
+             apiVersion: lode.pokt.network/v1alpha1\nkind: ServiceModel\nmetadata:\n  name: qwen-7b\n  namespace: {ns}\n\
+             spec:\n  serviceId: llm\n  modelName: {MODEL}\n  model: {{uri: \"hf://{MODEL}\"}}\n\
+             \x20 engine:\n    kind: vllm\n  gpus: {{count: 1}}\n  minReplicas: 1\n  maxReplicas: 4\n"
+        ),
+        FleetEngine::Llamacpp(_) => format!(
+            "# A tiny llama (2 layers, random weights, written by scripts/tiny-gguf.py) on\n\
+             # llama.cpp's own server, on CPUs. Its weights are on a volume; the pods check\n\
+             # them against the pinned digest before the engine starts.\n\
+             apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {TINY_MODEL_PVC}\n  namespace: {ns}\n\
+             spec:\n  accessModes: [ReadOnlyMany]\n  resources: {{requests: {{storage: 1Gi}}}}\n---\n\
+             apiVersion: lode.pokt.network/v1alpha1\nkind: ServiceModel\nmetadata:\n  name: llamacpp-tiny\n  namespace: {ns}\n\
+             spec:\n  serviceId: llm\n  modelName: {TINY_MODEL}\n\
+             \x20 model:\n    pvc: {TINY_MODEL_PVC}\n    file: {TINY_MODEL_FILE}\n{pin}\
+             \x20 engine:\n    kind: llamacpp\n    args: [--parallel, \"2\", --threads, \"1\"]\n\
+             \x20 gpus: {{count: 0}}\n  minReplicas: 1\n  maxReplicas: 2\n",
+            pin = digest
+                .map(|d| format!("    digest: \"{d}\"\n"))
+                .unwrap_or_default(),
+        ),
     }
 }
 
@@ -109,7 +180,10 @@ pub fn manifests(
     config: &DevnetConfig,
     running: &Running,
     o: &FleetOptions,
+    weights_digest: Option<&str>,
 ) -> Vec<(String, String)> {
+    let model = o.model();
+    let service_model = o.service_model();
     let keys = devnet.keys();
     let addr = |k: &lode_kernels::crypto::SecretKey| k.public_key().address().to_bech32(HRP);
     let hex = |k: &lode_kernels::crypto::SecretKey| lode_kernels::hex::encode(&k.to_bytes());
@@ -143,12 +217,7 @@ pub fn manifests(
         ),
         (
             "20-servicemodel.yaml".into(),
-            format!(
-                "# {MODEL} on vLLM (engine-sim stands in for it here), one GPU per pod.\n\
-                 apiVersion: lode.pokt.network/v1alpha1\nkind: ServiceModel\nmetadata:\n  name: qwen-7b\n  namespace: {ns}\n\
-                 spec:\n  serviceId: llm\n  modelName: {MODEL}\n  model: {{uri: \"hf://{MODEL}\"}}\n\
-                 \x20 engine:\n    kind: vllm\n  gpus: {{count: 1}}\n  minReplicas: 1\n  maxReplicas: 4\n"
-            ),
+            service_model_manifest(o, weights_digest),
         ),
         (
             "30-supplier.yaml".into(),
@@ -156,7 +225,7 @@ pub fn manifests(
                 "# Supplier 0 of the devnet, staked at the relay NodePort below.\n\
                  apiVersion: lode.pokt.network/v1alpha1\nkind: Supplier\nmetadata:\n  name: supplier-1\n  namespace: {ns}\n\
                  spec:\n  operatorAddress: {sa}\n  keySecretRef: {{name: supplier-key, key: operator.key}}\n\
-                 \x20 stakeUpokt: \"100000000\"\n  services:\n    - serviceId: llm\n      serviceModel: qwen-7b\n\
+                 \x20 stakeUpokt: \"100000000\"\n  services:\n    - serviceId: llm\n      serviceModel: {service_model}\n\
                  \x20 publicEndpoint: http://127.0.0.1:{rp}\n{chain}  store:\n    size: 1Gi\n{policy}---\n\
                  # The supplier's public relay endpoint: a NodePort in front of its serving pods.\n\
                  apiVersion: v1\nkind: Service\nmetadata:\n  name: relay-public\n  namespace: {ns}\n\
@@ -178,7 +247,7 @@ pub fn manifests(
                  apiVersion: lode.pokt.network/v1alpha1\nkind: GatewayPool\nmetadata:\n  name: gateway\n  namespace: {ns}\n\
                  spec:\n  gatewayAddress: {ga}\n  keySecretRef: {{name: gateway-key, key: gateway.key}}\n\
                  \x20 applications: [{aa}]\n  apiKeysSecretRef: {{name: gateway-api-keys}}\n\
-                 \x20 services: {{\"{MODEL}\": llm}}\n  minReplicas: 1\n  maxReplicas: 2\n{chain}---\n\
+                 \x20 services: {{\"{model}\": llm}}\n  minReplicas: 1\n  maxReplicas: 2\n{chain}---\n\
                  apiVersion: v1\nkind: Service\nmetadata:\n  name: gateway-public\n  namespace: {ns}\n\
                  spec:\n  type: NodePort\n  selector:\n    app.kubernetes.io/component: gateway\n    app.kubernetes.io/instance: gateway\n\
                  \x20 ports:\n    - name: http\n      port: 8080\n      targetPort: http\n      nodePort: {gp}\n",
@@ -281,11 +350,22 @@ pub async fn chat_as(
     prompt: &str,
     stream: bool,
 ) -> Result<String, String> {
+    chat_model(gateway_port, key, MODEL, prompt, stream).await
+}
+
+/// [`chat_as`] for `model`.
+pub async fn chat_model(
+    gateway_port: u16,
+    key: Option<&str>,
+    model: &str,
+    prompt: &str,
+    stream: bool,
+) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let auth = key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
         .unwrap_or_default();
-    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": prompt}],
+    let body = json!({"model": model, "messages": [{"role": "user", "content": prompt}],
         "max_tokens": 8, "stream": stream})
     .to_string();
     let addr = format!("127.0.0.1:{gateway_port}");
@@ -347,6 +427,43 @@ fn spawn_operator(
         .with_context(|| format!("starting {}", operator_bin.display()))
 }
 
+/// Writes the tiny model into its volume (kubesim keeps a PersistentVolumeClaim's files
+/// under `<root>/volumes/<namespace>/<claim>`) and returns its digest, as
+/// `relayminer digest` computes it.
+fn tiny_model(root: &std::path::Path, bin_dir: &std::path::Path) -> anyhow::Result<String> {
+    let dir = root.join("volumes").join(NAMESPACE).join(TINY_MODEL_PVC);
+    std::fs::create_dir_all(&dir)?;
+    let script = root.join("tiny-gguf.py");
+    std::fs::write(&script, TINY_GGUF_SCRIPT)?;
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(dir.join(TINY_MODEL_FILE))
+        .output()
+        .context("running python3 (the tiny model is written with the gguf package)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "writing the tiny model: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(bin_dir.join("relayminer"))
+        .arg("digest")
+        .arg(&dir)
+        .output()
+        .context("running relayminer digest")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("model "))
+        .map(str::to_string)
+        .filter(|_| out.status.success())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "relayminer digest {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
 impl Fleet {
     pub async fn start(options: FleetOptions) -> anyhow::Result<Self> {
         let started = Instant::now();
@@ -395,6 +512,10 @@ impl Fleet {
                 runtime: Arc::new(LodeImages {
                     bin_dir: options.bin_dir.clone(),
                     engine_args: options.engine_args.clone(),
+                    llama_server: match &options.engine {
+                        FleetEngine::Llamacpp(server) => Some(server.clone()),
+                        FleetEngine::Sim => None,
+                    },
                 }),
                 root: root.clone(),
                 gpus: options.gpus,
@@ -405,7 +526,11 @@ impl Fleet {
         })
         .await?;
         lode_kubesim::write_kubeconfig(&sim.kubeconfig, sim.addr, NAMESPACE)?;
-        for (name, text) in manifests(&devnet, &config, &running, &options) {
+        let digest = match &options.engine {
+            FleetEngine::Sim => None,
+            FleetEngine::Llamacpp(_) => Some(tiny_model(&root, &options.bin_dir)?),
+        };
+        for (name, text) in manifests(&devnet, &config, &running, &options, digest.as_deref()) {
             std::fs::write(manifests_dir.join(name), text)?;
         }
         let operator = spawn_operator(&options.bin_dir, &root, &sim.kubeconfig)?;
@@ -572,6 +697,7 @@ impl Fleet {
     pub fn start_load(&self, rps: f64, stream_share: f64) -> tokio::task::JoinHandle<()> {
         let counters = self.load.clone();
         let port = self.options.gateway_port;
+        let model = self.options.model();
         let period = Duration::from_secs_f64(1.0 / rps.max(0.01));
         let streamed_per_100 = (stream_share.clamp(0.0, 1.0) * 100.0).round() as u64;
         tokio::spawn(async move {
@@ -584,7 +710,8 @@ impl Fleet {
                 // Spread the streamed ones evenly over each hundred requests.
                 let stream = (n * streamed_per_100) % 100 < streamed_per_100;
                 tokio::spawn(async move {
-                    match chat_with(port, &format!("request {n}"), stream).await {
+                    let prompt = format!("request {n}");
+                    match chat_model(port, Some(DEVNET_API_KEY), model, &prompt, stream).await {
                         Ok(_) => counters.ok.fetch_add(1, Ordering::Relaxed),
                         Err(_) => counters.failed.fetch_add(1, Ordering::Relaxed),
                     };
@@ -660,7 +787,15 @@ impl Fleet {
 
     /// Sends one chat completion through the gateway; the response body on success.
     pub async fn chat(&self, prompt: &str) -> Result<String, String> {
-        chat(self.options.gateway_port, prompt).await
+        let model = self.options.model();
+        chat_model(
+            self.options.gateway_port,
+            Some(DEVNET_API_KEY),
+            model,
+            prompt,
+            false,
+        )
+        .await
     }
 
     /// Waits until a chat completion goes through; how long since start that took.
@@ -683,11 +818,11 @@ impl Fleet {
         format!(
             "lode fleet is up (chain RPC {rpc}, gRPC {grpc}, Kubernetes API http://{api}).\n\n\
              Point kubectl at it:\n  export KUBECONFIG={kc}\n  kubectl get suppliers,servicemodels,gatewaypools,pods\n\
-             \x20 kubectl logs deploy/qwen-7b -c relayminer      (or: ls {root}/pods)\n\n\
+             \x20 kubectl logs deploy/{sm} -c relayminer      (or: ls {root}/pods)\n\n\
              Send an OpenAI request (API key {DEVNET_API_KEY}, from Secret gateway-api-keys):\n\
              \x20 curl -s {gw}/chat/completions -H 'Authorization: Bearer {DEVNET_API_KEY}' -H 'Content-Type: application/json' \\\n\
-             \x20   -d '{{\"model\": \"{MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'\n\
-             \x20 python3 -c \"from openai import OpenAI; print(OpenAI(base_url='{gw}', api_key='{DEVNET_API_KEY}').chat.completions.create(model='{MODEL}', messages=[{{'role': 'user', 'content': 'hi'}}]).choices[0].message.content)\"\n\n\
+             \x20   -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'\n\
+             \x20 python3 -c \"from openai import OpenAI; print(OpenAI(base_url='{gw}', api_key='{DEVNET_API_KEY}').chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'hi'}}]).choices[0].message.content)\"\n\n\
              Change the fleet: edit {man}/*.yaml and run kubectl apply -f {man}\n\
              Operator log: {root}/operator.log\n",
             rpc = self.running.rpc_url,
@@ -697,6 +832,8 @@ impl Fleet {
             root = root.display(),
             gw = self.gateway_url(),
             man = self.manifests.display(),
+            sm = self.options.service_model(),
+            model = self.options.model(),
         )
     }
 

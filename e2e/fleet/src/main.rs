@@ -63,9 +63,24 @@ struct Args {
     /// `--engine-arg=--ttft-ms=500` to make requests stay in flight longer.
     #[arg(long = "engine-arg", allow_hyphen_values = true)]
     engine_args: Vec<String>,
+    /// The engine of the sample ServiceModel: `sim` (engine-sim standing in for vLLM on a
+    /// simulated GPU) or `llamacpp` (llama.cpp's real server on CPUs, serving a tiny
+    /// model with random weights the fleet writes; needs --llama-server).
+    #[arg(long, value_enum, default_value_t = Engine::Sim)]
+    engine: Engine,
+    /// llama.cpp's `llama-server` binary for `--engine llamacpp` (scripts/setup.sh
+    /// builds one and exports its path).
+    #[arg(long, env = "LODE_LLAMA_SERVER")]
+    llama_server: Option<PathBuf>,
     /// Stop after this many seconds (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     exit_after: u64,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Engine {
+    Sim,
+    Llamacpp,
 }
 
 #[tokio::main]
@@ -87,6 +102,23 @@ async fn main() -> anyhow::Result<()> {
     o.relay_port = a.relay_port;
     o.apply_samples = !a.no_samples;
     o.engine_args = a.engine_args;
+    o.engine = match a.engine {
+        Engine::Sim => lode_fleet::FleetEngine::Sim,
+        Engine::Llamacpp => {
+            let server = a.llama_server.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--engine llamacpp needs llama.cpp's server: --llama-server PATH or \
+                     LODE_LLAMA_SERVER (source scripts/setup.sh to build one)"
+                )
+            })?;
+            anyhow::ensure!(
+                server.is_file(),
+                "--llama-server {}: no such file",
+                server.display()
+            );
+            lode_fleet::FleetEngine::Llamacpp(server)
+        }
+    };
     let fleet = Fleet::start(o).await?;
     println!("{}", fleet.instructions());
     let stop = async {

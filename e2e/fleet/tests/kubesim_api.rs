@@ -316,3 +316,134 @@ async fn events_written_to_either_api_list_as_core_events() {
     assert_eq!(ev.involved_object.name.as_deref(), Some("s"));
     sim.shutdown().await;
 }
+
+/// kubesim with a kubelet whose images are the executables of `dir`.
+async fn start_with_kubelet(dir: &std::path::Path) -> KubeSim {
+    let sim = KubeSim::start(KubeSimOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        root: dir.to_path_buf(),
+        kubelet: Some(lode_kubesim::kubelet::KubeletConfig {
+            runtime: std::sync::Arc::new(lode_kubesim::runtime::BinDir {
+                dir: dir.join("bin"),
+                aliases: Default::default(),
+            }),
+            root: dir.to_path_buf(),
+            gpus: 0,
+            pod_net: 9,
+        }),
+        crds: Vec::new(),
+        networks: lode_kubesim::networks(),
+    })
+    .await
+    .expect("kubesim");
+    lode_kubesim::write_kubeconfig(&sim.kubeconfig, sim.addr, "default").expect("kubeconfig");
+    sim
+}
+
+// kubectl blocks its thread: the API server needs another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_in_order_before_the_app_and_a_failing_one_holds_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(root.path().join("bin")).expect("bin");
+    std::os::unix::fs::symlink("/bin/sh", root.path().join("bin/sh")).expect("sh");
+    let sim = start_with_kubelet(root.path()).await;
+    let kc = sim.kubeconfig.clone();
+    let pod = |name: &str, check: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"volumes": [{"name": "work", "emptyDir": {}}],
+                "initContainers": [
+                    {"name": "first", "image": "sh", "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                     "args": ["-c", "echo one > /work/order && echo blake3:ab > /dev/termination-log"]},
+                    {"name": "check", "image": "sh", "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                     "terminationMessagePolicy": "FallbackToLogsOnError",
+                     "args": ["-c", check]}],
+                "containers": [{"name": "app", "image": "sh", "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                    "args": ["-c", "echo app >> /work/order; exec sleep 600"]}]}})
+    };
+    let file = root.path().join("pods.yaml");
+    let docs = [
+        pod("good", "grep -q one /work/order && echo two >> /work/order"),
+        pod("bad", "echo 'weights differ' >&2; exit 1"),
+    ]
+    .map(|p| serde_json::to_string(&p).expect("json"))
+    .join("\n---\n");
+    std::fs::write(&file, docs).expect("write");
+    let (ok, out) = lode_testkit::kubectl(&kc, &["apply", "-f", &file.display().to_string()]);
+    assert!(ok, "{out}");
+
+    let get = |jsonpath: &str, pod: &str| {
+        lode_testkit::kubectl(
+            &kc,
+            &["get", "pod", pod, "-o", &format!("jsonpath={jsonpath}")],
+        )
+        .1
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = get("{.status.containerStatuses[0].ready}", "good");
+        let restarts = get("{.status.initContainerStatuses[1].restartCount}", "bad");
+        if ready == "true" && restarts.parse::<i64>().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "good ready: {ready}, bad restarts: {restarts}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // In order, each after the one before succeeded, and the app after both.
+    let pod_dir = root.path().join("pods/default_good/volumes/work/order");
+    assert_eq!(
+        std::fs::read_to_string(&pod_dir).expect("order"),
+        "one\ntwo\napp\n"
+    );
+    assert_eq!(
+        get(
+            "{.status.initContainerStatuses[0].state.terminated.message}",
+            "good"
+        )
+        .trim(),
+        "blake3:ab"
+    );
+    assert_eq!(
+        get(
+            "{.status.conditions[?(@.type==\"Initialized\")].status}",
+            "good"
+        ),
+        "True"
+    );
+    // The failing init container is restarted with back-off; its message is its log
+    // (FallbackToLogsOnError); the app never starts; kubectl shows why.
+    assert!(
+        get(
+            "{.status.initContainerStatuses[1].lastState.terminated.message}",
+            "bad"
+        )
+        .contains("weights differ")
+    );
+    assert_eq!(
+        get("{.status.containerStatuses[0].state.waiting.reason}", "bad"),
+        "PodInitializing"
+    );
+    assert_eq!(get("{.status.phase}", "bad"), "Pending");
+    assert_eq!(
+        get(
+            "{.status.conditions[?(@.type==\"Initialized\")].status}",
+            "bad"
+        ),
+        "False"
+    );
+    let (_, table) = lode_testkit::kubectl(&kc, &["get", "pods"]);
+    let bad = table.lines().find(|l| l.starts_with("bad")).unwrap_or("");
+    assert!(
+        bad.contains("Init:Error") || bad.contains("Init:CrashLoopBackOff"),
+        "{table}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("pods/default_bad/volumes/work/order"))
+            .expect("order"),
+        "one\n",
+        "the first init container ran, the app did not"
+    );
+    sim.shutdown().await;
+}

@@ -319,6 +319,20 @@ impl Kubelet {
                 ContainerState::default();
                 containers.len()
             ]));
+        let inits: Vec<Value> = pod["spec"]["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let init_states: Arc<Mutex<Vec<ContainerState>>> =
+            Arc::new(Mutex::new(vec![ContainerState::default(); inits.len()]));
+        let pod_view = PodView {
+            pod: &pod,
+            ip: &ip,
+            containers: &containers,
+            states: &states,
+            inits: &inits,
+            init_states: &init_states,
+        };
         let _ = self.store.mutate(&pods_res(), &ns, &name, true, |o| {
             o["status"]["phase"] = json!("Pending");
             o["status"]["podIP"] = json!(ip);
@@ -337,7 +351,7 @@ impl Kubelet {
                             s.waiting = Some(("CreateContainerConfigError".into(), e.clone()));
                         }
                     }
-                    self.write_status(&pod, &containers, &states, &ip);
+                    self.write_status(&pod_view);
                     if tokio::time::timeout(Duration::from_secs(1), stop.changed())
                         .await
                         .is_ok()
@@ -356,6 +370,59 @@ impl Kubelet {
         let grace = pod["spec"]["terminationGracePeriodSeconds"]
             .as_i64()
             .unwrap_or(30);
+        // Init containers, one after the other, each until it succeeds (restarted with
+        // back-off on failure, as the kubelet does unless restartPolicy is Never); the
+        // app containers wait for all of them.
+        for (i, c) in inits.iter().enumerate() {
+            let spec = match self.command(&pod, c, &ip, &mounts, &dir) {
+                Ok(s) => s,
+                Err(e) => {
+                    update(&init_states, i, |s| {
+                        s.waiting = Some(("CreateContainerError".into(), e));
+                    });
+                    self.write_status(&pod_view);
+                    let _ = stop.wait_for(|s| *s).await;
+                    self.store.remove_pod(&ns, &name);
+                    return;
+                }
+            };
+            let policy = if restart_policy == "Never" {
+                "Never"
+            } else {
+                "OnFailure"
+            };
+            let mut run = tokio::spawn(run_container(
+                spec,
+                i,
+                init_states.clone(),
+                stop.clone(),
+                policy.into(),
+                Probes::default(),
+                grace,
+            ));
+            loop {
+                self.write_status(&pod_view);
+                tokio::select! {
+                    _ = &mut run => break,
+                    () = tokio::time::sleep(Duration::from_millis(300)) => {}
+                }
+            }
+            self.write_status(&pod_view);
+            let succeeded = init_states.lock().unwrap_or_else(|e| e.into_inner())[i]
+                .terminated
+                .as_ref()
+                .is_some_and(|t| t["exitCode"] == 0);
+            if *stop.borrow() {
+                self.store.remove_pod(&ns, &name);
+                return;
+            }
+            if !succeeded {
+                // restartPolicy Never: the pod has failed; it stays until deleted.
+                let _ = stop.wait_for(|s| *s).await;
+                self.store.remove_pod(&ns, &name);
+                return;
+            }
+        }
         let mut workers = Vec::new();
         for (i, c) in containers.iter().enumerate() {
             let spec = match self.command(&pod, c, &ip, &mounts, &dir) {
@@ -376,7 +443,7 @@ impl Kubelet {
         }
         // Status until every container is done or the pod is deleted.
         loop {
-            self.write_status(&pod, &containers, &states, &ip);
+            self.write_status(&pod_view);
             let all_done = states
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -390,47 +457,74 @@ impl Kubelet {
         for w in workers {
             let _ = w.await;
         }
-        self.write_status(&pod, &containers, &states, &ip);
+        self.write_status(&pod_view);
         if *stop.borrow() {
             self.store.remove_pod(&ns, &name);
         }
     }
 
-    fn write_status(
-        &self,
-        pod: &Value,
-        containers: &[Value],
-        states: &Mutex<Vec<ContainerState>>,
-        ip: &str,
-    ) {
+    fn write_status(&self, v: &PodView<'_>) {
+        let (pod, ip) = (v.pod, v.ip);
         let (ns, name) = crate::store::ns_name(pod);
-        let st = states.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let statuses: Vec<Value> = containers
+        let st = v.states.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let init_st = v
+            .init_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let succeeded =
+            |s: &ContainerState| s.terminated.as_ref().is_some_and(|t| t["exitCode"] == 0);
+        let initialized = init_st.iter().all(succeeded);
+        let init_failed = init_st.iter().any(|s| s.done && !succeeded(s));
+        let container_status = |c: &Value, s: &ContainerState, waiting: &str| {
+            let state = if let Some(since) = &s.running_since {
+                json!({"running": {"startedAt": since}})
+            } else if let Some(t) = &s.terminated {
+                json!({"terminated": t})
+            } else {
+                let (reason, message) =
+                    s.waiting.clone().unwrap_or((waiting.into(), String::new()));
+                json!({"waiting": {"reason": reason, "message": message}})
+            };
+            let mut v = json!({
+                "name": c["name"], "image": c["image"], "imageID": format!("kubesim://{}", c["image"].as_str().unwrap_or("")),
+                "containerID": s.pid.map(|p| format!("process://{p}")),
+                "ready": s.ready, "started": s.started, "restartCount": s.restarts, "state": state,
+            });
+            if let Some(l) = &s.last_terminated {
+                v["lastState"] = json!({"terminated": l});
+            }
+            v
+        };
+        let waiting = if initialized {
+            "ContainerCreating"
+        } else {
+            "PodInitializing"
+        };
+        let statuses: Vec<Value> = v
+            .containers
             .iter()
             .zip(&st)
+            .map(|(c, s)| container_status(c, s, waiting))
+            .collect();
+        let init_statuses: Vec<Value> = v
+            .inits
+            .iter()
+            .zip(&init_st)
             .map(|(c, s)| {
-                let state = if let Some(since) = &s.running_since {
-                    json!({"running": {"startedAt": since}})
-                } else if let Some(t) = &s.terminated {
-                    json!({"terminated": t})
-                } else {
-                    let (reason, message) = s.waiting.clone().unwrap_or(("ContainerCreating".into(), String::new()));
-                    json!({"waiting": {"reason": reason, "message": message}})
-                };
-                let mut v = json!({
-                    "name": c["name"], "image": c["image"], "imageID": format!("kubesim://{}", c["image"].as_str().unwrap_or("")),
-                    "containerID": s.pid.map(|p| format!("process://{p}")),
-                    "ready": s.ready, "started": s.started, "restartCount": s.restarts, "state": state,
-                });
-                if let Some(l) = &s.last_terminated {
-                    v["lastState"] = json!({"terminated": l});
-                }
+                let mut v = container_status(c, s, "PodInitializing");
+                // An init container that finished is ready (what the kubelet reports).
+                v["ready"] = json!(succeeded(s));
                 v
             })
             .collect();
         let all_ready = !st.is_empty() && st.iter().all(|s| s.ready);
         let all_done = !st.is_empty() && st.iter().all(|s| s.done);
-        let phase = if all_done {
+        let phase = if init_failed {
+            "Failed"
+        } else if !initialized {
+            "Pending"
+        } else if all_done {
             let ok = st
                 .iter()
                 .all(|s| s.terminated.as_ref().is_some_and(|t| t["exitCode"] == 0));
@@ -446,7 +540,7 @@ impl Kubelet {
         let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok {"True"} else {"False"}});
         let conditions = json!([
             cond("PodScheduled", true),
-            cond("Initialized", true),
+            cond("Initialized", initialized),
             cond("ContainersReady", all_ready),
             cond("Ready", all_ready),
         ]);
@@ -456,6 +550,13 @@ impl Kubelet {
             s["podIP"] = json!(ip);
             s["podIPs"] = json!([{"ip": ip}]);
             s["containerStatuses"] = json!(statuses);
+            if init_statuses.is_empty() {
+                if let Some(m) = s.as_object_mut() {
+                    m.remove("initContainerStatuses");
+                }
+            } else {
+                s["initContainerStatuses"] = json!(init_statuses);
+            }
             // Keep transition times stable: only statuses that changed get a new time.
             let old = s["conditions"].as_array().cloned().unwrap_or_default();
             let mut conds = conditions.as_array().cloned().unwrap_or_default();
@@ -600,6 +701,16 @@ impl Kubelet {
             fallback_to_logs: c["terminationMessagePolicy"] == "FallbackToLogsOnError",
         })
     }
+}
+
+/// A pod and the state of its containers, for its status.
+struct PodView<'a> {
+    pod: &'a Value,
+    ip: &'a str,
+    containers: &'a [Value],
+    states: &'a Mutex<Vec<ContainerState>>,
+    inits: &'a [Value],
+    init_states: &'a Mutex<Vec<ContainerState>>,
 }
 
 /// Maps what a container names to what exists on this machine.

@@ -98,15 +98,39 @@ fn pod_cells(p: &Value) -> Vec<Value> {
         .unwrap_or_default();
     let total = p["spec"]["containers"].as_array().map_or(0, Vec::len);
     let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+    let inits = p["status"]["initContainerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let restarts: i64 = statuses
         .iter()
+        .chain(&inits)
         .map(|c| c["restartCount"].as_i64().unwrap_or(0))
         .sum();
     let mut status = p["status"]["phase"]
         .as_str()
         .unwrap_or("Pending")
         .to_string();
-    for c in &statuses {
+    // The first init container not yet succeeded decides, as kubectl prints it:
+    // `Init:<reason>` when it failed or waits for a reason, else `Init:<done>/<all>`.
+    let mut initializing = false;
+    for (i, c) in inits.iter().enumerate() {
+        let term = &c["state"]["terminated"];
+        if term["exitCode"] == 0 {
+            continue;
+        }
+        initializing = true;
+        let waiting = c["state"]["waiting"]["reason"].as_str();
+        status = if !term.is_null() {
+            format!("Init:{}", term["reason"].as_str().unwrap_or("Error"))
+        } else if let Some(r) = waiting.filter(|r| *r != "PodInitializing") {
+            format!("Init:{r}")
+        } else {
+            format!("Init:{i}/{}", inits.len())
+        };
+        break;
+    }
+    for c in statuses.iter().filter(|_| !initializing) {
         if let Some(r) = c["state"]["waiting"]["reason"].as_str() {
             status = r.into();
         } else if let Some(r) = c["state"]["terminated"]["reason"].as_str()

@@ -35,6 +35,9 @@ use super::{
 pub const CONFIG_HASH: &str = "lode.pokt.network/config-hash";
 /// Where model weights are (PVC, copied image contents, or the engine's download cache).
 const MODELS: &str = "/models";
+/// The init container that digests the weights; its termination message is the report.
+pub const WEIGHTS_DIGEST: &str = "weights-digest";
+const TERMINATION_LOG: &str = "/dev/termination-log";
 /// The engine's `$HOME` (an emptyDir).
 const ENGINE_HOME: &str = "/home/engine";
 
@@ -137,20 +140,25 @@ pub fn parse_toleration(t: &str) -> Result<Toleration, BuildError> {
     })
 }
 
-/// The init step that checks the weights against `model.digest` (after the image
-/// copy, when there is one): `relayminer digest --expect`, which exits 1 naming both
-/// digests, so the engine never starts on other weights. The mismatch is the
-/// container's termination message.
-fn digest_check(images: &Images, digest: &str) -> Container {
+/// The init step that digests the weights (after the image copy, when there is one):
+/// `relayminer digest`, whose one-line report (`blake3:<digest>`, or why the weights
+/// were refused) is the container's termination message, read by the operator into
+/// `status.modelDigest` and the `WeightsVerified` condition. With `model.digest` pinned
+/// it exits 1 naming both digests, so the engine never starts on other weights.
+fn digest_check(images: &Images, pin: Option<&str>) -> Container {
+    let mut args = vec![
+        "digest".to_string(),
+        MODELS.into(),
+        "--report".into(),
+        TERMINATION_LOG.into(),
+    ];
+    if let Some(pin) = pin {
+        args.extend(["--expect".into(), pin.into()]);
+    }
     Container {
-        name: "weights-digest".into(),
+        name: WEIGHTS_DIGEST.into(),
         image: Some(images.relayminer.clone()),
-        args: Some(vec![
-            "digest".into(),
-            MODELS.into(),
-            "--expect".into(),
-            digest.into(),
-        ]),
+        args: Some(args),
         volume_mounts: Some(vec![VolumeMount {
             name: "models".into(),
             mount_path: MODELS.into(),
@@ -495,8 +503,10 @@ pub fn serving(
         .as_ref()
         .map(|p| BTreeMap::from([("nvidia.com/gpu.product".to_string(), p.clone())]));
     let (model, mut volumes, mut init) = model_source(sm, images);
-    if let Some(digest) = &sm.spec.model.digest {
-        init.push(digest_check(images, digest));
+    // Weights on a volume are digested before the engine starts (a download is the
+    // engine's own, and validation refuses a pin on it).
+    if sm.spec.model.uri.is_none() {
+        init.push(digest_check(images, sm.spec.model.digest.as_deref()));
     }
     volumes.extend([
         Volume {
@@ -758,6 +768,13 @@ mod tests {
         sm.spec.model.uri = None;
         sm.spec.model.pvc = Some("weights".into());
         let p = pod(&serving(&sm, &s, &images).expect("builds"));
+        // Weights on a volume are digested before the engine starts, pinned or not.
+        let inits = p.init_containers.clone().expect("init");
+        assert_eq!(inits.len(), 1);
+        assert_eq!(
+            inits[0].args.clone().expect("args"),
+            ["digest", MODELS, "--report", TERMINATION_LOG]
+        );
         let v = &p.volumes.expect("volumes")[0];
         assert_eq!(
             v.persistent_volume_claim
@@ -787,7 +804,14 @@ mod tests {
         assert_eq!(check.image, Some(images.relayminer.clone()));
         assert_eq!(
             check.args.clone().expect("args"),
-            ["digest", MODELS, "--expect", pin.as_str()]
+            [
+                "digest",
+                MODELS,
+                "--report",
+                TERMINATION_LOG,
+                "--expect",
+                pin.as_str()
+            ]
         );
         let mount = &check.volume_mounts.clone().expect("mounts")[0];
         assert_eq!(
