@@ -58,9 +58,11 @@ pub async fn reconcile_model(sm: Arc<ServiceModel>, ctx: Arc<Context>) -> Result
         ctx.event(sm.as_ref(), true, &reason, message).await;
     }
     status::write(&ctx.client, sm.as_ref(), status::MANAGER, &st).await?;
-    // Pods still digesting their weights (or refusing them) change no Deployment
-    // status when they finish: look again soon.
-    if weights.checking > 0 || weights.refused.is_some() {
+    // Pods still starting, digesting their weights or refusing them change no
+    // Deployment status when their init steps finish: look again soon.
+    let settled =
+        st.ready_replicas == st.replicas && pods.len() == st.ready_replicas.unwrap_or(0) as usize;
+    if !settled || weights.checking > 0 || weights.refused.is_some() {
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     Ok(Action::requeue(Duration::from_secs(300)))

@@ -173,6 +173,25 @@ async fn a_listed_service_model_gets_its_serving_objects_and_a_ready_status() {
         )
         .await;
         assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 8545);
+        // Its serving pods, for what their weights-digest steps reported: one, whose
+        // step found the pinned-less weights' digest.
+        let (method, path, _, send) = next(&mut h).await;
+        assert_eq!(method, "GET");
+        assert!(
+            path.starts_with("/api/v1/namespaces/lode/pods?")
+                && path.contains("app.kubernetes.io%2Finstance%3Dqwen-7b"),
+            "{path}"
+        );
+        let digest = format!("blake3:{}", "5a".repeat(32));
+        reply(
+            send,
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+                "metadata": {"name": "qwen-7b-x", "labels": {"app.kubernetes.io/instance": "qwen-7b"}},
+                "status": {"initContainerStatuses": [{"name": "weights-digest", "image": "i", "imageID": "",
+                    "ready": true, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "message": format!("{digest}\n")}}}]}}]}),
+        );
         let (method, path, body, send) = next(&mut h).await;
         assert_eq!(method, "PATCH");
         assert!(
@@ -210,6 +229,7 @@ async fn a_listed_service_model_gets_its_serving_objects_and_a_ready_status() {
             status["selector"],
             "app.kubernetes.io/component=serve,app.kubernetes.io/instance=qwen-7b"
         );
+        assert_eq!(status["modelDigest"], digest.as_str());
         reply(send, 200, sm_json);
     });
     let action = reconcile_model(Arc::new(sm), ctx)

@@ -195,6 +195,17 @@ async fn bad_relays_get_the_right_errors() {
         500
     );
     assert_eq!(f.mined(), 0);
+    // Engine 4xx (it refused the request: here, a body that is not JSON): served and
+    // signed with the engine's own error inside, not mined (the application is not
+    // charged for a request the engine refused).
+    f.sim.set_mode(Mode::Ok);
+    let (status, res) = f.send(&f.relay("{not json")).await;
+    assert_eq!(status, 200);
+    assert!(verify_response(&res, &f.supplier.public_key()));
+    let inner = PoktHttpResponse::decode(&res.payload).expect("payload");
+    assert_eq!(inner.status_code, 400);
+    assert!(String::from_utf8_lossy(&inner.body_bz).contains("invalid JSON"));
+    assert_eq!(f.mined(), 0);
     // Engine hangs: the request timeout (2 s) answers 504.
     f.sim.set_mode(Mode::Hang);
     let (status, res) = f.send(&f.relay(CHAT)).await;

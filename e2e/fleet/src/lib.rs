@@ -691,6 +691,24 @@ impl Fleet {
         }
     }
 
+    /// A counter of serve's `/metrics`, summed over the ready serving pods.
+    pub async fn serve_metric(&self, name: &str) -> u64 {
+        let mut sum = 0;
+        for p in self.sim.store.list(&Res::new("", "pods"), Some(NAMESPACE)) {
+            if p["metadata"]["labels"]["app.kubernetes.io/component"] != "serve"
+                || !lode_kubesim::controllers::pod_ready(&p)
+            {
+                continue;
+            }
+            if let Some(ip) = p["status"]["podIP"].as_str()
+                && let Some(m) = http_get(&format!("{ip}:9091"), "/metrics").await
+            {
+                sum += metric_sum(&m, name);
+            }
+        }
+        sum
+    }
+
     /// Sends `rps` chat completions a second through the gateway until the fleet stops,
     /// so sessions fill and claims and proofs follow.
     /// `stream_share` of them (0 to 1) stream.

@@ -166,6 +166,45 @@ async fn server_side_apply_owns_fields_and_replace_is_optimistic() {
             .any(|f| f.manager.as_deref() == Some("lode-operator"))
     }));
 
+    // The status subresource the same way: a field its manager stops sending goes
+    // (the operator drops status.modelDigest when the pods stop agreeing on one),
+    // another manager's field stays.
+    let models: Api<ServiceModel> = Api::namespaced(client.clone(), "lode");
+    models
+        .create(&PostParams::default(), &model("m", 1, 2))
+        .await
+        .expect("create");
+    let status = |s: serde_json::Value| {
+        Patch::Apply(
+            json!({"apiVersion": "lode.pokt.network/v1alpha1", "kind": "ServiceModel", "status": s}),
+        )
+    };
+    let digest = format!("blake3:{}", "ab".repeat(32));
+    models
+        .patch_status(
+            "m",
+            &pp,
+            &status(json!({"replicas": 1, "modelDigest": digest})),
+        )
+        .await
+        .expect("status");
+    models
+        .patch_status(
+            "m",
+            &PatchParams::apply("lode-operator-autoscaler").force(),
+            &status(json!({"observedDemand": 3})),
+        )
+        .await
+        .expect("another manager's status");
+    let out = models
+        .patch_status("m", &pp, &status(json!({"replicas": 2})))
+        .await
+        .expect("status");
+    let st = out.status.expect("status");
+    assert_eq!(st.replicas, Some(2));
+    assert_eq!(st.model_digest, None, "dropped by its manager");
+    assert_eq!(st.observed_demand, Some(3), "another's field kept");
+
     // Leases: replace with a stale resourceVersion conflicts (leader election relies on it).
     let leases: Api<Lease> = Api::namespaced(client.clone(), "lode");
     let lease: Lease =

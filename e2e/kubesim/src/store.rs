@@ -614,9 +614,15 @@ impl Store {
             .with_details(&def, name));
         }
         if status_only {
+            // The status and who owns which of its fields (a server-side apply of the
+            // status records its manager; the next one prunes what it stopped sending).
             let status = obj.get("status").cloned().unwrap_or(Value::Null);
+            let managed = obj["metadata"].get("managedFields").cloned();
             obj = old.clone();
             obj["status"] = status;
+            if let Some(m) = managed {
+                obj["metadata"]["managedFields"] = m;
+            }
         } else if def.status {
             match old.get("status") {
                 Some(s) => obj["status"] = s.clone(),

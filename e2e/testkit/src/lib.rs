@@ -77,6 +77,24 @@ pub fn fleet_bins() -> PathBuf {
     bin_dir()
 }
 
+/// llama.cpp's real `llama-server`, as scripts/setup.sh builds it and exports it
+/// (`LODE_LLAMA_SERVER`). A test that needs it fails, saying how to get it, rather than
+/// skipping.
+pub fn llama_server() -> PathBuf {
+    let path = std::env::var_os("LODE_LLAMA_SERVER")
+        .map(PathBuf::from)
+        .expect(
+            "LODE_LLAMA_SERVER is not set: run the tests through scripts/test.sh, or source \
+         scripts/setup.sh (it builds llama.cpp's server once per machine and exports its path)",
+        );
+    assert!(
+        path.is_file(),
+        "LODE_LLAMA_SERVER={}: no such file (source scripts/setup.sh to build it)",
+        path.display()
+    );
+    path
+}
+
 /// Runs the real kubectl against `kubeconfig`: (success, stdout + stderr).
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("kubectl")

@@ -162,6 +162,12 @@ pub struct Rig {
 impl Rig {
     /// Everything up, serve following the chain; `extra` is appended to serve's YAML.
     pub async fn start(extra: &str) -> Self {
+        Self::start_with_engine(extra, None).await
+    }
+
+    /// [`Rig::start`] with serve in front of the engine at `engine` (engine-sim still
+    /// runs, unused) instead of engine-sim.
+    pub async fn start_with_engine(extra: &str, engine: Option<SocketAddr>) -> Self {
         let devnet = Devnet::new(&DevnetConfig::new(5));
         let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let chain = devnet.serve(any, any, None).await.expect("devnet");
@@ -202,12 +208,13 @@ impl Rig {
                 "listen: {relay_addr}\nadmin: {admin_addr}\nchain: {{grpc_url: '{}', rpc_url: '{}'}}\n\
                  store: {{url: 'http://{}', token_file: '{}', policy: queue, queue_capacity: 100000}}\n\
                  signing_key_files: ['{}']\nenable_over_servicing: true\nstream_batch_ms: 20\n{extra}\
-                 services:\n  - service_id: {SERVICE}\n    backend_url: http://{sim_addr}\n",
+                 services:\n  - service_id: {SERVICE}\n    backend_url: http://{backend}\n",
                 chain.grpc_url,
                 chain.rpc_url,
                 store.grpc,
                 StoreProcess::token_file(&store_data).display(),
-                key_file.display()
+                key_file.display(),
+                backend = engine.unwrap_or(sim_addr),
             ),
         )
         .expect("config");

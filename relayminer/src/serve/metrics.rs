@@ -13,7 +13,7 @@ pub struct ServiceMetrics {
     /// Relays answered by the backend (any status).
     pub relays: AtomicU64,
     pub mined: AtomicU64,
-    /// Served but not mined: backend 5xx, past the claim window, or above the target.
+    /// Served but not mined: engine errors (4xx, 5xx), past the claim window, or above the target.
     pub not_mined: AtomicU64,
     /// Streams the gateway (or the backend) abandoned before the end.
     pub aborted: AtomicU64,
@@ -188,7 +188,7 @@ impl Metrics {
             ),
             (
                 "lode_serve_not_mined_total",
-                "Relays served but not mined (backend 5xx, late, above target).",
+                "Relays served but not mined (engine 4xx/5xx, late, above target).",
                 |m| m.not_mined.load(Ordering::Relaxed),
             ),
             (

@@ -477,9 +477,11 @@ impl Ctx {
     ) -> Option<oneshot::Receiver<()>> {
         service.relays.fetch_add(1, Ordering::Relaxed);
         self.state.metrics.observe_latency(self.started.elapsed());
-        // Backend errors are not mined. A relay of a session whose claim is already
-        // being made is refused by the store (it froze the session's trie).
-        if backend_status >= 500 {
+        // Engine errors are not mined: its own failures (5xx) and the requests it
+        // refused (4xx: a prompt over its context window, an unknown model), which
+        // the application is not charged for. A relay of a session whose claim is
+        // already being made is refused by the store (it froze the session's trie).
+        if backend_status >= 400 {
             service.not_mined.fetch_add(1, Ordering::Relaxed);
             return None;
         }

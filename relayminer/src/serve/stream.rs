@@ -112,7 +112,10 @@ impl Ctx {
                             }
                         }
                         Some(Err(e)) => {
+                            // The engine died or dropped the connection mid-stream: the
+                            // gateway's stream breaks too (it must not end as if complete).
                             tracing::warn!(error = %e, "backend stream broke");
+                            send(Err(std::io::Error::other("the engine's stream broke off"))).await;
                             aborted = true;
                             break;
                         }
@@ -126,6 +129,7 @@ impl Ctx {
                     }
                     _ = tokio::time::sleep_until(deadline) => {
                         tracing::warn!("stream exceeded the request timeout");
+                        let _ = tx.try_send(Err(std::io::Error::other("the stream exceeded the request timeout")));
                         aborted = true;
                         break;
                     }
