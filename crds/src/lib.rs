@@ -311,9 +311,16 @@ pub struct ModelSource {
     /// An OCI image holding the weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// A URI the engine loads (`hf://org/model`, `s3://…`).
+    /// A URI: `hf://org/model[@revision]` and `https://…` are fetched once by lode into
+    /// the weight cache (`cache`) before the engine starts; other schemes (`s3://…`) are
+    /// passed to the engine, which loads them itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+    /// The weight cache for a fetched `uri`: a PersistentVolumeClaim `<name>-weights` the
+    /// operator creates, kept across pod restarts (fetched once), shared by the replicas
+    /// its access mode lets share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<WeightCache>,
     /// The one weights file an engine that loads a single file reads (llama.cpp's GGUF,
     /// e.g. `qwen2.5-0.5b-instruct-q4_k_m.gguf`, or a split model's first part), relative
     /// to the PVC, the image's `/model` or the `hf://` repository; required for
@@ -322,11 +329,74 @@ pub struct ModelSource {
     #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}$"))]
     pub file: Option<String>,
     /// The weights' digest (`blake3:…`, as `relayminer digest` prints it): each pod
-    /// checks its weights before the engine starts and does not start on others. PVC and
-    /// image sources (the weights of a URI are downloaded by the engine itself).
+    /// checks its weights before the engine starts and does not start on others. PVC,
+    /// image and fetched (`hf://`, `https://`) sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^blake3:[0-9a-f]{64}$"))]
     pub digest: Option<String>,
+}
+
+/// The weight cache of a fetched model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightCache {
+    /// Its size: the weights, and room for one file being fetched.
+    #[serde(default = "default_cache_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    pub size: String,
+    /// Its StorageClass (the cluster's default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Who shares it: the replicas on one node (`ReadWriteOnce`), or all of them
+    /// (`ReadWriteMany`, where the storage offers it).
+    #[serde(default)]
+    pub access_mode: CacheAccess,
+    /// A hub token (`HF_TOKEN`) for gated or private repositories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+    /// Where `hf://` repositories are fetched from: a mirror in the Hugging Face hub's
+    /// URL layout (`https://huggingface.co` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/]+(/[^\s]*)?$"))]
+    pub hub_url: Option<String>,
+}
+
+impl Default for WeightCache {
+    fn default() -> Self {
+        Self {
+            size: default_cache_size(),
+            storage_class_name: None,
+            access_mode: CacheAccess::default(),
+            token_secret_ref: None,
+            hub_url: None,
+        }
+    }
+}
+
+fn default_cache_size() -> String {
+    "100Gi".into()
+}
+
+/// The access mode of a weight cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CacheAccess {
+    #[default]
+    ReadWriteOnce,
+    ReadWriteMany,
+}
+
+impl CacheAccess {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ReadWriteOnce => "ReadWriteOnce",
+            Self::ReadWriteMany => "ReadWriteMany",
+        }
+    }
+}
+
+/// Whether lode fetches `uri` itself (into the weight cache) before the engine starts.
+pub fn fetched_uri(uri: &str) -> bool {
+    uri.starts_with("hf://") || uri.starts_with("https://") || uri.starts_with("http://")
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

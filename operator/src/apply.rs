@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -37,6 +37,9 @@ where
 
 /// A ServiceModel's serving objects; the Deployment as stored (its status).
 pub async fn serving(client: &Client, o: &ServingObjects) -> Result<Deployment, kube::Error> {
+    if let Some(cache) = &o.weight_cache {
+        apply::<PersistentVolumeClaim>(client, cache).await?;
+    }
     apply::<ConfigMap>(client, &o.config).await?;
     let deployment = apply::<Deployment>(client, &o.deployment).await?;
     apply::<Service>(client, &o.service).await?;

@@ -56,10 +56,33 @@ pub fn service_model(sm: &ServiceModel) -> Result<(), BuildError> {
             kind.name()
         )));
     }
-    if sm.spec.model.digest.is_some() && sm.spec.model.uri.is_some() {
+    let m = &sm.spec.model;
+    let fetched = m.uri.as_deref().is_some_and(lode_crds::fetched_uri);
+    if m.digest.is_some() && m.uri.is_some() && !fetched {
         return Err(BuildError::Invalid(
-            "model.digest pins weights lode reads before the engine starts: a pvc or image source (an engine downloads a uri's weights itself)".into(),
+            "model.digest pins weights lode reads before the engine starts: a pvc, image, hf:// or https:// source (the engine loads other URIs itself)".into(),
         ));
+    }
+    if m.cache.is_some() && !fetched {
+        return Err(BuildError::Invalid(
+            "model.cache is the weight cache of a fetched uri (hf:// or https://)".into(),
+        ));
+    }
+    if let Some(repo) = m.uri.as_deref().and_then(|u| u.strip_prefix("hf://")) {
+        let (repo, rev) = repo.split_once('@').unwrap_or((repo, "main"));
+        let part = |p: &str| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if repo.split('/').count() != 2 || !repo.split('/').all(part) || !rev.split('/').all(part) {
+            return Err(BuildError::Invalid(format!(
+                "model.uri {:?}: an hf:// source is hf://<org>/<name>[@<revision>]",
+                m.uri.as_deref().unwrap_or("")
+            )));
+        }
     }
     match (&sm.spec.model.file, kind) {
         (None, EngineKind::Llamacpp) => {

@@ -123,6 +123,16 @@ async fn a_listed_service_model_gets_its_serving_objects_and_a_ready_status() {
             "{path}"
         );
         reply(send, 200, supplier_list(vec![supplier]));
+        // hf:// weights: their cache first, owned by the ServiceModel.
+        let cache = expect_apply(
+            &mut h,
+            "/api/v1/namespaces/lode/persistentvolumeclaims",
+            "qwen-7b-weights",
+            Value::Null,
+        )
+        .await;
+        assert_eq!(cache["metadata"]["ownerReferences"][0]["uid"], "sm-uid");
+        assert_eq!(cache["spec"]["resources"]["requests"]["storage"], "100Gi");
         let cm = expect_apply(
             &mut h,
             "/api/v1/namespaces/lode/configmaps",

@@ -2,6 +2,7 @@
 //! and prove passes and their scheduler) and `run` (both plus the store, in one process).
 //! The `relayminer` binary adds the command line.
 
+pub mod fetch;
 pub mod lifecycle;
 #[cfg(feature = "rocksdb")]
 pub mod run;

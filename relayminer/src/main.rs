@@ -92,6 +92,49 @@ enum Command {
     /// engine on weights that are not the ones its ServiceModel pins. Large files are
     /// memory-mapped and hashed on every core.
     Digest(DigestArgs),
+    /// Fetch model weights once into a weight cache (a volume that outlives pods).
+    ///
+    /// Files land in <CACHE>/weights: every file of an hf://<org>/<name>[@<revision>]
+    /// repository (or the --file ones), or the file at an https:// URL (or the --file
+    /// ones under it). A file already there, as recorded in <CACHE>/fetch/state.json, is
+    /// not fetched again, so a restarted pod needs no network; an interrupted download
+    /// resumes with a Range request. Sizes are checked against what the server declares
+    /// and against --max-gib before anything is written. A serving pod runs this before
+    /// `relayminer digest`.
+    Fetch(FetchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct FetchArgs {
+    /// hf://<org>/<name>[@<revision>] (revision `main` by default) or an https:// URL.
+    uri: String,
+    /// The weight cache; the files land in <CACHE>/weights.
+    #[arg(long)]
+    cache: PathBuf,
+    /// A file to fetch, relative to the repository or URL (repeat); default: every file
+    /// of the repository.
+    #[arg(long = "file", value_name = "PATH")]
+    files: Vec<String>,
+    /// The hub, or a mirror in its URL layout (`/api/models/<repo>/revision/<rev>`,
+    /// `/<repo>/resolve/<rev>/<file>`).
+    #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
+    hub: String,
+    /// A hub token for gated or private repositories (sent to the hub only).
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The most the weights may take, in GiB.
+    #[arg(long, default_value_t = 2048)]
+    max_gib: u64,
+    /// Give up on (and resume) a response that sends nothing for this long.
+    #[arg(long, default_value_t = 60)]
+    stall_seconds: u64,
+    /// Attempts per file.
+    #[arg(long, default_value_t = 5)]
+    attempts: u32,
+    /// Names this fetcher's partial-download folder, so pods sharing the cache never
+    /// write the same file (the pod's name).
+    #[arg(long, env = "POD_NAME", default_value = "local")]
+    worker: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -643,7 +686,49 @@ async fn main() -> anyhow::Result<()> {
         Command::Stake(args) => stake(args).await,
         Command::Unstake(args) => unstake(args).await,
         Command::Digest(args) => digest(args),
+        Command::Fetch(args) => fetch(args).await,
     }
+}
+
+async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
+    use lode_relayminer::fetch;
+    anyhow::ensure!(
+        !args.worker.is_empty()
+            && args.worker.len() <= 253
+            && args
+                .worker
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+        "--worker {:?}: letters, digits, '-', '_' and '.' only",
+        args.worker
+    );
+    let source = fetch::Source::parse(&args.uri)?;
+    let started = std::time::Instant::now();
+    let report = fetch::fetch(
+        &source,
+        &fetch::Options {
+            cache: args.cache.clone(),
+            files: args.files,
+            hub: args.hub,
+            token: args.token.filter(|t| !t.is_empty()),
+            max_bytes: args.max_gib.saturating_mul(1 << 30),
+            stall: Duration::from_secs(args.stall_seconds.max(1)),
+            attempts: args.attempts,
+            worker: args.worker,
+        },
+    )
+    .await
+    .with_context(|| format!("fetching {}", args.uri))?;
+    println!(
+        "{} files in {}: {} fetched now ({} bytes, {:.1} s), {} already there",
+        report.files,
+        args.cache.join("weights").display(),
+        report.downloaded,
+        report.bytes,
+        started.elapsed().as_secs_f64(),
+        report.files - report.downloaded
+    );
+    Ok(())
 }
 
 fn digest(args: DigestArgs) -> anyhow::Result<()> {

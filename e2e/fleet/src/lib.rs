@@ -5,6 +5,7 @@
 //! `tests/` (the fleet, chaos, autoscaling, the chart, the claim/prove lifecycle and the
 //! gateway end to end) run on it or on the same parts.
 
+pub mod hub;
 pub mod images;
 
 use std::net::SocketAddr;
@@ -81,6 +82,8 @@ pub struct FleetOptions {
     pub relay_policy: Option<String>,
     /// The engine of the sample ServiceModel.
     pub engine: FleetEngine,
+    /// The model hub the sample's weights are fetched from.
+    pub hub: SocketAddr,
 }
 
 impl FleetOptions {
@@ -100,6 +103,7 @@ impl FleetOptions {
             engine_args: Vec::new(),
             relay_policy: None,
             engine: FleetEngine::Sim,
+            hub: "127.0.0.1:0".parse().expect("address"),
         }
     }
 
@@ -122,32 +126,46 @@ impl FleetOptions {
     }
 }
 
-/// The tiny model's weights volume (a PersistentVolumeClaim) and its digest.
-pub const TINY_MODEL_PVC: &str = "tiny-llama-weights";
+/// Where the sample's weights come from: the fleet's model hub (on loopback, in the
+/// Hugging Face hub's layout), and the digest the llama.cpp sample pins.
+#[derive(Clone, Debug)]
+pub struct SampleWeights {
+    pub hub: SocketAddr,
+    pub digest: Option<String>,
+}
 
-/// The sample ServiceModel (and what it needs) for the fleet's engine; `digest` pins the
-/// llama.cpp model's weights.
-fn service_model_manifest(o: &FleetOptions, digest: Option<&str>) -> String {
+/// The hub repository of the llama.cpp sample's tiny model.
+pub const TINY_MODEL_REPO: &str = "lode/tiny-llama";
+
+/// The sample ServiceModel for the fleet's engine. Its weights are fetched from the
+/// fleet's hub into the model's weight cache (a PersistentVolumeClaim the operator
+/// creates) and digested before the engine starts.
+fn service_model_manifest(o: &FleetOptions, w: &SampleWeights) -> String {
     let ns = NAMESPACE;
+    let hub = w.hub;
     match &o.engine {
         FleetEngine::Sim => format!(
-            "# {MODEL} on vLLM (engine-sim stands in for it here), one GPU per pod.\n\
+            "# {MODEL} on vLLM (engine-sim stands in for it here), one GPU per pod. Its weights\n\
+             # (here a config file alone) come from the fleet's model hub, once, into a cache.\n\
              apiVersion: lode.pokt.network/v1alpha1\nkind: ServiceModel\nmetadata:\n  name: qwen-7b\n  namespace: {ns}\n\
-             spec:\n  serviceId: llm\n  modelName: {MODEL}\n  model: {{uri: \"hf://{MODEL}\"}}\n\
+             spec:\n  serviceId: llm\n  modelName: {MODEL}\n\
+             \x20 model:\n    uri: \"hf://{MODEL}\"\n    cache: {{size: 1Gi, hubUrl: \"http://{hub}\"}}\n\
              \x20 engine:\n    kind: vllm\n  gpus: {{count: 1}}\n  minReplicas: 1\n  maxReplicas: 4\n"
         ),
         FleetEngine::Llamacpp(_) => format!(
             "# A tiny llama (2 layers, random weights, written by scripts/tiny-gguf.py) on\n\
-             # llama.cpp's own server, on CPUs. Its weights are on a volume; the pods check\n\
-             # them against the pinned digest before the engine starts.\n\
-             apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {TINY_MODEL_PVC}\n  namespace: {ns}\n\
-             spec:\n  accessModes: [ReadOnlyMany]\n  resources: {{requests: {{storage: 1Gi}}}}\n---\n\
+             # llama.cpp's own server, on CPUs. Its one file comes from the fleet's model hub,\n\
+             # once, into a cache; the pods check it against the pinned digest before the\n\
+             # engine starts.\n\
              apiVersion: lode.pokt.network/v1alpha1\nkind: ServiceModel\nmetadata:\n  name: llamacpp-tiny\n  namespace: {ns}\n\
              spec:\n  serviceId: llm\n  modelName: {TINY_MODEL}\n\
-             \x20 model:\n    pvc: {TINY_MODEL_PVC}\n    file: {TINY_MODEL_FILE}\n{pin}\
+             \x20 model:\n    uri: \"hf://{TINY_MODEL_REPO}\"\n    file: {TINY_MODEL_FILE}\n{pin}\
+             \x20   cache: {{size: 1Gi, hubUrl: \"http://{hub}\"}}\n\
              \x20 engine:\n    kind: llamacpp\n    args: [--parallel, \"2\", --threads, \"1\"]\n\
              \x20 gpus: {{count: 0}}\n  minReplicas: 1\n  maxReplicas: 2\n",
-            pin = digest
+            pin = w
+                .digest
+                .as_ref()
                 .map(|d| format!("    digest: \"{d}\"\n"))
                 .unwrap_or_default(),
         ),
@@ -161,6 +179,8 @@ pub struct Fleet {
     pub sim: KubeSim,
     pub manifests: PathBuf,
     pub options: FleetOptions,
+    /// What the model hub served (the sample's weights, fetched once).
+    pub hub: Arc<hub::HubCounters>,
     running: Running,
     operator: tokio::process::Child,
     started: Instant,
@@ -180,7 +200,7 @@ pub fn manifests(
     config: &DevnetConfig,
     running: &Running,
     o: &FleetOptions,
-    weights_digest: Option<&str>,
+    weights: &SampleWeights,
 ) -> Vec<(String, String)> {
     let model = o.model();
     let service_model = o.service_model();
@@ -217,7 +237,7 @@ pub fn manifests(
         ),
         (
             "20-servicemodel.yaml".into(),
-            service_model_manifest(o, weights_digest),
+            service_model_manifest(o, weights),
         ),
         (
             "30-supplier.yaml".into(),
@@ -427,19 +447,33 @@ fn spawn_operator(
         .with_context(|| format!("starting {}", operator_bin.display()))
 }
 
-/// Writes the tiny model into its volume (kubesim keeps a PersistentVolumeClaim's files
-/// under `<root>/volumes/<namespace>/<claim>`) and returns its digest, as
-/// `relayminer digest` computes it.
-fn tiny_model(root: &std::path::Path, bin_dir: &std::path::Path) -> anyhow::Result<String> {
-    let dir = root.join("volumes").join(NAMESPACE).join(TINY_MODEL_PVC);
+/// Writes the sample's weights into the hub's folder: for engine-sim a config file
+/// standing for the model's repository; for llama.cpp the tiny model, with its digest
+/// as `relayminer digest` computes it.
+fn sample_weights(
+    hub_dir: &std::path::Path,
+    engine: &FleetEngine,
+    bin_dir: &std::path::Path,
+) -> anyhow::Result<Option<String>> {
+    if *engine == FleetEngine::Sim {
+        let dir = hub_dir.join(MODEL);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("config.json"),
+            "{\"model_type\": \"qwen2\", \"note\": \"engine-sim stands in for the model\"}\n",
+        )?;
+        return Ok(None);
+    }
+    let dir = hub_dir.join(TINY_MODEL_REPO);
     std::fs::create_dir_all(&dir)?;
-    let script = root.join("tiny-gguf.py");
+    let script = hub_dir.join("tiny-gguf.py");
     std::fs::write(&script, TINY_GGUF_SCRIPT)?;
     let out = std::process::Command::new("python3")
         .arg(&script)
         .arg(dir.join(TINY_MODEL_FILE))
         .output()
         .context("running python3 (the tiny model is written with the gguf package)")?;
+    std::fs::remove_file(&script)?;
     anyhow::ensure!(
         out.status.success(),
         "writing the tiny model: {}",
@@ -453,7 +487,7 @@ fn tiny_model(root: &std::path::Path, bin_dir: &std::path::Path) -> anyhow::Resu
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .find_map(|l| l.strip_prefix("model "))
-        .map(str::to_string)
+        .map(|d| Some(d.to_string()))
         .filter(|_| out.status.success())
         .ok_or_else(|| {
             anyhow::anyhow!(
@@ -526,11 +560,14 @@ impl Fleet {
         })
         .await?;
         lode_kubesim::write_kubeconfig(&sim.kubeconfig, sim.addr, NAMESPACE)?;
-        let digest = match &options.engine {
-            FleetEngine::Sim => None,
-            FleetEngine::Llamacpp(_) => Some(tiny_model(&root, &options.bin_dir)?),
-        };
-        for (name, text) in manifests(&devnet, &config, &running, &options, digest.as_deref()) {
+        let hub_dir = root.join("hub");
+        let _ = std::fs::remove_dir_all(&hub_dir);
+        let digest = sample_weights(&hub_dir, &options.engine, &options.bin_dir)?;
+        let (hub, hub_counters) = hub::serve(hub_dir, options.hub)
+            .await
+            .with_context(|| format!("starting the model hub on {}", options.hub))?;
+        let weights = SampleWeights { hub, digest };
+        for (name, text) in manifests(&devnet, &config, &running, &options, &weights) {
             std::fs::write(manifests_dir.join(name), text)?;
         }
         let operator = spawn_operator(&options.bin_dir, &root, &sim.kubeconfig)?;
@@ -539,6 +576,7 @@ impl Fleet {
             sim,
             manifests: manifests_dir,
             options: FleetOptions { root, ..options },
+            hub: hub_counters,
             running,
             operator,
             started,

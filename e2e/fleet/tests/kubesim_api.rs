@@ -396,8 +396,10 @@ async fn init_containers_run_in_order_before_the_app_and_a_failing_one_holds_it(
                     {"name": "check", "image": "sh", "volumeMounts": [{"name": "work", "mountPath": "/work"}],
                      "terminationMessagePolicy": "FallbackToLogsOnError",
                      "args": ["-c", check]}],
-                "containers": [{"name": "app", "image": "sh", "volumeMounts": [{"name": "work", "mountPath": "/work"}],
-                    "args": ["-c", "echo app >> /work/order; exec sleep 600"]}]}})
+                "containers": [{"name": "app", "image": "sh", "volumeMounts": [
+                        {"name": "work", "mountPath": "/work"},
+                        {"name": "work", "mountPath": "/part", "subPath": "sub/dir"}],
+                    "args": ["-c", "echo app >> /work/order; echo in-sub > /part/file; exec sleep 600"]}]}})
     };
     let file = root.path().join("pods.yaml");
     let docs = [
@@ -435,6 +437,15 @@ async fn init_containers_run_in_order_before_the_app_and_a_failing_one_holds_it(
     assert_eq!(
         std::fs::read_to_string(&pod_dir).expect("order"),
         "one\ntwo\napp\n"
+    );
+    // A subPath mount is that folder of the volume.
+    assert_eq!(
+        std::fs::read_to_string(
+            root.path()
+                .join("pods/default_good/volumes/work/sub/dir/file")
+        )
+        .expect("subPath file"),
+        "in-sub\n"
     );
     assert_eq!(
         get(

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lode_fleet::{DEVNET_API_KEY, Fleet, FleetEngine, TINY_MODEL};
@@ -179,10 +180,28 @@ async fn the_fleet_serves_mines_and_proves_on_the_real_llama_cpp_engine() {
     assert!(engine_log.contains("model loaded"), "{engine_log}");
 
     // The digest the pods checked is the one of the files, and kubectl shows it.
+    // Its weights came from the fleet's hub, once, into the weight cache the operator
+    // made (kubesim keeps a claim's files under volumes/<namespace>/<claim>).
+    assert_eq!(
+        fleet.hub.downloads.load(Ordering::Relaxed),
+        1,
+        "fetched once"
+    );
     let volume = root
         .path()
-        .join("volumes/lode")
-        .join(lode_fleet::TINY_MODEL_PVC);
+        .join("volumes/lode/llamacpp-tiny-weights/weights");
+    assert!(volume.join(lode_fleet::TINY_MODEL_FILE).is_file());
+    let (_, owner) = kubectl(
+        &kc,
+        &[
+            "get",
+            "pvc",
+            "llamacpp-tiny-weights",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].kind}",
+        ],
+    );
+    assert_eq!(owner, "ServiceModel");
     let out = std::process::Command::new(lode_testkit::fleet_bins().join("relayminer"))
         .arg("digest")
         .arg(&volume)
@@ -472,5 +491,11 @@ async fn the_fleet_serves_mines_and_proves_on_the_real_llama_cpp_engine() {
         async || fleet.chat("verified").await.ok(),
     )
     .await;
+    // Three pods have started on the weight cache: the weights were fetched once.
+    assert_eq!(
+        fleet.hub.downloads.load(Ordering::Relaxed),
+        1,
+        "fetched once"
+    );
     fleet.shutdown().await;
 }

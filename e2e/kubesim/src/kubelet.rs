@@ -611,9 +611,19 @@ impl Kubelet {
             let (Some(path), Some(vol)) = (m["mountPath"].as_str(), m["name"].as_str()) else {
                 continue;
             };
-            let local = mounts
+            let mut local = mounts
                 .get(vol)
-                .ok_or_else(|| format!("volume {vol:?} is not declared"))?;
+                .ok_or_else(|| format!("volume {vol:?} is not declared"))?
+                .clone();
+            // A subPath mounts a folder of the volume (made when missing, as the
+            // kubelet does); one that leaves the volume is refused.
+            if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
+                if sub.starts_with('/') || sub.split('/').any(|p| p == "..") {
+                    return Err(format!("subPath {sub:?} must stay inside volume {vol:?}"));
+                }
+                local = local.join(sub);
+                std::fs::create_dir_all(&local).map_err(|e| format!("{}: {e}", local.display()))?;
+            }
             rw.paths
                 .push((path.to_string(), local.display().to_string()));
         }

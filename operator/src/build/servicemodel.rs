@@ -9,9 +9,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
     SecretKeySelector, SecurityContext, Service, ServiceSpec, TCPSocketAction, Toleration, Volume,
-    VolumeMount,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -38,12 +39,118 @@ const MODELS: &str = "/models";
 /// The init container that digests the weights; its termination message is the report.
 pub const WEIGHTS_DIGEST: &str = "weights-digest";
 const TERMINATION_LOG: &str = "/dev/termination-log";
+/// Where the fetch step mounts the weight cache (the weights are its `weights/`).
+const CACHE: &str = "/cache";
+/// The init container that fetches a URI's weights into the weight cache.
+pub const WEIGHTS_FETCH: &str = "weights-fetch";
+
+/// The weight cache's claim name.
+pub fn weight_cache_name(sm: &ServiceModel) -> String {
+    format!("{}-weights", name_of(sm))
+}
+
+/// Whether lode fetches the model's weights (an `hf://` or `https://` URI).
+fn fetched(sm: &ServiceModel) -> bool {
+    sm.spec
+        .model
+        .uri
+        .as_deref()
+        .is_some_and(lode_crds::fetched_uri)
+}
+
+/// The weight cache of a fetched model: owned by the ServiceModel, so it outlives pods
+/// and goes with the model.
+fn weight_cache(sm: &ServiceModel) -> Result<Option<PersistentVolumeClaim>, BuildError> {
+    if !fetched(sm) {
+        return Ok(None);
+    }
+    let cache = sm.spec.model.cache.clone().unwrap_or_default();
+    Ok(Some(PersistentVolumeClaim {
+        metadata: child_meta(
+            sm,
+            weight_cache_name(sm),
+            labels(&name_of(sm), component::SERVE),
+        )?,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec![cache.access_mode.name().into()]),
+            storage_class_name: cache.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(cache.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }))
+}
+
+/// The init step that fetches a URI's weights into the cache (once: a restarted pod
+/// finds them there), before they are digested: `relayminer fetch`.
+fn fetch_step(sm: &ServiceModel, images: &Images) -> Container {
+    let m = &sm.spec.model;
+    let mut args = vec![
+        "fetch".to_string(),
+        m.uri.clone().unwrap_or_default(),
+        "--cache".into(),
+        CACHE.into(),
+    ];
+    if let Some(f) = &m.file {
+        args.extend(["--file".into(), f.clone()]);
+    }
+    if let Some(hub) = m.cache.as_ref().and_then(|c| c.hub_url.as_ref()) {
+        args.extend(["--hub".into(), hub.clone()]);
+    }
+    let mut env = vec![EnvVar {
+        name: "POD_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }];
+    if let Some(t) = m.cache.as_ref().and_then(|c| c.token_secret_ref.as_ref()) {
+        env.push(EnvVar {
+            name: "HF_TOKEN".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: t.name.clone(),
+                    key: t.key.clone(),
+                    ..SecretKeySelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+    Container {
+        name: WEIGHTS_FETCH.into(),
+        image: Some(images.relayminer.clone()),
+        args: Some(args),
+        env: Some(env),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "models".into(),
+            mount_path: CACHE.into(),
+            ..VolumeMount::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(locked_down()),
+        ..Container::default()
+    }
+}
 /// The engine's `$HOME` (an emptyDir).
 const ENGINE_HOME: &str = "/home/engine";
 
 /// Everything one ServiceModel becomes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServingObjects {
+    /// The weight cache of a fetched model (`<name>-weights`).
+    pub weight_cache: Option<PersistentVolumeClaim>,
     pub config: ConfigMap,
     pub deployment: Deployment,
     pub service: Service,
@@ -214,11 +321,29 @@ fn model_source(sm: &ServiceModel, images: &Images) -> (String, Vec<Volume>, Vec
         };
         return (MODELS.into(), models_volume(empty), vec![init]);
     }
-    // A URI: `hf://org/name` is a Hugging Face id the engine downloads (into the pod's
-    // cache volume); other schemes are passed to the engine as they are.
-    let uri = m.uri.clone().unwrap_or_default();
-    let model = uri.strip_prefix("hf://").unwrap_or(&uri).to_string();
-    (model, models_volume(empty), Vec::new())
+    // An `hf://` or `https://` URI: fetched into the weight cache, whose `weights/` the
+    // engine reads as its model directory.
+    if fetched(sm) {
+        let v = Volume {
+            name: "models".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: weight_cache_name(sm),
+                read_only: None,
+            }),
+            ..Volume::default()
+        };
+        return (
+            MODELS.into(),
+            models_volume(v),
+            vec![fetch_step(sm, images)],
+        );
+    }
+    // Other schemes (`s3://…`) are passed to the engine, which loads them itself.
+    (
+        m.uri.clone().unwrap_or_default(),
+        models_volume(empty),
+        Vec::new(),
+    )
 }
 
 /// The engine container for the ServiceModel's kind.
@@ -376,15 +501,14 @@ fn engine_container(sm: &ServiceModel, images: &Images, model: &str) -> Containe
 fn llamacpp_args(sm: &ServiceModel, model_dir: &str, port: i32) -> Vec<String> {
     let m = &sm.spec.model;
     let file = m.file.clone().unwrap_or_default();
+    // Fetched and local weights are a file in the model directory; another URI is
+    // llama.cpp's to download.
     let mut args: Vec<String> = match m.uri.as_deref() {
-        Some(uri) => match uri.strip_prefix("hf://") {
-            Some(repo) => vec!["--hf-repo".into(), repo.into(), "--hf-file".into(), file],
-            None => vec![
-                "--model-url".into(),
-                format!("{}/{file}", uri.trim_end_matches('/')),
-            ],
-        },
-        None => vec!["--model".into(), format!("{model_dir}/{file}")],
+        Some(uri) if !lode_crds::fetched_uri(uri) => vec![
+            "--model-url".into(),
+            format!("{}/{file}", uri.trim_end_matches('/')),
+        ],
+        _ => vec!["--model".into(), format!("{model_dir}/{file}")],
     };
     args.extend([
         "--alias".into(),
@@ -503,9 +627,9 @@ pub fn serving(
         .as_ref()
         .map(|p| BTreeMap::from([("nvidia.com/gpu.product".to_string(), p.clone())]));
     let (model, mut volumes, mut init) = model_source(sm, images);
-    // Weights on a volume are digested before the engine starts (a download is the
-    // engine's own, and validation refuses a pin on it).
-    if sm.spec.model.uri.is_none() {
+    // Weights lode reads (a volume, an image, a fetch) are digested before the engine
+    // starts (another URI is the engine's own download; validation refuses a pin on it).
+    if sm.spec.model.uri.is_none() || fetched(sm) {
         init.push(digest_check(images, sm.spec.model.digest.as_deref()));
     }
     volumes.extend([
@@ -531,6 +655,21 @@ pub fn serving(
     ]);
     let hash = Sha256::digest(yaml.as_bytes());
     let hash: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut engine = engine_container(sm, images, &model);
+    if fetched(sm) {
+        // The engine and the digest step see the cache's `weights/` as /models.
+        for c in init
+            .iter_mut()
+            .filter(|c| c.name == WEIGHTS_DIGEST)
+            .chain(std::iter::once(&mut engine))
+        {
+            for m in c.volume_mounts.iter_mut().flatten() {
+                if m.name == "models" && m.mount_path == MODELS {
+                    m.sub_path = Some("weights".into());
+                }
+            }
+        }
+    }
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels.clone()),
@@ -539,10 +678,7 @@ pub fn serving(
         }),
         spec: Some(PodSpec {
             init_containers: (!init.is_empty()).then_some(init),
-            containers: vec![
-                engine_container(sm, images, &model),
-                serve_container(supplier, images),
-            ],
+            containers: vec![engine, serve_container(supplier, images)],
             volumes: Some(volumes),
             tolerations: (!tolerations.is_empty()).then_some(tolerations),
             node_selector,
@@ -600,6 +736,7 @@ pub fn serving(
     };
     let network_policy = serving_network_policy(child_meta(sm, name, labels)?, select);
     Ok(ServingObjects {
+        weight_cache: weight_cache(sm)?,
         config,
         deployment,
         service,
@@ -649,7 +786,8 @@ mod tests {
         let (engine, serve) = (&p.containers[0], &p.containers[1]);
         assert_eq!(engine.image.as_deref(), Some("vllm/vllm-openai:v0.11.0"));
         let args = engine.args.clone().expect("args");
-        assert_eq!(&args[..2], ["--model", "Qwen/Qwen2.5-7B-Instruct"]);
+        // hf:// weights are fetched into the weight cache: the engine reads a directory.
+        assert_eq!(&args[..2], ["--model", MODELS]);
         assert!(
             args.ends_with(&["--max-model-len".into(), "8192".into()]),
             "spec args last"
@@ -819,12 +957,184 @@ mod tests {
             (MODELS, Some(true))
         );
         assert_eq!(check.security_context, Some(locked_down()));
-        // Weights the engine downloads itself cannot be pinned (yet): said so.
+        // Weights the engine downloads itself (an s3:// URI) cannot be pinned: said so.
         let mut downloaded = sample_model();
-        downloaded.spec.model.digest = Some(pin);
+        downloaded.spec.model.uri = Some("s3://bucket/qwen".into());
+        downloaded.spec.model.digest = Some(pin.clone());
         assert!(matches!(
             serving(&downloaded, &s, &images),
-            Err(BuildError::Invalid(why)) if why.contains("pvc or image source")
+            Err(BuildError::Invalid(why)) if why.contains("the engine loads other URIs itself")
+        ));
+        let o = serving(
+            &{
+                let mut m = downloaded.clone();
+                m.spec.model.digest = None;
+                m
+            },
+            &s,
+            &images,
+        )
+        .expect("builds");
+        assert_eq!(o.weight_cache, None, "nothing fetched, no cache");
+        assert_eq!(pod(&o).init_containers, None);
+        assert_eq!(
+            &pod(&o).containers[0].args.clone().expect("args")[..2],
+            ["--model", "s3://bucket/qwen"]
+        );
+    }
+
+    /// An hf:// or https:// source: fetched once into the ServiceModel's weight cache
+    /// (a claim it owns), digested, then read by the engine from the cache's `weights/`.
+    #[test]
+    fn fetched_weights_go_to_a_cache_then_the_digest_then_the_engine() {
+        let (mut sm, s, images) = (sample_model(), sample_supplier(), Images::default());
+        sm.metadata.uid = Some("5e1f".into());
+        sm.spec.model.uri = Some("hf://Qwen/Qwen2.5-7B-Instruct@a1b2c3".into());
+        let pin = format!("blake3:{}", "cd".repeat(32));
+        sm.spec.model.digest = Some(pin.clone());
+        sm.spec.model.cache = Some(lode_crds::WeightCache {
+            size: "40Gi".into(),
+            storage_class_name: Some("fast".into()),
+            access_mode: lode_crds::CacheAccess::ReadWriteMany,
+            token_secret_ref: Some(lode_crds::SecretKeyRef {
+                name: "hf".into(),
+                key: "token".into(),
+            }),
+            hub_url: None,
+        });
+        let o = serving(&sm, &s, &images).expect("builds");
+        let cache = o.weight_cache.clone().expect("a weight cache");
+        assert_eq!(cache.metadata.name.as_deref(), Some("qwen-7b-weights"));
+        assert_eq!(
+            cache.metadata.owner_references.expect("owned")[0].kind,
+            "ServiceModel"
+        );
+        let spec = cache.spec.expect("spec");
+        assert_eq!(spec.access_modes, Some(vec!["ReadWriteMany".to_string()]));
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            spec.resources
+                .expect("resources")
+                .requests
+                .expect("requests")["storage"],
+            Quantity("40Gi".into())
+        );
+        let p = pod(&o);
+        let volume = &p.volumes.clone().expect("volumes")[0];
+        assert_eq!(
+            volume
+                .persistent_volume_claim
+                .as_ref()
+                .map(|c| (c.claim_name.as_str(), c.read_only)),
+            Some(("qwen-7b-weights", None))
+        );
+        let inits = p.init_containers.clone().expect("init");
+        assert_eq!(
+            inits.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            [WEIGHTS_FETCH, WEIGHTS_DIGEST]
+        );
+        let fetch = &inits[0];
+        assert_eq!(fetch.image, Some(images.relayminer.clone()));
+        assert_eq!(
+            fetch.args.clone().expect("args"),
+            [
+                "fetch",
+                "hf://Qwen/Qwen2.5-7B-Instruct@a1b2c3",
+                "--cache",
+                CACHE
+            ]
+        );
+        let env = fetch.env.clone().expect("env");
+        assert!(env.iter().any(|e| {
+            e.name == "POD_NAME"
+                && e.value_from
+                    .as_ref()
+                    .and_then(|v| v.field_ref.as_ref())
+                    .map(|f| f.field_path.as_str())
+                    == Some("metadata.name")
+        }));
+        assert!(env.iter().any(|e| {
+            e.name == "HF_TOKEN"
+                && e.value_from
+                    .as_ref()
+                    .and_then(|v| v.secret_key_ref.as_ref())
+                    .map(|r| (r.name.as_str(), r.key.as_str()))
+                    == Some(("hf", "token"))
+        }));
+        assert_eq!(fetch.security_context, Some(locked_down()));
+        let cache_mount = &fetch.volume_mounts.clone().expect("mounts")[0];
+        assert_eq!(
+            (
+                cache_mount.mount_path.as_str(),
+                cache_mount.sub_path.as_deref()
+            ),
+            (CACHE, None)
+        );
+        // The digest step and the engine see the cache's weights/ as /models.
+        let digest_mount = &inits[1].volume_mounts.clone().expect("mounts")[0];
+        assert_eq!(
+            (
+                digest_mount.mount_path.as_str(),
+                digest_mount.sub_path.as_deref(),
+                digest_mount.read_only
+            ),
+            (MODELS, Some("weights"), Some(true))
+        );
+        assert!(
+            inits[1]
+                .args
+                .clone()
+                .expect("args")
+                .ends_with(&["--expect".into(), pin])
+        );
+        let engine = &p.containers[0];
+        assert!(
+            engine
+                .volume_mounts
+                .clone()
+                .expect("mounts")
+                .iter()
+                .any(|m| m.mount_path == MODELS && m.sub_path.as_deref() == Some("weights"))
+        );
+        assert_eq!(
+            &engine.args.clone().expect("args")[..2],
+            ["--model", MODELS]
+        );
+
+        // A llama.cpp file from a hub repository: fetched alone, loaded from the cache.
+        sm.spec.engine.kind = EngineKind::Llamacpp;
+        sm.spec.model.file = Some("q4.gguf".into());
+        if let Some(c) = sm.spec.model.cache.as_mut() {
+            c.hub_url = Some("http://hub-mirror.internal".into());
+        }
+        let p = pod(&serving(&sm, &s, &images).expect("builds"));
+        let inits = p.init_containers.clone().expect("init");
+        assert!(inits[0].args.clone().expect("args").ends_with(&[
+            "--file".into(),
+            "q4.gguf".into(),
+            "--hub".into(),
+            "http://hub-mirror.internal".into()
+        ]));
+        assert_eq!(
+            &p.containers[0].args.clone().expect("args")[..2],
+            ["--model", "/models/q4.gguf"]
+        );
+
+        // Malformed hub ids and a cache without a fetched source are refused.
+        for bad in ["hf://org", "hf://org/m/x", "hf://org/m@../x", "hf://o rg/m"] {
+            let mut m = sm.clone();
+            m.spec.model.uri = Some(bad.into());
+            assert!(
+                matches!(serving(&m, &s, &images), Err(BuildError::Invalid(why)) if why.contains("hf://<org>/<name>")),
+                "{bad}"
+            );
+        }
+        let mut m = sm.clone();
+        m.spec.model.uri = None;
+        m.spec.model.pvc = Some("weights".into());
+        assert!(matches!(
+            serving(&m, &s, &images),
+            Err(BuildError::Invalid(why)) if why.contains("model.cache is the weight cache")
         ));
     }
 
@@ -925,7 +1235,8 @@ mod tests {
             Some("/health")
         );
 
-        // With GPUs: the CUDA build, every layer offloaded; from a hub repository.
+        // With GPUs: the CUDA build, every layer offloaded; from a hub repository, the
+        // file fetched into the weight cache first.
         sm.spec.gpus.count = 1;
         sm.spec.model = lode_crds::ModelSource {
             uri: Some("hf://Qwen/Qwen2.5-0.5B-Instruct-GGUF".into()),
@@ -936,22 +1247,18 @@ mod tests {
         assert_eq!(engine.image, Some(images.llamacpp_cuda.clone()));
         let args = engine.args.expect("args");
         assert_eq!(
-            &args[..4],
-            [
-                "--hf-repo",
-                "Qwen/Qwen2.5-0.5B-Instruct-GGUF",
-                "--hf-file",
-                "qwen2.5-0.5b-instruct-q4_k_m.gguf"
-            ]
+            &args[..2],
+            ["--model", "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf"]
         );
         assert!(args.ends_with(&["--n-gpu-layers".into(), "999".into()]));
-        sm.spec.model.uri = Some("https://models.example.com/qwen/".into());
+        // A URI lode does not fetch: llama.cpp downloads it.
+        sm.spec.model.uri = Some("s3://models/qwen".into());
         let engine = pod(&serving(&sm, &s, &images).expect("builds")).containers[0].clone();
         assert_eq!(
             &engine.args.expect("args")[..2],
             [
                 "--model-url",
-                "https://models.example.com/qwen/qwen2.5-0.5b-instruct-q4_k_m.gguf"
+                "s3://models/qwen/qwen2.5-0.5b-instruct-q4_k_m.gguf"
             ]
         );
 
