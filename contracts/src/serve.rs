@@ -305,6 +305,11 @@ pub struct ServeConfig {
     /// Timeouts and the in-flight body budget of the relay port.
     #[serde(default = "default_limits")]
     pub limits: ConnectionLimits,
+    /// A file holding the digest of the weights the engine beside serve loads
+    /// (`blake3:<64 hex>`, as the pod's `weights-digest` step writes it): shown on
+    /// `/metrics` as `lode_serve_model_info{digest="…"} 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_digest_file: Option<PathBuf>,
 }
 
 fn default_triton_model() -> String {
@@ -368,6 +373,7 @@ impl ServeConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             ring_table_mib: DEFAULT_RING_TABLE_MIB,
             limits: default_limits(),
+            model_digest_file: None,
         }
     }
 

@@ -144,11 +144,12 @@ struct DigestArgs {
     /// The digest the weights must have (`blake3:<64 hex digits>`, or the hex alone).
     #[arg(long, value_name = "DIGEST")]
     expect: Option<String>,
-    /// Also write the outcome as one line to FILE: `blake3:<digest>`, or why the weights
-    /// were refused. A pod's init step writes it to its termination message
-    /// (/dev/termination-log), where the operator reads it into the ServiceModel's status.
+    /// Also write the outcome as one line to FILE (repeat for several): `blake3:<digest>`,
+    /// or why the weights were refused. A pod's init step writes it to its termination
+    /// message (/dev/termination-log), where the operator reads it into the
+    /// ServiceModel's status, and to a file serve shows on /metrics.
     #[arg(long, value_name = "FILE")]
-    report: Option<PathBuf>,
+    report: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -733,7 +734,7 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
 
 fn digest(args: DigestArgs) -> anyhow::Result<()> {
     let outcome = digest_weights(&args);
-    if let Some(report) = &args.report {
+    for report in &args.report {
         let line = match &outcome {
             Ok(digest) => format!("blake3:{digest}\n"),
             Err(e) => format!("{e:#}\n"),

@@ -56,12 +56,14 @@ import openai
 client = openai.OpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0, timeout=30)
 model = sys.argv[3]
 ask = [{"role": "system", "content": "You are a tiny model."}, {"role": "user", "content": "Say something."}]
-r = client.chat.completions.create(model=model, messages=ask, max_tokens=16)
+# ignore_eos (llama.cpp's): random weights would otherwise end an answer any time.
+always16 = {"ignore_eos": True}
+r = client.chat.completions.create(model=model, messages=ask, max_tokens=16, extra_body=always16)
 out = {"chat": {"content": r.choices[0].message.content, "finish": r.choices[0].finish_reason,
                 "model": r.model, "usage": r.usage.model_dump(exclude_none=True)}}
 parts, usage, chunks = [], None, 0
 for ch in client.chat.completions.create(model=model, messages=ask, max_tokens=16, stream=True,
-                                         stream_options={"include_usage": True}):
+                                         stream_options={"include_usage": True}, extra_body=always16):
     chunks += 1
     if ch.choices:
         parts.append(ch.choices[0].delta.content or "")
@@ -224,6 +226,22 @@ async fn the_fleet_serves_mines_and_proves_on_the_real_llama_cpp_engine() {
     assert!(
         table.lines().next().unwrap_or("").contains("DIGEST"),
         "{table}"
+    );
+    // serve shows the digest of the weights beside it.
+    let serve_ip = fleet
+        .sim
+        .store
+        .list(&lode_kubesim::resources::Res::new("", "pods"), Some("lode"))
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "serve")
+        .and_then(|p| p["status"]["podIP"].as_str().map(String::from))
+        .expect("a serving pod");
+    let metrics = lode_fleet::http_get(&format!("{serve_ip}:9091"), "/metrics")
+        .await
+        .expect("serve's metrics");
+    assert!(
+        metrics.contains(&format!("lode_serve_model_info{{digest=\"{digest}\"}} 1")),
+        "{metrics}"
     );
     let (_, verified) = kubectl(
         &kc,

@@ -39,6 +39,9 @@ const MODELS: &str = "/models";
 /// The init container that digests the weights; its termination message is the report.
 pub const WEIGHTS_DIGEST: &str = "weights-digest";
 const TERMINATION_LOG: &str = "/dev/termination-log";
+/// Where the digest step leaves its report for serve (an emptyDir of the pod).
+const WEIGHTS_REPORT_DIR: &str = "/run/lode/weights";
+const WEIGHTS_REPORT: &str = "/run/lode/weights/digest";
 /// Where the fetch step mounts the weight cache (the weights are its `weights/`).
 const CACHE: &str = "/cache";
 /// The init container that fetches a URI's weights into the weight cache.
@@ -201,7 +204,15 @@ pub fn serve_config(sm: &ServiceModel, supplier: &Supplier) -> ServeConfig {
     config.listen = format!("0.0.0.0:{}", ports::RELAY);
     config.admin = format!("0.0.0.0:{}", ports::SERVE_ADMIN);
     config.refuse_placeholder_ring = s.refuse_placeholder_ring;
+    if digested(sm) {
+        config.model_digest_file = Some(WEIGHTS_REPORT.into());
+    }
     config
+}
+
+/// Whether the pods digest the weights before the engine starts (lode reads them).
+fn digested(sm: &ServiceModel) -> bool {
+    sm.spec.model.uri.is_none() || fetched(sm)
 }
 
 /// The text of serve's ConfigMap: a line saying where it comes from, then the YAML.
@@ -258,6 +269,8 @@ fn digest_check(images: &Images, pin: Option<&str>) -> Container {
         MODELS.into(),
         "--report".into(),
         TERMINATION_LOG.into(),
+        "--report".into(),
+        WEIGHTS_REPORT.into(),
     ];
     if let Some(pin) = pin {
         args.extend(["--expect".into(), pin.into()]);
@@ -266,12 +279,19 @@ fn digest_check(images: &Images, pin: Option<&str>) -> Container {
         name: WEIGHTS_DIGEST.into(),
         image: Some(images.relayminer.clone()),
         args: Some(args),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "models".into(),
-            mount_path: MODELS.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "models".into(),
+                mount_path: MODELS.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "weights-report".into(),
+                mount_path: WEIGHTS_REPORT_DIR.into(),
+                ..VolumeMount::default()
+            },
+        ]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(locked_down()),
         ..Container::default()
@@ -629,8 +649,13 @@ pub fn serving(
     let (model, mut volumes, mut init) = model_source(sm, images);
     // Weights lode reads (a volume, an image, a fetch) are digested before the engine
     // starts (another URI is the engine's own download; validation refuses a pin on it).
-    if sm.spec.model.uri.is_none() || fetched(sm) {
+    if digested(sm) {
         init.push(digest_check(images, sm.spec.model.digest.as_deref()));
+        volumes.push(Volume {
+            name: "weights-report".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
     }
     volumes.extend([
         Volume {
@@ -655,6 +680,19 @@ pub fn serving(
     ]);
     let hash = Sha256::digest(yaml.as_bytes());
     let hash: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut serve = serve_container(supplier, images);
+    if digested(sm) {
+        // serve shows the digest its pod's weights had on /metrics.
+        serve
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: "weights-report".into(),
+                mount_path: WEIGHTS_REPORT_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+    }
     let mut engine = engine_container(sm, images, &model);
     if fetched(sm) {
         // The engine and the digest step see the cache's `weights/` as /models.
@@ -678,7 +716,7 @@ pub fn serving(
         }),
         spec: Some(PodSpec {
             init_containers: (!init.is_empty()).then_some(init),
-            containers: vec![engine, serve_container(supplier, images)],
+            containers: vec![engine, serve],
             volumes: Some(volumes),
             tolerations: (!tolerations.is_empty()).then_some(tolerations),
             node_selector,
@@ -911,7 +949,28 @@ mod tests {
         assert_eq!(inits.len(), 1);
         assert_eq!(
             inits[0].args.clone().expect("args"),
-            ["digest", MODELS, "--report", TERMINATION_LOG]
+            [
+                "digest",
+                MODELS,
+                "--report",
+                TERMINATION_LOG,
+                "--report",
+                WEIGHTS_REPORT
+            ]
+        );
+        // serve reads what the step found, for its /metrics.
+        let config = serve_config(&sm, &s);
+        assert_eq!(
+            config.model_digest_file.as_deref(),
+            Some(std::path::Path::new(WEIGHTS_REPORT))
+        );
+        assert!(
+            p.containers[1]
+                .volume_mounts
+                .clone()
+                .expect("mounts")
+                .iter()
+                .any(|m| { m.mount_path == WEIGHTS_REPORT_DIR && m.read_only == Some(true) })
         );
         let v = &p.volumes.expect("volumes")[0];
         assert_eq!(
@@ -947,6 +1006,8 @@ mod tests {
                 MODELS,
                 "--report",
                 TERMINATION_LOG,
+                "--report",
+                WEIGHTS_REPORT,
                 "--expect",
                 pin.as_str()
             ]

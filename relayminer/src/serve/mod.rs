@@ -92,6 +92,29 @@ struct Admin {
     engines_ok: Arc<AtomicBool>,
     /// Claim and proof counters when serve runs inside `relayminer run`.
     lifecycle: Option<Arc<crate::lifecycle::LifecycleMetrics>>,
+    /// The digest of the engine's weights, when the pod's digest step wrote one.
+    model_digest: Option<String>,
+}
+
+/// The weights' digest from `path` (at most 256 bytes, `blake3:<64 hex>`); `None`, said
+/// in the log, when it is missing or not a digest.
+fn read_model_digest(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(256).read_to_string(&mut text));
+    if let Err(e) = read {
+        tracing::warn!(path = %path.display(), error = %e, "no weights digest to show");
+        return None;
+    }
+    let d = text.trim();
+    let ok = d
+        .strip_prefix("blake3:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        tracing::warn!(path = %path.display(), "the weights digest file holds no blake3 digest");
+        return None;
+    }
+    Some(d.to_ascii_lowercase())
 }
 
 /// Concurrent relays on one HTTP/2 connection (a gateway's), at most.
@@ -194,6 +217,11 @@ pub async fn start_with(
         state: state.clone(),
         engines_ok: engines_ok.clone(),
         lifecycle,
+        model_digest: state
+            .config
+            .model_digest_file
+            .as_deref()
+            .and_then(read_model_digest),
     };
     let admin_app = Router::new()
         .route("/metrics", get(metrics_page))
@@ -289,6 +317,14 @@ async fn metrics_page(State(a): State<Admin>) -> Response {
     if let Some(l) = &a.lifecycle {
         body.push_str(&l.render());
     }
+    if let Some(d) = &a.model_digest {
+        body.push_str(&format!(
+            "# HELP lode_serve_model_info The weights the engine loads, by their BLAKE3 digest.
+             # TYPE lode_serve_model_info gauge
+lode_serve_model_info{{digest=\"{d}\"}} 1
+"
+        ));
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -345,4 +381,29 @@ async fn demand(State(a): State<Admin>) -> Response {
         services: s.metrics.demand(s.shipper.queued() as u64),
     })
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_weights_digest_shown_is_one_or_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("digest");
+        let d = format!("blake3:{}", "Ab".repeat(32));
+        std::fs::write(&f, format!("{d}\n")).expect("write");
+        assert_eq!(read_model_digest(&f), Some(d.to_ascii_lowercase()));
+        // Missing, garbage, a refusal's message, or more than 256 bytes: nothing shown.
+        assert_eq!(read_model_digest(&dir.path().join("missing")), None);
+        for bad in [
+            "sha256:00".to_string(),
+            "the weights in /models have digest blake3:…".to_string(),
+            format!("{}{d}", " ".repeat(300)),
+            format!("blake3:{}\"}} 1\nevil 1", "a".repeat(64)),
+        ] {
+            std::fs::write(&f, bad.as_bytes()).expect("write");
+            assert_eq!(read_model_digest(&f), None, "{bad:?}");
+        }
+    }
 }
