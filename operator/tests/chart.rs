@@ -56,6 +56,8 @@ fn the_chart_lints_and_renders_objects_that_pass_the_kubernetes_schemas() {
         "--set",
         "metrics.serviceMonitor.enabled=true",
         "--set",
+        "metrics.podMonitor.enabled=true",
+        "--set",
         "metrics.prometheusRule.enabled=true",
     ];
     let text = render(&all);
@@ -97,7 +99,7 @@ fn the_chart_lints_and_renders_objects_that_pass_the_kubernetes_schemas() {
         "{report}"
     );
     // prometheus-operator's kinds have no schema in kubernetes-validate: it says so.
-    for kind in ["ServiceMonitor", "PrometheusRule"] {
+    for kind in ["ServiceMonitor", "PodMonitor", "PrometheusRule"] {
         assert!(
             report.contains(&format!("Couldn't find schema for kind {kind}")),
             "{kind}: {report}"
@@ -119,7 +121,24 @@ fn the_chart_lints_and_renders_objects_that_pass_the_kubernetes_schemas() {
         plain.contains("resources: [\"secrets\"]\n    verbs: [\"create\"]"),
         "{plain}"
     );
-    assert!(!plain.contains("kind: ServiceMonitor") && !plain.contains("kind: PrometheusRule"));
+    assert!(
+        !plain.contains("kind: ServiceMonitor")
+            && !plain.contains("kind: PodMonitor")
+            && !plain.contains("kind: PrometheusRule")
+    );
+    // The PodMonitor scrapes serve and the engine of the pods lode made.
+    assert!(
+        text.contains("app.kubernetes.io/managed-by: lode-operator"),
+        "{text}"
+    );
+    assert!(text.contains("- port: engine"), "{text}");
+    // The operator creates weight caches (PersistentVolumeClaims) and nothing reads them.
+    assert!(
+        plain.contains(
+            "resources: [\"persistentvolumeclaims\"]\n    verbs: [\"get\", \"create\", \"patch\"]"
+        ),
+        "{plain}"
+    );
     assert!(
         plain.contains("image: ghcr.io/lode-pokt/lode-operator:0.1.0"),
         "{plain}"
@@ -211,6 +230,9 @@ fn the_values_schema_refuses_bad_values_with_clear_messages() {
         "Rewards claimed (uPOKT per hour)",
         "Replicas vs demand",
         "Relay latency percentiles (serve)",
+        "Engine requests running and waiting",
+        "Engine tokens per second",
+        "Engine KV cache and prompt cache hits",
     ] {
         assert!(titles.contains(&want), "{want} in {titles:?}");
     }

@@ -21,6 +21,7 @@ async fn the_rendered_chart_installs_and_the_samples_apply() {
         .arg(&chart)
         .args(["--namespace", "lode-system", "--include-crds"])
         .args(["--set", "metrics.serviceMonitor.enabled=true"])
+        .args(["--set", "metrics.podMonitor.enabled=true"])
         .args(["--set", "metrics.prometheusRule.enabled=true"])
         .output()
         .unwrap_or_else(|e| panic!("{helm}: {e} (scripts/setup.sh installs helm)"));
@@ -64,6 +65,7 @@ async fn the_rendered_chart_installs_and_the_samples_apply() {
         "service/lode-admin created",
         "configmap/lode-dashboard created",
         "servicemonitor.monitoring.coreos.com/lode created",
+        "podmonitor.monitoring.coreos.com/lode-serving created",
         "prometheusrule.monitoring.coreos.com/lode created",
     ] {
         assert!(text.contains(created), "{created:?} in\n{text}");

@@ -278,6 +278,7 @@ const BUILTIN: &[(&str, &str, &str, &str)] = &[
         "PrometheusRule",
         "",
     ),
+    ("monitoring.coreos.com/v1", "podmonitors", "PodMonitor", ""),
     (
         "apiextensions.k8s.io/v1",
         "customresourcedefinitions",
