@@ -4,7 +4,7 @@
 # (--quick: 100k only), then ring and supplier signatures and relay hashing against ECDSA
 # and SHA-256 baselines, the session store's ingest, root, proof, memory and space
 # reclamation, serve's added latency, throughput and memory per stream, serve and the
-# gateway under attack, and weights digests.
+# gateway under attack, serve in front of llama.cpp, and weights digests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -20,6 +20,9 @@ cargo bench -p lode-relayminer --bench serve --profile dev --locked
 # Honest relays at half of serve's saturation, alone and under a mix of attacks on serve
 # and the gateway: served share, p99 ratio, peak memory against the limits, relays lost.
 cargo bench -p lode-relayminer --bench hostile --profile dev --locked
+# serve in front of llama.cpp's real server (the tiny generated model) against calling
+# it directly: added latency of a chat completion and of a stream's first chunk.
+cargo bench -p lode-relayminer --bench llamacpp --profile dev --locked
 # BLAKE3 digests of a 2 GiB weight set against reading it, from the disk and the page
 # cache.
 cargo bench -p lode-relayminer --bench digest --profile dev --locked

@@ -63,28 +63,43 @@ async fn alternate(
         direct: Vec::with_capacity(n),
         serve: Vec::with_capacity(n),
     };
-    for (i, r) in relays.into_iter().enumerate() {
-        let direct = hyper::Request::post(format!("http://{engine}/v1/chat/completions"))
+    let direct = || {
+        hyper::Request::post(format!("http://{engine}/v1/chat/completions"))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(body.as_bytes())))
-            .expect("req");
-        let through = hyper::Request::post(format!("http://{relay}/"))
-            .body(Full::new(r))
-            .expect("req");
+            .expect("req")
+    };
+    let through = |r: &Bytes| {
+        hyper::Request::post(format!("http://{relay}/"))
+            .body(Full::new(r.clone()))
+            .expect("req")
+    };
+    for (i, r) in relays.iter().enumerate() {
         // Which goes first alternates too.
         let (a, b) = if i % 2 == 0 {
-            (
-                timed(&rig.http, direct).await,
-                timed(&rig.http, through).await,
-            )
+            let a = once_more(&rig.http, direct).await;
+            (a, once_more(&rig.http, || through(r)).await)
         } else {
-            let b = timed(&rig.http, through).await;
-            (timed(&rig.http, direct).await, b)
+            let b = once_more(&rig.http, || through(r)).await;
+            (once_more(&rig.http, direct).await, b)
         };
         p.direct.push(a.expect("llama-server answers 200"));
         p.serve.push(b.expect("serve answers 200"));
     }
     p
+}
+
+/// [`timed`], tried a second time when the first fails: llama.cpp closes a kept-alive
+/// connection after 100 requests (`Keep-Alive: max=100`), and a request sent on it as it
+/// closes fails before any answer.
+async fn once_more(
+    http: &Http,
+    make: impl Fn() -> hyper::Request<Full<Bytes>>,
+) -> Option<(f64, f64)> {
+    match timed(http, make()).await {
+        Some(t) => Some(t),
+        None => timed(http, make()).await,
+    }
 }
 
 fn report(what: &str, direct: &[f64], serve: &[f64]) {
