@@ -30,6 +30,8 @@ struct Hub {
     claim_size: Mutex<Option<u64>>,
     /// Declare this Content-Length (and send that much) while listing the true size.
     lie_length: Mutex<Option<u64>>,
+    /// Send this many bytes of a file, then nothing more, never ending the response.
+    stall_after: Mutex<Option<usize>>,
 }
 
 const REPO: &str = "lode/tiny";
@@ -77,6 +79,16 @@ fn content(hub: &Hub, name: &str, headers: &HeaderMap) -> Response {
             header::CONTENT_RANGE,
             format!("bytes {start}-{}/{total}", total - 1),
         );
+    }
+    if let Some(n) = *hub.stall_after.lock().expect("lock") {
+        body.truncate(n);
+        let first =
+            futures_util::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(body))]);
+        let never = futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+        use futures_util::StreamExt;
+        return res
+            .body(Body::from_stream(first.chain(never)))
+            .expect("response");
     }
     if let Some(n) = cut {
         // The connection breaks after n bytes: a stream that errors after them.
@@ -137,14 +149,27 @@ async fn serve(hub: Arc<Hub>) -> SocketAddr {
     addr
 }
 
-fn fetch(addr: SocketAddr, cache: &std::path::Path, extra: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_relayminer"))
-        .args(["fetch", &format!("hf://{REPO}@{REV}"), "--cache"])
+/// `relayminer fetch URI --cache CACHE --hub HUB EXTRA…`: (success, stdout + stderr).
+async fn run_fetch(
+    uri: &str,
+    hub: &str,
+    cache: &std::path::Path,
+    extra: &[&str],
+) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_relayminer"))
+        .args(["fetch", uri, "--cache"])
         .arg(cache)
-        .args(["--hub", &format!("http://{addr}"), "--stall-seconds", "5"])
+        .args(["--hub", hub])
+        .args(
+            (!extra.contains(&"--stall-seconds"))
+                .then_some(["--stall-seconds", "5"])
+                .into_iter()
+                .flatten(),
+        )
         .args(extra)
         .env_remove("HF_TOKEN")
         .output()
+        .await
         .expect("runs");
     (
         out.status.success(),
@@ -154,6 +179,17 @@ fn fetch(addr: SocketAddr, cache: &std::path::Path, extra: &[&str]) -> (bool, St
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// The test repository at its revision, from the hub at `addr`.
+async fn fetch(addr: SocketAddr, cache: &std::path::Path, extra: &[&str]) -> (bool, String) {
+    run_fetch(
+        &format!("hf://{REPO}@{REV}"),
+        &format!("http://{addr}"),
+        cache,
+        extra,
+    )
+    .await
 }
 
 fn digest(dir: &std::path::Path) -> String {
@@ -192,12 +228,7 @@ async fn weights_are_fetched_once_resumed_checked_and_bounded() {
     // download of the large file breaks after 1 MiB and is resumed from there.
     let cache = tempfile::tempdir().expect("tempdir");
     *hub.cut_after.lock().expect("lock") = Some(("model.gguf".into(), 1 << 20));
-    let (ok, out) = tokio::task::spawn_blocking({
-        let c = cache.path().to_path_buf();
-        move || fetch(addr, &c, &[])
-    })
-    .await
-    .expect("join");
+    let (ok, out) = fetch(addr, cache.path(), &[]).await;
     assert!(ok, "{out}");
     assert!(
         out.contains("3 files") && out.contains("3 fetched now"),
@@ -227,41 +258,19 @@ async fn weights_are_fetched_once_resumed_checked_and_bounded() {
 
     // Once: a second run (a restarted pod) fetches nothing, and needs no hub at all.
     let requests = hub.requests.load(Ordering::Relaxed);
-    let (ok, out) = tokio::task::spawn_blocking({
-        let c = cache.path().to_path_buf();
-        move || fetch(addr, &c, &[])
-    })
-    .await
-    .expect("join");
+    let (ok, out) = fetch(addr, cache.path(), &[]).await;
     assert!(
         ok && out.contains("0 fetched now") && out.contains("3 already there"),
         "{out}"
     );
     assert_eq!(hub.requests.load(Ordering::Relaxed), requests);
-    let (ok, out) = tokio::task::spawn_blocking({
-        let c = cache.path().to_path_buf();
-        move || {
-            let out = Command::new(env!("CARGO_BIN_EXE_relayminer"))
-                .args(["fetch", &format!("hf://{REPO}@{REV}"), "--cache"])
-                .arg(&c)
-                .args([
-                    "--hub",
-                    "http://127.0.0.1:9",
-                    "--file",
-                    "model.gguf",
-                    "--attempts",
-                    "1",
-                ])
-                .output()
-                .expect("runs");
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-            )
-        }
-    })
-    .await
-    .expect("join");
+    let (ok, out) = run_fetch(
+        &format!("hf://{REPO}@{REV}"),
+        "http://127.0.0.1:9",
+        cache.path(),
+        &["--file", "model.gguf", "--attempts", "1"],
+    )
+    .await;
     assert!(
         ok && out.contains("1 already there"),
         "no network needed: {out}"
@@ -269,12 +278,7 @@ async fn weights_are_fetched_once_resumed_checked_and_bounded() {
 
     // A file changed on disk (or half-written by hand) is fetched again.
     std::fs::write(cache.path().join("weights/config.json"), b"{").expect("write");
-    let (ok, out) = tokio::task::spawn_blocking({
-        let c = cache.path().to_path_buf();
-        move || fetch(addr, &c, &["--file", "config.json"])
-    })
-    .await
-    .expect("join");
+    let (ok, out) = fetch(addr, cache.path(), &["--file", "config.json"]).await;
     assert!(ok && out.contains("1 fetched now"), "{out}");
     assert_eq!(
         std::fs::read(cache.path().join("weights/config.json")).expect("read"),
@@ -285,34 +289,24 @@ async fn weights_are_fetched_once_resumed_checked_and_bounded() {
     // from the hub's listing, and from what the server declares.
     let small = tempfile::tempdir().expect("tempdir");
     *hub.claim_size.lock().expect("lock") = Some(3 << 30);
-    let (ok, out) = tokio::task::spawn_blocking({
-        let c = small.path().to_path_buf();
-        move || fetch(addr, &c, &["--max-gib", "2"])
-    })
-    .await
-    .expect("join");
+    let (ok, out) = fetch(addr, small.path(), &["--max-gib", "2"]).await;
     assert!(
         !ok && out.contains("the repository lists 9663676416 bytes"),
         "{out}"
     );
-    let (ok, out) = tokio::task::spawn_blocking({
-        let c = small.path().to_path_buf();
-        move || fetch(addr, &c, &["--file", "model.gguf", "--max-gib", "2"])
-    })
-    .await
-    .expect("join");
+    let (ok, out) = fetch(
+        addr,
+        small.path(),
+        &["--file", "model.gguf", "--max-gib", "2"],
+    )
+    .await;
     *hub.claim_size.lock().expect("lock") = None;
     assert!(!ok && out.contains("the file is 3221225472 bytes"), "{out}");
     assert!(!small.path().join("weights/model.gguf").exists());
 
     // Size-checked: a download whose declared size is not the listed one is refused.
     *hub.lie_length.lock().expect("lock") = Some(10);
-    let (ok, out) = tokio::task::spawn_blocking({
-        let c = small.path().to_path_buf();
-        move || fetch(addr, &c, &[])
-    })
-    .await
-    .expect("join");
+    let (ok, out) = fetch(addr, small.path(), &[]).await;
     *hub.lie_length.lock().expect("lock") = None;
     assert!(
         !ok && out.contains("the server declares 10 bytes; the hub lists"),
@@ -320,73 +314,58 @@ async fn weights_are_fetched_once_resumed_checked_and_bounded() {
     );
     assert!(!small.path().join("weights/config.json").exists(), "{out}");
 
+    // A hub that stops sending mid-file (headers and 4 KiB, then nothing, the response
+    // never ending) is given up after --stall-seconds, nothing kept in the weights.
+    *hub.stall_after.lock().expect("lock") = Some(4096);
+    let started = std::time::Instant::now();
+    let (ok, out) = fetch(
+        addr,
+        small.path(),
+        &[
+            "--file",
+            "model.gguf",
+            "--stall-seconds",
+            "1",
+            "--attempts",
+            "1",
+        ],
+    )
+    .await;
+    *hub.stall_after.lock().expect("lock") = None;
+    assert!(!ok && out.contains("nothing for 1s at byte 4096"), "{out}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(!small.path().join("weights/model.gguf").exists());
+
     // Clear errors: an unknown revision, a file the repository lacks, a bad URI, a hub
     // that is down.
-    let (ok, out) = tokio::task::spawn_blocking({
-        let c = small.path().to_path_buf();
-        move || {
-            let out = Command::new(env!("CARGO_BIN_EXE_relayminer"))
-                .args(["fetch", &format!("hf://{REPO}@nope"), "--cache"])
-                .arg(&c)
-                .args(["--hub", &format!("http://{addr}")])
-                .output()
-                .expect("runs");
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        }
-    })
-    .await
-    .expect("join");
+    let (ok, out) = run_fetch(
+        &format!("hf://{REPO}@nope"),
+        &format!("http://{addr}"),
+        small.path(),
+        &[],
+    )
+    .await;
     assert!(
         !ok && out.contains("404") && out.contains("no such repository, revision or file"),
         "{out}"
     );
-    let (ok, out) = tokio::task::spawn_blocking({
-        let c = small.path().to_path_buf();
-        move || fetch(addr, &c, &["--file", "missing.bin"])
-    })
-    .await
-    .expect("join");
+    let (ok, out) = fetch(addr, small.path(), &["--file", "missing.bin"]).await;
     assert!(
         !ok && out.contains("missing.bin") && out.contains("404"),
         "{out}"
     );
-    let (ok, out) = tokio::task::spawn_blocking({
-        let c = small.path().to_path_buf();
-        move || fetch(addr, &c, &["--file", "../../etc/passwd"])
-    })
-    .await
-    .expect("join");
+    let (ok, out) = fetch(addr, small.path(), &["--file", "../../etc/passwd"]).await;
     assert!(
         !ok && out.contains("is not a relative path inside the model"),
         "{out}"
     );
-    let (ok, out) = tokio::task::spawn_blocking({
-        let c = small.path().to_path_buf();
-        move || {
-            let out = Command::new(env!("CARGO_BIN_EXE_relayminer"))
-                .args(["fetch", "hf://lode/tiny", "--cache"])
-                .arg(&c)
-                .args([
-                    "--hub",
-                    "http://127.0.0.1:9",
-                    "--file",
-                    "a",
-                    "--attempts",
-                    "2",
-                ])
-                .output()
-                .expect("runs");
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        }
-    })
-    .await
-    .expect("join");
+    let (ok, out) = run_fetch(
+        "hf://lode/tiny",
+        "http://127.0.0.1:9",
+        small.path(),
+        &["--file", "a", "--attempts", "2"],
+    )
+    .await;
     assert!(
         !ok && out.contains("gave up after 2 attempts") && out.contains("127.0.0.1:9"),
         "{out}"
