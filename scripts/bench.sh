@@ -4,7 +4,8 @@
 # (--quick: 100k only), then ring and supplier signatures and relay hashing against ECDSA
 # and SHA-256 baselines, the session store's ingest, root, proof, memory and space
 # reclamation, serve's added latency, throughput and memory per stream, serve and the
-# gateway under attack, serve in front of llama.cpp, and weights digests.
+# gateway under attack, serve in front of llama.cpp, weights digests, and routing over
+# engine replicas (round robin, least-loaded, prefix affinity, an oracle).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -29,3 +30,6 @@ cargo bench -p lode-relayminer --bench digest --profile dev --locked
 
 # The latency the gateway adds in front of serve.
 cargo bench -p lode-gateway --bench gateway --profile dev --locked
+# A multi-turn chat workload through the gateway, the relay tier and 4 engine-sim
+# replicas with a KV-cache model, routed four ways (about 5 minutes).
+cargo bench -p lode-gateway --bench routing --profile dev --locked

@@ -17,6 +17,12 @@ pub struct ServiceDemand {
     pub relays_per_second: f64,
     pub prompt_tokens_per_second: f64,
     pub completion_tokens_per_second: f64,
+    /// Prompt bytes of the relays routed by prefix so far, and of them the bytes the
+    /// chosen engine had been sent before (the relay tier's prefix hit rate).
+    #[serde(default)]
+    pub prefix_prompt_bytes: u64,
+    #[serde(default)]
+    pub prefix_matched_bytes: u64,
 }
 
 /// One serve pod's demand.

@@ -151,7 +151,7 @@ pub struct BasicAuth {
 }
 
 /// One service this relayminer serves.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub service_id: String,
@@ -182,6 +182,104 @@ pub struct ServiceConfig {
     /// sees it. OpenAI's inference API by default ([`DEFAULT_ROUTES`]).
     #[serde(default = "default_routes")]
     pub routes: Vec<Route>,
+    /// The engine replicas relays are routed between (base URLs); empty: `backend_url`
+    /// alone. OpenAI-compatible engines only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<String>,
+    /// How a relay's engine replica is chosen.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+}
+
+/// How the relay tier picks an engine replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Routing {
+    /// The replica that recently served the longest prefix of the prompt, within the
+    /// load bound; least-loaded when none did.
+    #[default]
+    Prefix,
+    /// The replica with the fewest relays in flight.
+    LeastLoaded,
+    /// Each replica in turn.
+    RoundRobin,
+}
+
+/// Default `load_epsilon`: no replica above 1.25 × the mean in flight.
+pub const DEFAULT_LOAD_EPSILON: f64 = 0.25;
+/// Default keys remembered per engine replica.
+pub const DEFAULT_KEYS_PER_ENGINE: usize = 65_536;
+
+/// The router's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    #[serde(default)]
+    pub mode: Routing,
+    /// No replica takes a relay that would put it above `ceil((1 + ε) × mean)` in flight.
+    #[serde(default = "default_load_epsilon")]
+    pub load_epsilon: f64,
+    /// Prefix keys remembered per replica, least recently used dropped first (size it
+    /// like the engine's KV cache: its tokens × 4 bytes / `block_bytes`, at least).
+    #[serde(default = "default_keys_per_engine")]
+    pub keys_per_engine: usize,
+    /// Distance between prefix keys inside a long message, bytes.
+    #[serde(default = "default_block_bytes")]
+    pub block_bytes: usize,
+    /// A larger request body is not keyed (routed least-loaded).
+    #[serde(default = "default_max_key_bytes")]
+    pub max_key_bytes: usize,
+}
+
+impl RoutingConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !(self.load_epsilon.is_finite() && self.load_epsilon >= 0.0) {
+            return Err(Invalid(format!(
+                "routing.load_epsilon {} must be a finite number ≥ 0",
+                self.load_epsilon
+            )));
+        }
+        if self.keys_per_engine == 0 {
+            return Err(Invalid::new("routing.keys_per_engine must be positive"));
+        }
+        if self.block_bytes < 64 {
+            return Err(Invalid::new("routing.block_bytes must be at least 64"));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > 16 << 20 {
+            return Err(Invalid::new(
+                "routing.max_key_bytes must be between 1 and 16777216",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            mode: Routing::default(),
+            load_epsilon: DEFAULT_LOAD_EPSILON,
+            keys_per_engine: DEFAULT_KEYS_PER_ENGINE,
+            block_bytes: default_block_bytes(),
+            max_key_bytes: default_max_key_bytes(),
+        }
+    }
+}
+
+fn default_load_epsilon() -> f64 {
+    DEFAULT_LOAD_EPSILON
+}
+
+fn default_keys_per_engine() -> usize {
+    DEFAULT_KEYS_PER_ENGINE
+}
+
+fn default_block_bytes() -> usize {
+    4096
+}
+
+fn default_max_key_bytes() -> usize {
+    512 << 10
 }
 
 impl ServiceConfig {
@@ -199,6 +297,8 @@ impl ServiceConfig {
             request_timeout_seconds: DEFAULT_REQUEST_TIMEOUT_SECONDS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             routes: default_routes(),
+            engines: Vec::new(),
+            routing: RoutingConfig::default(),
         }
     }
 }
@@ -261,7 +361,7 @@ impl StoreConfig {
 }
 
 /// lode's serve configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// Relay port (HTTP/1.1 and HTTP/2 cleartext).
@@ -459,6 +559,21 @@ impl ServeConfig {
                 r.validate()
                     .map_err(|e| Invalid(format!("service {:?}: {e}", s.service_id)))?;
             }
+            if let Some(e) = s.engines.iter().find(|e| !is_http_url(e)) {
+                return Err(Invalid(format!(
+                    "service {:?}: engine {e:?} must be http:// or https://",
+                    s.service_id
+                )));
+            }
+            if !s.engines.is_empty() && s.backend == BackendKind::Triton {
+                return Err(Invalid(format!(
+                    "service {:?}: several engine replicas are routed for OpenAI-compatible engines only",
+                    s.service_id
+                )));
+            }
+            s.routing
+                .validate()
+                .map_err(|e| Invalid(format!("service {:?}: {e}", s.service_id)))?;
         }
         let largest = self.services.iter().map(|s| s.max_body_bytes).max();
         self.limits.validate(largest.unwrap_or(0))?;

@@ -126,9 +126,33 @@ fn routes_and_limits_are_checked() {
             .to_string()
             .contains("in_flight_body_bytes")
     );
-    let mut zero = c;
+    let mut zero = c.clone();
     zero.limits.idle_timeout_seconds = 0;
     assert!(zero.validate().is_err());
+    // Engine replicas and the router's settings.
+    let mut routed = c;
+    routed.services[0].engines = vec!["http://10.0.0.2:8000".into()];
+    assert_eq!(routed.validate(), Ok(()));
+    for (tweak, says) in [
+        (
+            (|s: &mut ServiceConfig| s.engines.push("unix:/x".into())) as fn(&mut ServiceConfig),
+            "must be http",
+        ),
+        (|s| s.backend = BackendKind::Triton, "OpenAI-compatible"),
+        (|s| s.routing.load_epsilon = f64::NAN, "load_epsilon"),
+        (|s| s.routing.load_epsilon = -0.5, "load_epsilon"),
+        (|s| s.routing.keys_per_engine = 0, "keys_per_engine"),
+        (|s| s.routing.block_bytes = 8, "block_bytes"),
+        (|s| s.routing.max_key_bytes = 1 << 30, "max_key_bytes"),
+    ] {
+        let mut c = routed.clone();
+        tweak(&mut c.services[0]);
+        let e = c.validate().expect_err(says).to_string();
+        assert!(e.contains(says), "{says}: {e}");
+    }
+    let yaml = routed.to_yaml();
+    assert!(yaml.contains("mode: prefix"), "{yaml}");
+    assert_eq!(ServeConfig::from_yaml(&yaml).expect("parses"), routed);
 }
 
 #[test]
@@ -318,9 +342,17 @@ fn demand_and_session_counts_round_trip() {
             relays_per_second: 2.5,
             prompt_tokens_per_second: 10.0,
             completion_tokens_per_second: 120.25,
+            prefix_prompt_bytes: 4096,
+            prefix_matched_bytes: 1024,
         }],
     };
     assert_eq!(from_json::<DemandReport>(&to_json(&d)).expect("json"), d);
+    // A report from a serve without a router's counters still reads.
+    let old: DemandReport = from_json(
+        r#"{"height":1,"services":[{"service_id":"llm","in_flight":0,"queued":0,"relays_per_second":0.0,"prompt_tokens_per_second":0.0,"completion_tokens_per_second":0.0}]}"#,
+    )
+    .expect("json");
+    assert_eq!(old.services[0].prefix_prompt_bytes, 0);
     let c = SessionCounts {
         sessions: BTreeMap::from([
             ("open".to_string(), 2),

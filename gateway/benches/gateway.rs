@@ -4,6 +4,8 @@
 //!
 //! `cargo bench -p lode-gateway --bench gateway --profile dev` (`--quick`: fewer requests)
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -90,25 +92,8 @@ async fn main() {
         .await
         .expect("staked")
         .header;
-    let gateway_key = dir.path().join("gateway.key");
-    std::fs::write(
-        &gateway_key,
-        lode_kernels::hex::encode(&devnet.keys().gateways[0].to_bytes()),
-    )
-    .expect("key");
     let app = &devnet.keys().applications[0];
-    let g = lode_gateway::start(
-        lode_gateway::GatewayConfig::from_yaml(&format!(
-            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nchain: {{grpc_url: '{}', rpc_url: '{}'}}\nsigning_key_file: '{}'\napplications: [{{address: {}, api_keys: [sk-bench], requests_per_second: 1000000}}]\nmodels: {{sim-model: llm}}\n",
-            chain.grpc_url,
-            chain.rpc_url,
-            gateway_key.display(),
-            app.public_key().address().to_bech32(HRP)
-        ))
-        .expect("gateway config"),
-    )
-    .await
-    .expect("gateway");
+    let g = support::start_gateway(&devnet, &chain, dir.path()).await;
     while g.state.sessions.height() < session.session_start_block_height
         || run.serve.state.sessions.height() < session.session_start_block_height
     {

@@ -85,8 +85,48 @@ impl Scores {
 
     /// The order to try `candidates` in.
     pub fn order(&self, candidates: &[String], routing: Routing) -> Vec<String> {
+        self.order_for(candidates, routing, None)
+    }
+
+    /// [`Scores::order`] for a request of the conversation `conversation`
+    /// ([`lode_kernels::prefix::conversation_key`]): with `scored` routing, the
+    /// suppliers in weighted rendezvous order (weight: the inverse of the score), so
+    /// every turn of a conversation goes first to the same supplier, where its prefix is
+    /// cached, while that supplier stays healthy; one that fails or slows down loses
+    /// its weight, and its conversations move to their next supplier.
+    pub fn order_for(
+        &self,
+        candidates: &[String],
+        routing: Routing,
+        conversation: Option<u64>,
+    ) -> Vec<String> {
         let mut out = candidates.to_vec();
         match routing {
+            Routing::Scored if conversation.is_some() => {
+                let key = conversation.unwrap_or_default();
+                let m = self.map.lock().expect("scores lock");
+                let values: Vec<f64> = out
+                    .iter()
+                    .map(|s| m.get(s).copied().unwrap_or_default().value())
+                    .collect();
+                // A supplier not yet measured weighs like a typical measured one.
+                let known: Vec<f64> = values.iter().copied().filter(|v| *v > 0.0).collect();
+                let typical = if known.is_empty() {
+                    1.0
+                } else {
+                    known.iter().sum::<f64>() / known.len() as f64
+                };
+                let mut ranked: Vec<(f64, String)> = out
+                    .drain(..)
+                    .zip(values)
+                    .map(|(s, v)| {
+                        let weight = 1.0 / if v > 0.0 { v } else { typical };
+                        (rendezvous(key, &s, weight), s)
+                    })
+                    .collect();
+                ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+                out = ranked.into_iter().map(|(_, s)| s).collect();
+            }
             Routing::Scored => {
                 let m = self.map.lock().expect("scores lock");
                 let v = |s: &String| m.get(s).copied().unwrap_or_default().value();
@@ -114,12 +154,66 @@ impl Scores {
     }
 }
 
+/// Weighted rendezvous score of `supplier` for `key`: `-weight / ln(u)`, `u` uniform in
+/// (0, 1) from a hash of both; the highest wins, and each supplier wins a share of
+/// keys proportional to its weight.
+fn rendezvous(key: u64, supplier: &str, weight: f64) -> f64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    supplier.hash(&mut h);
+    let u = ((h.finish() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -weight / u.ln()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_conversation_stays_with_its_supplier_while_it_is_healthy() {
+        let s = Scores::default();
+        let all = names(&["a", "b", "c", "d"]);
+        for x in &all {
+            s.success(x, Duration::from_millis(10));
+        }
+        let first = |k: u64| s.order_for(&all, Routing::Scored, Some(k))[0].clone();
+        // The same conversation, the same supplier, every time.
+        for k in 0..50u64 {
+            assert_eq!(first(k), first(k));
+        }
+        // Conversations spread over the suppliers, about evenly at equal scores.
+        let mut count = HashMap::new();
+        for k in 0..4000u64 {
+            *count.entry(first(k)).or_insert(0) += 1;
+        }
+        assert_eq!(count.len(), 4);
+        assert!(
+            count.values().all(|&n| (800..1200).contains(&n)),
+            "{count:?}"
+        );
+        // Its supplier fails: its conversations move to their next one; the others
+        // stay where they were.
+        let before: Vec<String> = (0..400u64).map(first).collect();
+        for _ in 0..10 {
+            s.failure("a");
+        }
+        let after: Vec<String> = (0..400u64).map(first).collect();
+        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        let on_a = before.iter().filter(|b| *b == "a").count();
+        assert!(after.iter().filter(|a| *a == "a").count() < on_a / 5);
+        assert!(
+            moved <= on_a,
+            "only a's conversations moved: {moved} of {on_a}"
+        );
+        // Every order still holds every supplier (failover).
+        let mut o = s.order_for(&all, Routing::Scored, Some(7));
+        o.sort();
+        assert_eq!(o, all);
     }
 
     #[test]

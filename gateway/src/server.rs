@@ -370,7 +370,12 @@ async fn relay_inner(
         .iter()
         .map(|x| x.address.clone())
         .collect();
-    let order = s.scores.order(&addresses, s.config.routing);
+    // A conversation's turns go first to one supplier (its prefix is cached there).
+    let conversation =
+        lode_kernels::prefix::conversation_key(&body, lode_kernels::prefix::KeyBudget::default());
+    let order = s
+        .scores
+        .order_for(&addresses, s.config.routing, conversation);
     let mut last: Option<AttemptError> = None;
     for address in order.iter().take(s.config.max_attempts) {
         let supplier = session

@@ -1,7 +1,7 @@
 //! Relay-path benchmark: signatures and hashing, each as a ratio to a baseline measured
 //! in the same run (one secp256k1 ECDSA verification; raw SHA-256 throughput).
 //!
-//! Run: `cargo bench -p lode-kernels --bench relay`.
+//! Run: `cargo bench -p lode-kernels --bench relay` (`-- prefix`: the prefix keys alone).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -62,6 +62,10 @@ fn time_vs(mut baseline: impl FnMut(), mut f: impl FnMut()) -> (f64, f64) {
 }
 
 fn main() {
+    prefix_keys();
+    if std::env::args().skip(1).any(|a| a == "prefix") {
+        return;
+    }
     let msg: [u8; 32] = Sha256::digest(b"relay").into();
     let signer = SecretKey::from_secret(b"app");
     let supplier_key = SecretKey::from_secret(b"supplier");
@@ -242,6 +246,61 @@ fn main() {
         "  (hash+check: build the dehydrated relay, encode, SHA-256, compare with the target;"
     );
     println!("   raw: SHA-256 alone over the same number of bytes)");
+}
+
+/// The relay tier's per-relay routing cost: a request's BLAKE3 prefix keys, for 16 KiB
+/// prompts of three shapes, against one BLAKE3 call over the same 16 KiB.
+fn prefix_keys() {
+    use lode_kernels::prefix::{KeyBudget, prefix_keys};
+    let msg = |role: &str, text: &str| format!(r#"{{"role":"{role}","content":"{text}"}}"#);
+    let words = |n: usize, seed: usize| -> String {
+        (0..n)
+            .map(|i| ["alpha ", "beta ", "gamma ", "delta "][(i * 7 + seed) % 4])
+            .collect::<String>()
+    };
+    let one = format!(
+        r#"{{"model":"m","messages":[{}]}}"#,
+        msg("user", &words(2700, 0))
+    );
+    let mut turns = vec![msg("system", &words(680, 1))];
+    for t in 0..12 {
+        let role = if t % 2 == 0 { "user" } else { "assistant" };
+        turns.push(msg(role, &words(170, t)));
+    }
+    let conversation = format!(r#"{{"model":"m","messages":[{}]}}"#, turns.join(","));
+    let completion = format!(r#"{{"model":"m","prompt":"{}"}}"#, words(2730, 2));
+    let raw = vec![7u8; 16 << 10];
+    let baseline = || {
+        black_box(blake3::hash(black_box(&raw)));
+    };
+    println!("prefix keys of a 16 KiB prompt, against one BLAKE3 call over 16 KiB:");
+    println!(
+        "{:<40} {:>8} {:>6} {:>10} {:>10}",
+        "prompt", "bytes", "keys", "ns", "× BLAKE3"
+    );
+    for block_bytes in [4096usize, 8192] {
+        let budget = KeyBudget {
+            block_bytes,
+            ..KeyBudget::default()
+        };
+        for (name, body) in [
+            ("one message", &one),
+            ("system 4 KiB + 12 turns of 1 KiB", &conversation),
+            ("completions prompt", &completion),
+        ] {
+            let n = prefix_keys(body.as_bytes(), budget).expect("keyed").len();
+            let (ns, ratio) = time_vs(baseline, || {
+                black_box(prefix_keys(black_box(body.as_bytes()), budget).expect("keyed"));
+            });
+            println!(
+                "{:<40} {:>8} {n:>6} {ns:>10.0} {ratio:>9.2}×",
+                format!("{name}, blocks ≤ {} KiB", block_bytes / 1024),
+                body.len()
+            );
+        }
+    }
+    println!("  (target: ≤ 5 µs for a 16 KiB prompt)");
+    println!();
 }
 
 fn supplier_pub_point(key: &SecretKey) -> k256::AffinePoint {

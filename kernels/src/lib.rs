@@ -7,6 +7,7 @@
 //! - [`smst`]: the sparse Merkle sum trie, its proofs, compaction and verification, with
 //!   an in-memory trie and a streaming builder over leaves sorted by path.
 //! - [`gob`]: the subset of Go's `encoding/gob` that the proof types travel in.
+//! - [`prefix`]: BLAKE3 prefix keys of inference requests, what the relay tier routes on.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod gob;
 pub mod gorand;
 pub mod hex;
 pub mod mining;
+pub mod prefix;
 pub mod proto;
 pub mod relay;
 pub mod session;

@@ -20,6 +20,9 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+pub mod kv;
+pub use kv::{KvCache, KvConfig};
+
 /// How the engine behaves.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -33,6 +36,9 @@ pub struct SimConfig {
     pub default_max_tokens: u64,
     /// Requests generating at once; more wait (vLLM's `max_num_seqs`).
     pub max_num_seqs: usize,
+    /// A KV cache: prefill then costs per token not cached (on one lane), decode per
+    /// output token, instead of `ttft` and `tokens_per_second`.
+    pub kv: Option<KvConfig>,
 }
 
 impl Default for SimConfig {
@@ -43,6 +49,7 @@ impl Default for SimConfig {
             tokens_per_second: 200.0,
             default_max_tokens: 16,
             max_num_seqs: 256,
+            kv: None,
         }
     }
 }
@@ -88,6 +95,7 @@ pub struct EngineSim {
     mode: Arc<AtomicU8>,
     counters: Arc<Counters>,
     seqs: Arc<Semaphore>,
+    kv: Option<Arc<KvCache>>,
 }
 
 /// The `i`-th word of every completion.
@@ -144,6 +152,7 @@ impl EngineSim {
     pub fn new(config: SimConfig) -> Self {
         let seqs = Arc::new(Semaphore::new(config.max_num_seqs.max(1)));
         Self {
+            kv: config.kv.clone().map(|c| Arc::new(KvCache::new(c))),
             config: Arc::new(config),
             mode: Arc::new(AtomicU8::new(Mode::Ok as u8)),
             counters: Arc::default(),
@@ -178,6 +187,26 @@ impl EngineSim {
     /// SGLang's `/update_weights_from_disk`): what relays must never reach.
     pub fn admin_calls(&self) -> u64 {
         self.counters.admin_calls.load(Ordering::Relaxed)
+    }
+
+    /// The KV cache, when the engine models one: for benchmarks, its true state.
+    pub fn kv(&self) -> Option<&KvCache> {
+        self.kv.as_deref()
+    }
+
+    /// Prompt tokens of `body` this engine holds in its KV cache now (0 without one, or
+    /// for a body that is not JSON). For benchmarks: what an oracle router knows.
+    pub fn cached_prefix_tokens(&self, body: &[u8]) -> u64 {
+        let (Some(kv), Ok(req)) = (&self.kv, serde_json::from_slice::<Value>(body)) else {
+            return 0;
+        };
+        kv.cached_tokens(&kv::blocks(&req, kv.config.block_tokens).0)
+    }
+
+    /// Requests running and waiting now.
+    pub fn load(&self) -> u64 {
+        self.counters.running.load(Ordering::Relaxed)
+            + self.counters.waiting.load(Ordering::Relaxed)
     }
 
     fn per_token(&self) -> Duration {
@@ -277,6 +306,14 @@ impl EngineSim {
         self.counters
             .prompt_tokens
             .fetch_add(prompt, Ordering::Relaxed);
+        // With a KV cache, time to first token is the prefill of what is not cached.
+        let (mut ttft, mut per_token) = (self.config.ttft, self.per_token());
+        let mut cached = 0;
+        if let Some(kv) = &self.kv {
+            let (blocks, tokens) = kv::blocks(&req, kv.config.block_tokens);
+            cached = kv.prefill(&blocks, tokens).await.min(prompt);
+            (ttft, per_token) = (Duration::ZERO, kv.config.decode_per_token);
+        }
         let id = format!(
             "cmpl-{}",
             self.counters.success.load(Ordering::Relaxed)
@@ -287,10 +324,9 @@ impl EngineSim {
         } else {
             "text_completion"
         };
-        let usage =
-            json!({"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n});
+        let usage = json!({"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n,
+            "prompt_tokens_details": {"cached_tokens": cached}});
         let model = self.config.model.clone();
-        let (ttft, per_token) = (self.config.ttft, self.per_token());
         if !stream {
             generate(ttft + per_token * n.saturating_sub(1) as u32).await;
             let text: String = (0..n).map(word).collect();
@@ -439,6 +475,32 @@ async fn metrics(State(s): State<EngineSim>) -> Response {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{model_name=\"{model}\"}} {v}\n"
         ));
+    }
+    if let Some(kv) = &s.kv {
+        for (name, kind, help, v) in [
+            (
+                "vllm:prefix_cache_queries_total",
+                "counter",
+                "Prefix cache queries, in terms of number of queried tokens.",
+                kv.queried.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "vllm:prefix_cache_hits_total",
+                "counter",
+                "Prefix cache hits, in terms of number of cached tokens.",
+                kv.hits.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "vllm:kv_cache_usage_perc",
+                "gauge",
+                "KV-cache usage. 1 means 100 percent usage.",
+                kv.usage(),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{model_name=\"{model}\"}} {v}\n"
+            ));
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use lode_engine_sim::{EngineSim, SimConfig};
+use lode_engine_sim::{EngineSim, KvConfig, SimConfig};
 
 /// Serves `/v1/chat/completions`, `/v1/completions` (streaming or not, with `usage`),
 /// `/v1/models`, vLLM-style `/metrics` and `/health`, generating `max_tokens` words at
@@ -35,6 +35,21 @@ struct Args {
     /// Requests generating at once; the rest wait (and show as waiting in /metrics).
     #[arg(long, default_value_t = 256)]
     max_num_seqs: usize,
+    /// Model a KV cache of this many tokens (0: none). Prefill then costs
+    /// `--prefill-us-per-token` per prompt token not cached, on one lane, and decode
+    /// `--decode-ms-per-token` per output token, instead of `--ttft-ms` and
+    /// `--tokens-per-second`; where requests go decides what they cost.
+    #[arg(long, default_value_t = 0)]
+    kv_capacity_tokens: u64,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    kv_block_tokens: u64,
+    /// Prefill time per prompt token not cached, microseconds.
+    #[arg(long, default_value_t = 100)]
+    prefill_us_per_token: u64,
+    /// Decode time per output token of one sequence, milliseconds.
+    #[arg(long, default_value_t = 2.0)]
+    decode_ms_per_token: f64,
 }
 
 #[tokio::main]
@@ -50,6 +65,12 @@ async fn main() -> anyhow::Result<()> {
         tokens_per_second: a.tokens_per_second,
         default_max_tokens: a.max_tokens,
         max_num_seqs: a.max_num_seqs,
+        kv: (a.kv_capacity_tokens > 0).then(|| KvConfig {
+            capacity_tokens: a.kv_capacity_tokens,
+            block_tokens: a.kv_block_tokens.max(1),
+            prefill_per_token: Duration::from_micros(a.prefill_us_per_token),
+            decode_per_token: Duration::from_secs_f64(a.decode_ms_per_token.max(0.0) / 1e3),
+        }),
     });
     if let Some(t) = a.triton_listen {
         let (addr, _) = sim

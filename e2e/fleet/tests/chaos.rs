@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use lode_fleet::{Fleet, NAMESPACE, http_get, metric_sum};
 use lode_kubesim::resources::Res;
+use lode_testkit::Rng;
 use serde_json::Value;
 
 mod common;
@@ -43,21 +44,6 @@ const FAULTS: [Fault; 8] = [
     Fault::KillEngine,
     Fault::DiskFull,
 ];
-
-/// xorshift64*: the order and timing of faults, reproducible from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Sends `sig` to `pid`; false when the process had already exited.
 fn try_signal(pid: i32, sig: &str) -> bool {

@@ -15,6 +15,25 @@ use sha2::{Digest, Sha256};
 
 pub const TOKEN: &str = "test-token";
 
+/// xorshift64*: a small seeded generator, so a test's or benchmark's random choices
+/// (fault order, a workload) are the same on every run of one seed.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform-ish in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
 /// A free loopback address (bound and released; the child binds it right after).
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

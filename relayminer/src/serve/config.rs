@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 pub use lode_contracts::NodeConfig as ChainConfig;
 pub use lode_contracts::serve::{
-    BackendKind, BasicAuth, ServeConfig, ServiceConfig, StoreConfig, StorePolicy,
+    BackendKind, BasicAuth, Routing, RoutingConfig, ServeConfig, ServiceConfig, StoreConfig,
+    StorePolicy,
 };
 use lode_contracts::serve::{DEFAULT_ADMIN, DEFAULT_TRITON_MODEL};
 
@@ -24,15 +25,40 @@ pub fn minimal_yaml(
     service_id: &str,
     backend_url: &str,
 ) -> String {
+    routed_yaml(
+        listen,
+        admin,
+        chain,
+        key_files,
+        service_id,
+        &[backend_url.to_string()],
+        RoutingConfig::default(),
+    )
+}
+
+/// [`minimal_yaml`] in front of several engine replicas (the first is `backend_url`),
+/// routed by `routing`.
+pub fn routed_yaml(
+    listen: &str,
+    admin: &str,
+    chain: &ChainConfig,
+    key_files: &[PathBuf],
+    service_id: &str,
+    engines: &[String],
+    routing: RoutingConfig,
+) -> String {
+    let mut service = ServiceConfig::new(
+        service_id,
+        engines.first().map_or("", String::as_str),
+        BackendKind::Openai,
+    );
+    service.engines = engines.iter().skip(1).cloned().collect();
+    service.routing = routing;
     let mut c = ServeConfig::new(
         chain.clone(),
         StoreConfig::new("http://127.0.0.1:7070", "store-token"),
         key_files.to_vec(),
-        vec![ServiceConfig::new(
-            service_id,
-            backend_url,
-            BackendKind::Openai,
-        )],
+        vec![service],
     );
     c.listen = listen.to_string();
     c.admin = admin.to_string();
@@ -255,6 +281,9 @@ fn from_poktroll(p: PoktrollConfig, keys_dir: Option<&Path>) -> Result<ServeConf
                     .unwrap_or(default_body),
                 // poktroll forwards any path; lode forwards inference only.
                 routes: lode_contracts::serve::default_routes(),
+                // poktroll has one backend per service.
+                engines: Vec::new(),
+                routing: RoutingConfig::default(),
             })
         })
         .collect::<Result<_, String>>()?;

@@ -19,6 +19,28 @@ pub struct ServiceMetrics {
     pub aborted: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    /// How relays were spread over the service's engine replicas.
+    pub route: RouteMetrics,
+}
+
+/// The router's counters ([`super::route`]).
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    /// Relays sent where a prefix of theirs went before.
+    pub prefix_hits: AtomicU64,
+    /// Relays with keys and no usable match (sent least-loaded).
+    pub prefix_misses: AtomicU64,
+    /// Relays without keys, by reason ([`lode_kernels::prefix::Unkeyed::label`]).
+    pub unkeyed_not_json: AtomicU64,
+    pub unkeyed_no_prompt: AtomicU64,
+    pub unkeyed_too_large: AtomicU64,
+    /// Prompt bytes keyed, and of them the bytes matched on the chosen engine.
+    pub prompt_bytes: AtomicU64,
+    pub matched_bytes: AtomicU64,
+    /// Relays whose best-matching engine was at the load bound.
+    pub spilled: AtomicU64,
+    /// Relays sent to another engine after theirs refused the connection.
+    pub retried: AtomicU64,
 }
 
 /// Latency buckets (seconds) of served relays.
@@ -135,6 +157,8 @@ impl Metrics {
                     }
                 };
                 Demand {
+                    prefix_prompt_bytes: m.route.prompt_bytes.load(Ordering::Relaxed),
+                    prefix_matched_bytes: m.route.matched_bytes.load(Ordering::Relaxed),
                     in_flight: m.in_flight.load(Ordering::Relaxed),
                     queued,
                     relays_per_second: rate(|s| s.relays),
@@ -206,6 +230,26 @@ impl Metrics {
                 "Completion tokens reported by the engine's usage.",
                 |m| m.completion_tokens.load(Ordering::Relaxed),
             ),
+            (
+                "lode_serve_route_prompt_bytes_total",
+                "Prompt bytes of relays routed by prefix.",
+                |m| m.route.prompt_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_route_matched_bytes_total",
+                "Of them, the prefix bytes the chosen engine was sent before (the hit rate is the ratio).",
+                |m| m.route.matched_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_route_spilled_total",
+                "Relays whose best-matching engine was at the load bound.",
+                |m| m.route.spilled.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_route_retried_total",
+                "Relays sent to another engine replica after theirs refused the connection.",
+                |m| m.route.retried.load(Ordering::Relaxed),
+            ),
         ] {
             let kind = if name == "lode_serve_in_flight" {
                 "gauge"
@@ -215,6 +259,26 @@ impl Metrics {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (id, m) in &services {
                 let _ = writeln!(o, "{name}{{service=\"{id}\"}} {}", get(m));
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP lode_serve_routed_total Relays routed to an engine replica, by how: on a prefix match, least-loaded for want of one, or unkeyed (and why).\n# TYPE lode_serve_routed_total counter"
+        );
+        for (id, m) in &services {
+            let r = &m.route;
+            for (how, c) in [
+                ("prefix_hit", &r.prefix_hits),
+                ("prefix_miss", &r.prefix_misses),
+                ("unkeyed_not_json", &r.unkeyed_not_json),
+                ("unkeyed_no_prompt", &r.unkeyed_no_prompt),
+                ("unkeyed_too_large", &r.unkeyed_too_large),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "lode_serve_routed_total{{service=\"{id}\",how=\"{how}\"}} {}",
+                    c.load(Ordering::Relaxed)
+                );
             }
         }
         for (name, kind, help, v) in [

@@ -12,6 +12,7 @@ pub mod failure;
 pub mod metrics;
 mod proxy;
 pub mod relay;
+pub mod route;
 pub mod session;
 pub mod ship;
 mod signer;

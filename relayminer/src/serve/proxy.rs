@@ -57,6 +57,8 @@ pub(super) struct Ctx {
     pub(super) gate: Option<Gate>,
     /// Whether the relay was charged to the session's budget.
     pub(super) charged: bool,
+    /// The engine replica serving it, counted in flight there until the relay ends.
+    engine: Option<super::route::Pick>,
     _guard: InFlight,
 }
 
@@ -74,6 +76,7 @@ impl Ctx {
             started,
             gate: a.gate,
             charged: a.charged,
+            engine: None,
         }
     }
 }
@@ -243,9 +246,10 @@ impl Ctx {
     fn backend_request(
         &self,
         service: &Service,
+        base: &Uri,
         http_req: &PoktHttpRequest,
     ) -> Result<Request<Full<Bytes>>, RelayFailure> {
-        let uri = join_uri(service.base(), &http_req.url)
+        let uri = join_uri(base, &http_req.url)
             .map_err(|e| fail(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST, e))?;
         let method = Method::from_bytes(if http_req.method.is_empty() {
             b"POST"
@@ -328,7 +332,20 @@ impl Ctx {
             }
             return self.proxy_triton(service, triton, http_req).await;
         }
-        let backend_req = match self.backend_request(service, &http_req) {
+        let Some(pick) = service.router.pick(&http_req.body_bz) else {
+            let f = fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::BACKEND_UNREACHABLE,
+                "no engine replica of this service is ready",
+            );
+            return match self.after_verdict(async {}).await {
+                Ok(()) => self.fail(f),
+                Err(refused) => refused,
+            };
+        };
+        let engine_url = pick.engine.url.clone();
+        self.engine = Some(pick);
+        let backend_req = match self.backend_request(service, &engine_url, &http_req) {
             Ok(r) => r,
             Err(f) => {
                 return match self.after_verdict(async {}).await {
@@ -340,10 +357,32 @@ impl Ctx {
         let timeout = Duration::from_secs(service.config.request_timeout_seconds);
         let deadline = tokio::time::Instant::now() + timeout;
         let engine = tokio::time::timeout_at(deadline, self.state.backend.request(backend_req));
-        let engine = match self.after_verdict(engine).await {
+        let mut engine = match self.after_verdict(engine).await {
             Ok(r) => r,
             Err(refused) => return refused,
         };
+        // An engine that refused the connection never saw the relay: it goes to another
+        // replica, once (the one that failed is going away; discovery will drop it).
+        let mut engine_url = engine_url;
+        if let Ok(Err(e)) = &engine
+            && e.is_connect()
+            && let Some(other) = service
+                .router
+                .pick_except(&http_req.body_bz, Some(&engine_url))
+        {
+            tracing::warn!(engine = %engine_url, error = %e, "engine refused the connection; relay sent to another");
+            service
+                .metrics
+                .route
+                .retried
+                .fetch_add(1, Ordering::Relaxed);
+            engine_url = other.engine.url.clone();
+            self.engine = Some(other);
+            engine = match self.backend_request(service, &engine_url, &http_req) {
+                Ok(req) => tokio::time::timeout_at(deadline, self.state.backend.request(req)).await,
+                Err(f) => return self.fail(f),
+            };
+        }
         let res = match engine {
             Err(_) => {
                 return self.fail(fail(
@@ -356,7 +395,7 @@ impl Ctx {
                 return self.fail(fail(
                     StatusCode::BAD_GATEWAY,
                     codes::BACKEND_UNREACHABLE,
-                    format!("backend {} unreachable: {e}", service.config.backend_url),
+                    format!("backend {engine_url} unreachable: {e}"),
                 ));
             }
             Ok(Ok(r)) => r,

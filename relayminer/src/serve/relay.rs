@@ -38,16 +38,13 @@ pub struct Service {
     pub config: ServiceConfig,
     base: Uri,
     pub metrics: Arc<ServiceMetrics>,
+    /// The engine replicas and how relays are spread over them.
+    pub router: super::route::Router,
     /// Triton's gRPC client, for `backend: triton`.
     triton: Option<super::triton::Triton>,
 }
 
 impl Service {
-    /// The engine's base URL.
-    pub(super) fn base(&self) -> &Uri {
-        &self.base
-    }
-
     /// Triton's gRPC client, for `backend: triton`.
     pub(super) fn triton(&self) -> Option<&super::triton::Triton> {
         self.triton.as_ref()
@@ -90,16 +87,33 @@ impl RelayState {
                     s.service_id, s.backend_url
                 )
             })?;
+            let mut engines = vec![base.clone()];
+            for e in &s.engines {
+                let u: Uri = e
+                    .parse()
+                    .map_err(|err| format!("service {}: engine {e:?}: {err}", s.service_id))?;
+                if u.authority().is_none() {
+                    return Err(format!(
+                        "service {}: engine {e:?} has no host",
+                        s.service_id
+                    ));
+                }
+                if !engines.contains(&u) {
+                    engines.push(u);
+                }
+            }
+            let service_metrics = metrics.service(&s.service_id);
             services.insert(
                 s.service_id.clone(),
                 Service {
+                    router: super::route::Router::new(s.routing, &engines, service_metrics.clone()),
                     triton: match s.backend {
                         BackendKind::Openai => None,
                         BackendKind::Triton => Some(super::triton::Triton::new(s)?),
                     },
                     config: s.clone(),
                     base,
-                    metrics: metrics.service(&s.service_id),
+                    metrics: service_metrics,
                 },
             );
         }
