@@ -23,6 +23,8 @@
 //! cannot read, and a body over the budget, has no keys ([`Unkeyed`]): such a request is
 //! routed by load alone and still served.
 
+use std::collections::HashMap;
+
 use blake3::hazmat::{
     ChainingValue, HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root,
 };
@@ -140,7 +142,7 @@ pub fn prefix_keys(body: &[u8], budget: KeyBudget) -> Result<PrefixKeys, Unkeyed
     let mut tree = Tree {
         seed: &seed,
         r: &body[r0..r1],
-        memo: Vec::new(),
+        memo: HashMap::new(),
     };
     let mut out = PrefixKeys::default();
     for e in at.into_iter().filter(|&e| e > 0) {
@@ -222,7 +224,9 @@ fn role_of(message: &[u8]) -> Option<&[u8]> {
 struct Tree<'a> {
     seed: &'a [u8; 32],
     r: &'a [u8],
-    memo: Vec<(usize, usize, ChainingValue)>,
+    /// Subtrees hashed so far, by (offset, length): at most a few per key, and found
+    /// in constant time however many keys a large prompt has.
+    memo: HashMap<(usize, usize), ChainingValue>,
 }
 
 impl Tree<'_> {
@@ -232,19 +236,14 @@ impl Tree<'_> {
 
     /// The chaining value of the subtree `a .. a + len` (`a` at a chunk boundary).
     fn cv(&mut self, a: usize, len: usize) -> ChainingValue {
-        if let Some(&(_, _, cv)) = self.memo.iter().find(|m| m.0 == a && m.1 == len) {
+        if let Some(&cv) = self.memo.get(&(a, len)) {
             return cv;
         }
         let whole = len <= CHUNK_LEN
             || (len.is_multiple_of(CHUNK_LEN) && (len / CHUNK_LEN).is_power_of_two());
         let cv = if whole {
             let half = len / 2;
-            let memo = |x: usize| {
-                self.memo
-                    .iter()
-                    .find(|m| m.0 == x && m.1 == half)
-                    .map(|m| m.2)
-            };
+            let memo = |x: usize| self.memo.get(&(x, half)).copied();
             match (len > CHUNK_LEN).then(|| (memo(a), memo(a + half))) {
                 Some((Some(l), Some(r))) => merge_subtrees_non_root(&l, &r, self.mode()),
                 _ => blake3::Hasher::new_keyed(self.seed)
@@ -257,7 +256,7 @@ impl Tree<'_> {
             let (x, y) = (self.cv(a, l), self.cv(a + l, len - l));
             merge_subtrees_non_root(&x, &y, self.mode())
         };
-        self.memo.push((a, len, cv));
+        self.memo.insert((a, len), cv);
         cv
     }
 
@@ -617,7 +616,7 @@ mod tests {
         let mut tree = Tree {
             seed: &seed,
             r: &r,
-            memo: Vec::new(),
+            memo: HashMap::new(),
         };
         let lens = [
             1, 63, 1023, 1024, 1025, 2048, 3000, 4096, 4097, 8192, 8193, 12_288, 15_580, 16_384,
@@ -634,7 +633,7 @@ mod tests {
         let mut tree = Tree {
             seed: &seed,
             r: &r,
-            memo: Vec::new(),
+            memo: HashMap::new(),
         };
         for &e in lens.iter().rev() {
             assert_eq!(tree.root(e), *blake3::keyed_hash(&seed, &r[..e]).as_bytes());
