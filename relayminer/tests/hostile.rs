@@ -312,11 +312,14 @@ async fn half_sent_requests_are_cut_and_honest_relays_go_on() {
     let mut attackers = Vec::new();
     for _ in 0..6 {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(b"POST /relay HTTP/1.1\r\nHost: x\r\nContent-Length: 19922944\r\n\r\n")
+        // serve may answer and close before the attacker has sent it all (no room in
+        // the budget): a failed write is an attacker already cut off.
+        let sent = s
+            .write_all(b"POST /relay HTTP/1.1\r\nHost: x\r\nContent-Length: 19922944\r\n\r\n")
             .await
-            .expect("write");
-        s.write_all(&vec![0x0a; 4 << 20]).await.expect("write");
-        attackers.push(s);
+            .is_ok()
+            && s.write_all(&vec![0x0a; 4 << 20]).await.is_ok();
+        attackers.push((s, sent));
     }
     let mut headers_only = tokio::net::TcpStream::connect(addr).await.expect("connect");
     headers_only
@@ -331,20 +334,32 @@ async fn half_sent_requests_are_cut_and_honest_relays_go_on() {
     // Every attacker is answered and cut off: 408 (its body's deadline) or 503 (no room
     // in the budget within it; which one depends on when the room came back, and
     // `lode-net`'s tests show each).
+    // (Closed with the attacker's bytes unread, the connection may be reset before the
+    // answer is read: also cut off.)
     let mut statuses = Vec::new();
-    for mut s in attackers {
+    for (mut s, sent) in attackers {
         let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
             .await
-            .expect("the attacker's connection was closed")
-            .expect("read");
+            .expect("the attacker's connection was closed");
         let text = String::from_utf8_lossy(&out);
-        statuses.push(text.get(9..12).unwrap_or("").to_string());
+        statuses.push(match (read, text.get(9..12)) {
+            (_, Some(code)) => code.to_string(),
+            (Err(e), None) if e.kind() == std::io::ErrorKind::ConnectionReset => "reset".into(),
+            (Ok(_), None) if !sent => "reset".into(),
+            (r, None) => format!("{r:?} after sending all: {sent}"),
+        });
     }
     statuses.sort();
     assert!(
-        statuses.iter().all(|s| s == "408" || s == "503"),
+        statuses
+            .iter()
+            .all(|s| s == "408" || s == "503" || s == "reset"),
         "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(|s| s == "408" || s == "503"),
+        "some attackers are answered: {statuses:?}"
     );
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(20), headers_only.read_to_end(&mut out))
