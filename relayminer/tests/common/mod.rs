@@ -114,7 +114,12 @@ pub async fn fleet_with(chain_config: DevnetConfig, tune: impl FnOnce(&mut Strin
         serve: Some(handle),
         supplier,
         header,
-        http: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+        // A fresh connection per request: a pooled one that serve closed after an
+        // answer (a refused body it did not read) could be picked for the next request
+        // and fail it with `IncompleteMessage` (seen once in a clean CI run).
+        http: Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build_http(),
     }
 }
 
