@@ -189,6 +189,74 @@ pub struct ServiceConfig {
     /// How a relay's engine replica is chosen.
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Where the engine replicas are found at run time (a Kubernetes Service's
+    /// EndpointSlices); the replicas found replace `backend_url` and `engines`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<EngineDiscovery>,
+}
+
+/// The engine replicas of a service, read from the EndpointSlices of a Kubernetes
+/// Service (`GET /apis/discovery.k8s.io/v1/namespaces/<ns>/endpointslices?
+/// labelSelector=kubernetes.io/service-name=<service>`), the standard way to follow a
+/// Service's ready pods. Ready endpoints get relays; a terminating one gets nothing new
+/// and its relays in flight finish.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineDiscovery {
+    /// The engine Service's name.
+    pub service: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The Service port's name (EndpointSlice ports carry the Service port's name).
+    pub port: String,
+    /// How often the EndpointSlices are read, milliseconds.
+    #[serde(default = "default_discovery_period_ms")]
+    pub period_ms: u64,
+    /// The API server's URL; unset: `LODE_KUBE_API` if set, else the pod's own
+    /// (`KUBERNETES_SERVICE_HOST`, the service account's CA and token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+}
+
+/// Default `discovery.period_ms`.
+pub const DEFAULT_DISCOVERY_PERIOD_MS: u64 = 1000;
+
+fn default_discovery_period_ms() -> u64 {
+    DEFAULT_DISCOVERY_PERIOD_MS
+}
+
+impl EngineDiscovery {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        for (what, v) in [
+            ("service", &self.service),
+            ("namespace", &self.namespace),
+            ("port", &self.port),
+        ] {
+            let dns_label = !v.is_empty()
+                && v.len() <= 63
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !dns_label {
+                return Err(Invalid(format!(
+                    "discovery.{what} {v:?} must be a DNS label (a-z, 0-9, '-', at most 63)"
+                )));
+            }
+        }
+        if let Some(u) = &self.api_url
+            && !is_http_url(u)
+        {
+            return Err(Invalid(format!(
+                "discovery.api_url {u:?} must be http:// or https://"
+            )));
+        }
+        if !(100..=60_000).contains(&self.period_ms) {
+            return Err(Invalid(format!(
+                "discovery.period_ms {} must be between 100 and 60000",
+                self.period_ms
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// How the relay tier picks an engine replica.
@@ -298,6 +366,7 @@ impl ServiceConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             routes: default_routes(),
             engines: Vec::new(),
+            discovery: None,
             routing: RoutingConfig::default(),
         }
     }
@@ -574,6 +643,16 @@ impl ServeConfig {
             s.routing
                 .validate()
                 .map_err(|e| Invalid(format!("service {:?}: {e}", s.service_id)))?;
+            if let Some(d) = &s.discovery {
+                if s.backend == BackendKind::Triton {
+                    return Err(Invalid(format!(
+                        "service {:?}: discovered engine replicas are routed for OpenAI-compatible engines only",
+                        s.service_id
+                    )));
+                }
+                d.validate()
+                    .map_err(|e| Invalid(format!("service {:?}: {e}", s.service_id)))?;
+            }
         }
         let largest = self.services.iter().map(|s| s.max_body_bytes).max();
         self.limits.validate(largest.unwrap_or(0))?;

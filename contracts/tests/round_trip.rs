@@ -12,7 +12,7 @@ use lode_contracts::report::{
     JobKind, JobReport, MAX_SUMMARY_BYTES, Outcome, SessionReport, StakeOutcome, StakeReport,
 };
 use lode_contracts::serve::{
-    BackendKind, BasicAuth, ServeConfig, ServiceConfig, StoreConfig, StorePolicy,
+    BackendKind, BasicAuth, EngineDiscovery, ServeConfig, ServiceConfig, StoreConfig, StorePolicy,
 };
 use lode_contracts::stake::{RevShare, ServiceStake, StakeSpec};
 use lode_contracts::store::SessionCounts;
@@ -153,6 +153,40 @@ fn routes_and_limits_are_checked() {
     let yaml = routed.to_yaml();
     assert!(yaml.contains("mode: prefix"), "{yaml}");
     assert_eq!(ServeConfig::from_yaml(&yaml).expect("parses"), routed);
+    // Replicas found at run time from a Service's EndpointSlices.
+    let mut found = routed.clone();
+    found.services[0].discovery = Some(EngineDiscovery {
+        service: "llama-engines".into(),
+        namespace: "lode".into(),
+        port: "engine".into(),
+        period_ms: 1000,
+        api_url: Some("https://10.96.0.1:443".into()),
+    });
+    assert_eq!(found.validate(), Ok(()));
+    let yaml = found.to_yaml();
+    assert_eq!(ServeConfig::from_yaml(&yaml).expect("parses"), found);
+    for (tweak, says) in [
+        (
+            (|d: &mut EngineDiscovery| d.service = "Engines".into()) as fn(&mut EngineDiscovery),
+            "discovery.service",
+        ),
+        (|d| d.namespace = "a/../b".into(), "discovery.namespace"),
+        (|d| d.port = String::new(), "discovery.port"),
+        (|d| d.period_ms = 10, "discovery.period_ms"),
+        (
+            |d| d.api_url = Some("10.96.0.1".into()),
+            "discovery.api_url",
+        ),
+    ] {
+        let mut c = found.clone();
+        tweak(c.services[0].discovery.as_mut().expect("set"));
+        let e = c.validate().expect_err(says).to_string();
+        assert!(e.contains(says), "{says}: {e}");
+    }
+    found.services[0].engines.clear();
+    found.services[0].backend = BackendKind::Triton;
+    let e = found.validate().expect_err("triton").to_string();
+    assert!(e.contains("OpenAI-compatible"), "{e}");
 }
 
 #[test]

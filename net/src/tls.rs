@@ -81,6 +81,39 @@ pub fn h2_connector(connect_timeout: std::time::Duration) -> HttpsConnector {
         .wrap_connector(http(connect_timeout))
 }
 
+/// HTTP/1.1 over `http://` or `https://`, trusting only the certificates in `ca_pem`
+/// (a PEM bundle): the Kubernetes API server seen from a pod, whose CA is the service
+/// account's `ca.crt`, not a public root.
+pub fn https_connector_trusting(
+    ca_pem: &[u8],
+    connect_timeout: std::time::Duration,
+) -> Result<HttpsConnector, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| format!("reading the CA bundle: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("a CA certificate is unusable: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA bundle holds no certificate".into());
+    }
+    let mut c =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(c)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http(connect_timeout)))
+}
+
 /// A byte stream to `host:port`, through TLS when `tls` (for a websocket handshake).
 #[derive(Debug)]
 pub enum MaybeTls {

@@ -284,6 +284,7 @@ fn from_poktroll(p: PoktrollConfig, keys_dir: Option<&Path>) -> Result<ServeConf
                 // poktroll has one backend per service.
                 engines: Vec::new(),
                 routing: RoutingConfig::default(),
+                discovery: None,
             })
         })
         .collect::<Result<_, String>>()?;

@@ -41,6 +41,11 @@ pub struct RouteMetrics {
     pub spilled: AtomicU64,
     /// Relays sent to another engine after theirs refused the connection.
     pub retried: AtomicU64,
+    /// Engine replicas taking relays now (discovery sets it).
+    pub engines_ready: AtomicU64,
+    /// Reads of the engine Service's EndpointSlices that failed (the last list known
+    /// stays in use).
+    pub discovery_errors: AtomicU64,
 }
 
 /// Latency buckets (seconds) of served relays.
@@ -250,11 +255,21 @@ impl Metrics {
                 "Relays sent to another engine replica after theirs refused the connection.",
                 |m| m.route.retried.load(Ordering::Relaxed),
             ),
+            (
+                "lode_serve_engines_ready",
+                "Engine replicas taking relays (found ready in the engine Service's EndpointSlices, or configured).",
+                |m| m.route.engines_ready.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_discovery_errors_total",
+                "Reads of the engine Service's EndpointSlices that failed (the last list known stays in use).",
+                |m| m.route.discovery_errors.load(Ordering::Relaxed),
+            ),
         ] {
-            let kind = if name == "lode_serve_in_flight" {
-                "gauge"
-            } else {
+            let kind = if name.ends_with("_total") {
                 "counter"
+            } else {
+                "gauge"
             };
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (id, m) in &services {

@@ -8,6 +8,7 @@
 
 mod admit;
 pub mod config;
+pub mod discover;
 pub mod failure;
 pub mod metrics;
 mod proxy;
@@ -188,6 +189,19 @@ pub async fn start_with(
         .map_err(ServeError::Service)?,
     );
 
+    // Services whose engine replicas are found at run time follow them from now on.
+    let mut discovery = Vec::new();
+    for svc in state.services.values() {
+        if let Some(d) = &svc.config.discovery {
+            let api = discover::KubeApi::for_discovery(d).map_err(ServeError::Service)?;
+            discovery.push(tokio::spawn(discover::follow(
+                api,
+                state.clone(),
+                svc.config.service_id.clone(),
+            )));
+        }
+    }
+
     let (relay_listener, relay_addr) = lode_net::bind("relay", &config.listen).await?;
     let (admin_listener, admin_addr) = lode_net::bind("admin", &config.admin).await?;
 
@@ -278,6 +292,9 @@ pub async fn start_with(
         );
         background.abort();
         height_task.abort();
+        for d in &discovery {
+            d.abort();
+        }
         let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
         while task_state.shipper.queued() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

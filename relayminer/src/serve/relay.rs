@@ -87,7 +87,12 @@ impl RelayState {
                     s.service_id, s.backend_url
                 )
             })?;
-            let mut engines = vec![base.clone()];
+            // Discovered replicas replace the configured ones (none until found).
+            let mut engines = if s.discovery.is_some() {
+                Vec::new()
+            } else {
+                vec![base.clone()]
+            };
             for e in &s.engines {
                 let u: Uri = e
                     .parse()
@@ -158,6 +163,9 @@ impl RelayState {
     pub async fn backend_reachable(&self, service: &Service) -> bool {
         if let Some(t) = &service.triton {
             return t.ready().await;
+        }
+        if service.config.discovery.is_some() {
+            return service.router.ready() > 0;
         }
         let Ok(uri) = join_uri(&service.base, "/v1/models") else {
             return false;

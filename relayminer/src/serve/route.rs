@@ -215,6 +215,17 @@ impl Router {
             }
         }
         self.sweep(&mut engines);
+        let ready = engines.iter().filter(|e| !e.is_draining()).count();
+        self.metrics
+            .route
+            .engines_ready
+            .store(ready as u64, Ordering::Relaxed);
+    }
+
+    /// Engines taking relays now.
+    pub fn ready(&self) -> usize {
+        let engines = self.engines.read().expect("lock");
+        engines.iter().filter(|e| !e.is_draining()).count()
     }
 
     /// Drops drained engines with nothing in flight, and their keys.

@@ -1,0 +1,218 @@
+//! serve finds its engine replicas in the engine Service's EndpointSlices (an API
+//! server on loopback stands in for Kubernetes): ready replicas take relays, one that
+//! turns terminating takes nothing new, and an API server that fails, lies, floods or
+//! stalls changes nothing (the last set stays, the failures are counted).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use lode_engine_sim::{EngineSim, SimConfig};
+use serde_json::{Value, json};
+
+use common::*;
+
+/// What the stand-in API server answers.
+#[derive(Clone)]
+enum Answer {
+    Slices(Value),
+    Status(u16, &'static str),
+    Huge,
+    Stall,
+}
+
+#[derive(Clone)]
+struct Api {
+    answer: Arc<Mutex<Answer>>,
+    asked: Arc<AtomicUsize>,
+}
+
+async fn endpoint_slices(
+    State(api): State<Api>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    assert_eq!(
+        q.get("labelSelector").map(String::as_str),
+        Some("kubernetes.io/service-name=llm-engines"),
+        "serve asks for its engine Service's slices"
+    );
+    api.asked.fetch_add(1, Ordering::Relaxed);
+    let answer = api.answer.lock().expect("lock").clone();
+    match answer {
+        Answer::Slices(v) => axum::Json(v).into_response(),
+        Answer::Status(code, text) => (
+            axum::http::StatusCode::from_u16(code).expect("status"),
+            text,
+        )
+            .into_response(),
+        // 5 MiB of a valid-looking list: more than serve reads.
+        Answer::Huge => {
+            let pad = "x".repeat(5 << 20);
+            format!("{{\"items\": [], \"pad\": \"{pad}\"}}").into_response()
+        }
+        Answer::Stall => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            axum::Json(json!({"items": []})).into_response()
+        }
+    }
+}
+
+fn slices(ready: &[(SocketAddr, bool)]) -> Value {
+    let endpoints: Vec<Value> = ready
+        .iter()
+        .map(|(a, r)| {
+            json!({"addresses": [a.ip().to_string()],
+                   "conditions": {"ready": r, "serving": true, "terminating": !r}})
+        })
+        .collect();
+    // One slice per port number (engine-sim listens on a free port each).
+    let items: Vec<Value> = ready
+        .iter()
+        .zip(endpoints)
+        .map(|((a, _), e)| {
+            json!({"addressType": "IPv4", "endpoints": [e],
+                   "ports": [{"name": "engine", "port": a.port(), "protocol": "TCP"}]})
+        })
+        .collect();
+    json!({"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1", "items": items})
+}
+
+async fn engine() -> (EngineSim, SocketAddr) {
+    let sim = EngineSim::new(SimConfig {
+        ttft: Duration::from_millis(2),
+        tokens_per_second: 4000.0,
+        ..SimConfig::default()
+    });
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let (addr, _) = sim
+        .serve(any, std::future::pending())
+        .await
+        .expect("engine-sim");
+    (sim, addr)
+}
+
+fn chat(i: usize) -> String {
+    json!({"model": "sim-model", "max_tokens": 2,
+           "messages": [{"role": "user", "content": format!("question {i}")}]})
+    .to_string()
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("waited 5 s for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_follow_the_endpoint_slices_and_a_bad_api_server_changes_nothing() {
+    let ((a, a_addr), (b, b_addr)) = (engine().await, engine().await);
+    let api = Api {
+        answer: Arc::new(Mutex::new(Answer::Slices(slices(&[
+            (a_addr, true),
+            (b_addr, true),
+        ])))),
+        asked: Arc::default(),
+    };
+    let app = axum::Router::new()
+        .route(
+            "/apis/discovery.k8s.io/v1/namespaces/lode/endpointslices",
+            axum::routing::get(endpoint_slices),
+        )
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let api_addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let f = fleet(|yaml| {
+        yaml.push_str(&format!(
+            "    routing: {{mode: leastLoaded}}\n    discovery: {{service: llm-engines, namespace: lode, port: engine, period_ms: 100, api_url: 'http://{api_addr}'}}\n",
+        ))
+    })
+    .await;
+    let router = &f.serve().state.services[SERVICE].router;
+    let metrics = f.serve().state.metrics.service(SERVICE);
+    wait_for("both replicas found", || router.ready() == 2).await;
+    assert_eq!(metrics.route.engines_ready.load(Ordering::Relaxed), 2);
+
+    // Relays spread over both replicas, none on the configured backend_url.
+    for i in 0..8 {
+        let (status, res) = f.send(&f.relay(&chat(i))).await;
+        assert_eq!(status, 200, "{:?}", res.relay_miner_error);
+    }
+    assert_eq!(a.successes() + b.successes(), 8);
+    assert!(a.successes() > 0 && b.successes() > 0, "both serve");
+    assert_eq!(f.sim.successes(), 0, "backend_url is not an engine now");
+
+    // b turns terminating: nothing new goes there.
+    *api.answer.lock().expect("lock") = Answer::Slices(slices(&[(a_addr, true), (b_addr, false)]));
+    wait_for("b drained", || router.ready() == 1).await;
+    let on_b = b.successes();
+    for i in 8..14 {
+        let (status, _) = f.send(&f.relay(&chat(i))).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        b.successes(),
+        on_b,
+        "a terminating replica takes no new relay"
+    );
+
+    // A failing, lying, flooding or stalling API server changes nothing.
+    for bad in [
+        Answer::Status(403, "{\"kind\":\"Status\",\"reason\":\"Forbidden\"}"),
+        Answer::Status(200, "<html>not json</html>"),
+        Answer::Slices(json!({"kind": "Status"})),
+        Answer::Huge,
+        Answer::Stall,
+    ] {
+        let errors = metrics.route.discovery_errors.load(Ordering::Relaxed);
+        *api.answer.lock().expect("lock") = bad;
+        let wait = if matches!(*api.answer.lock().expect("lock"), Answer::Stall) {
+            8000
+        } else {
+            2000
+        };
+        for _ in 0..wait / 25 {
+            if metrics.route.discovery_errors.load(Ordering::Relaxed) > errors {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(
+            metrics.route.discovery_errors.load(Ordering::Relaxed) > errors,
+            "the failure is counted"
+        );
+        assert_eq!(router.ready(), 1, "the last set stays");
+        let (status, _) = f.send(&f.relay(&chat(100))).await;
+        assert_eq!(status, 200, "relays still served");
+    }
+
+    // Back, with b ready again: it takes relays again.
+    *api.answer.lock().expect("lock") = Answer::Slices(slices(&[(a_addr, true), (b_addr, true)]));
+    wait_for("b back", || router.ready() == 2).await;
+    let on_b = b.successes();
+    for i in 20..26 {
+        let (status, _) = f.send(&f.relay(&chat(i))).await;
+        assert_eq!(status, 200);
+    }
+    assert!(b.successes() > on_b, "b serves again");
+    assert_eq!(
+        f.mined(),
+        8 + 6 + 5 + 6,
+        "every relay served and mined once"
+    );
+    // At least one read per phase: found, drained, five failures, back.
+    let asked = api.asked.load(Ordering::Relaxed);
+    assert!(asked >= 8, "asked {asked}");
+    server.abort();
+}
