@@ -497,3 +497,111 @@ async fn init_containers_run_in_order_before_the_app_and_a_failing_one_holds_it(
     );
     sim.shutdown().await;
 }
+
+/// The EndpointSlice controller: a Service's running pods, each with its IP and the
+/// conditions a real one reports, at the pods' port; a terminating pod is listed not
+/// ready and terminating. Pods reach the API server through `LODE_KUBE_API`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slices_follow_a_services_pods_and_their_termination() {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(root.path().join("bin")).expect("bin");
+    std::os::unix::fs::symlink("/bin/sh", root.path().join("bin/sh")).expect("sh");
+    let sim = start_with_kubelet(root.path()).await;
+    let kc = sim.kubeconfig.clone();
+    // The app ignores SIGTERM, so a deleted pod stays terminating for its grace period.
+    let pod = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "e"}},
+            "spec": {"terminationGracePeriodSeconds": 5, "volumes": [{"name": "work", "emptyDir": {}}],
+                "containers": [{"name": "engine", "image": "sh",
+                    "ports": [{"name": "engine", "containerPort": 8000}],
+                    "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                    "args": ["-c", "echo \"$LODE_KUBE_API\" > /work/api; trap '' TERM; exec sleep 600"]}]}})
+    };
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "e"},
+        "spec": {"clusterIP": "None", "selector": {"app": "e"},
+                 "ports": [{"name": "engine", "port": 80, "targetPort": "engine"}]}});
+    let file = root.path().join("objects.yaml");
+    let docs = [pod("e1"), pod("e2"), svc]
+        .map(|p| serde_json::to_string(&p).expect("json"))
+        .join("\n---\n");
+    std::fs::write(&file, docs).expect("write");
+    let (ok, out) = lode_testkit::kubectl(&kc, &["apply", "-f", &file.display().to_string()]);
+    assert!(ok, "{out}");
+
+    let slices = || -> serde_json::Value {
+        let (ok, out) = lode_testkit::kubectl(
+            &kc,
+            &[
+                "get",
+                "endpointslices.discovery.k8s.io",
+                "-l",
+                "kubernetes.io/service-name=e",
+                "-o",
+                "json",
+            ],
+        );
+        assert!(ok, "{out}");
+        serde_json::from_str(&out).expect("json")
+    };
+    // (address, ready, terminating) of every endpoint, sorted.
+    let endpoints = |list: &serde_json::Value| -> Vec<(String, bool, bool)> {
+        let mut v: Vec<_> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .map(|e| {
+                (
+                    e["addresses"][0].as_str().unwrap_or("").to_string(),
+                    e["conditions"]["ready"] == true,
+                    e["conditions"]["terminating"] == true,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let list = loop {
+        let list = slices();
+        let e = endpoints(&list);
+        if e.len() == 2 && e.iter().all(|(_, ready, _)| *ready) {
+            break list;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let slice = &list["items"][0];
+    assert_eq!(slice["ports"][0]["name"], "engine");
+    assert_eq!(
+        slice["ports"][0]["port"], 8000,
+        "the pods' port, not the Service's"
+    );
+    assert_eq!(
+        slice["metadata"]["ownerReferences"][0]["kind"], "Service",
+        "{slice}"
+    );
+    let ip_of = |pod: &str| {
+        lode_testkit::kubectl(&kc, &["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]).1
+    };
+    let (ip1, ip2) = (ip_of("e1"), ip_of("e2"));
+    assert!(endpoints(&list).iter().any(|(a, _, _)| *a == ip1));
+    let api = std::fs::read_to_string(root.path().join("pods/default_e1/volumes/work/api"))
+        .expect("the pod wrote its env");
+    assert_eq!(api.trim(), format!("http://{}", sim.addr));
+
+    // e2 deleted: terminating (it ignores SIGTERM) and no longer ready.
+    let (ok, out) = lode_testkit::kubectl(&kc, &["delete", "pod", "e2", "--wait=false"]);
+    assert!(ok, "{out}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let e = endpoints(&slices());
+        if e.contains(&(ip2.clone(), false, true)) {
+            assert!(e.contains(&(ip1.clone(), true, false)), "{e:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{e:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sim.shutdown().await;
+}

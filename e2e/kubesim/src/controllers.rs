@@ -100,6 +100,91 @@ impl Controllers {
         for j in self.store.list(&Res::new("batch", "jobs"), None) {
             self.job(&j, &all_pods);
         }
+        let all_pods = self.store.list(&pods(), None);
+        for svc in self.store.list(&Res::new("", "services"), None) {
+            self.endpoint_slice(&svc, &all_pods);
+        }
+    }
+
+    /// The EndpointSlice controller: one slice per Service with a selector
+    /// (`<service>-sim`), listing every running pod it selects with its IP and the
+    /// conditions a real one reports (`ready`: Ready and not terminating; `serving`:
+    /// Ready; `terminating`), and the Service's ports resolved to the pods' ports.
+    fn endpoint_slice(&self, svc: &Value, all_pods: &[Value]) {
+        let sel = LabelSelector::from_map(&svc["spec"]["selector"]);
+        if sel.is_empty() || terminating(svc) {
+            return;
+        }
+        let Some(ns) = svc["metadata"]["namespace"].as_str() else {
+            return;
+        };
+        let selected: Vec<&Value> = all_pods
+            .iter()
+            .filter(|p| {
+                p["metadata"]["namespace"].as_str() == Some(ns)
+                    && sel.matches(p)
+                    && p["status"]["podIP"].is_string()
+                    && !matches!(phase(p), "Succeeded" | "Failed")
+            })
+            .collect();
+        let endpoints: Vec<Value> = selected
+            .iter()
+            .map(|p| {
+                let ready = pod_ready(p);
+                json!({
+                    "addresses": [p["status"]["podIP"]],
+                    "conditions": {"ready": ready && !terminating(p), "serving": ready, "terminating": terminating(p)},
+                    "nodeName": p["spec"]["nodeName"],
+                    "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]},
+                })
+            })
+            .collect();
+        let ports: Vec<Value> = svc["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|sp| {
+                let target = if sp["targetPort"].is_null() {
+                    sp["port"].clone()
+                } else {
+                    sp["targetPort"].clone()
+                };
+                let port = match selected.first() {
+                    Some(p) => crate::proxy::target_port(p, &target)?,
+                    None => target.as_i64()?,
+                };
+                Some(json!({"name": sp["name"].as_str().unwrap_or(""), "port": port, "protocol": sp["protocol"].as_str().unwrap_or("TCP")}))
+            })
+            .collect();
+        let svc_name = svc["metadata"]["name"].as_str().unwrap_or("");
+        let name = format!("{svc_name}-sim");
+        let res = Res::new("discovery.k8s.io", "endpointslices");
+        match self.store.get(&res, ns, &name) {
+            Some(old) if old["endpoints"] == json!(endpoints) && old["ports"] == json!(ports) => {}
+            Some(_) => {
+                let _ = self.store.mutate(&res, ns, &name, false, |o| {
+                    o["endpoints"] = json!(endpoints);
+                    o["ports"] = json!(ports);
+                });
+            }
+            None => self.create(
+                &res,
+                json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {
+                        "name": name, "namespace": ns,
+                        "labels": {
+                            "kubernetes.io/service-name": svc_name,
+                            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                        },
+                        "ownerReferences": [owner_ref(svc)],
+                    },
+                    "addressType": "IPv4",
+                    "endpoints": endpoints,
+                    "ports": ports,
+                }),
+            ),
+        }
     }
 
     fn new_pod(&self, owner: &Value, name: String, extra_labels: &[(&str, String)]) -> Value {

@@ -64,6 +64,9 @@ pub struct Kubelet {
     config: KubeletConfig,
     pods: Mutex<HashMap<(String, String), PodHandle>>,
     next_ip: Mutex<u32>,
+    /// The API server's URL, given to every container as `LODE_KUBE_API` (the stand-in
+    /// for `KUBERNETES_SERVICE_HOST`: kubesim's API has no TLS).
+    api_url: std::sync::OnceLock<String>,
 }
 
 fn pods_res() -> Res {
@@ -91,6 +94,11 @@ fn gpu_request(pod: &Value) -> i64 {
 }
 
 impl Kubelet {
+    /// Where pods reach the API server (set once it listens).
+    pub fn set_api_url(&self, url: String) {
+        let _ = self.api_url.set(url);
+    }
+
     pub fn new(store: Arc<Store>, config: KubeletConfig) -> Arc<Self> {
         let node = json!({"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux"}},
@@ -109,6 +117,7 @@ impl Kubelet {
             config,
             pods: Mutex::new(HashMap::new()),
             next_ip: Mutex::new(1),
+            api_url: std::sync::OnceLock::new(),
         })
     }
 
@@ -644,6 +653,9 @@ impl Kubelet {
             }
         }
         let mut env: Vec<(String, String)> = Vec::new();
+        if let Some(url) = self.api_url.get() {
+            env.push(("LODE_KUBE_API".into(), url.clone()));
+        }
         for e in c["env"].as_array().into_iter().flatten() {
             let name = e["name"].as_str().unwrap_or("").to_string();
             let value = if let Some(v) = e["value"].as_str() {

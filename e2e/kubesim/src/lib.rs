@@ -143,6 +143,14 @@ impl KubeSim {
         })
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
+        if let Some(k) = &kubelet {
+            let host = if addr.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            } else {
+                addr
+            };
+            k.set_api_url(format!("http://{host}"));
+        }
         let kubeconfig = opts.root.join("kubeconfig");
         write_kubeconfig(&kubeconfig, addr, "default")?;
         let mut tasks = vec![server];

@@ -24,7 +24,7 @@ pub struct Proxy {
     turn: Arc<AtomicUsize>,
 }
 
-fn target_port(pod: &Value, target: &Value) -> Option<i64> {
+pub(crate) fn target_port(pod: &Value, target: &Value) -> Option<i64> {
     if let Some(n) = target.as_i64() {
         return Some(n);
     }

@@ -240,6 +240,7 @@ const BUILTIN: &[(&str, &str, &str, &str)] = &[
         "short=netpol",
     ),
     ("coordination.k8s.io/v1", "leases", "Lease", ""),
+    ("discovery.k8s.io/v1", "endpointslices", "EndpointSlice", ""),
     ("events.k8s.io/v1", "events", "Event", "short=ev"),
     ("rbac.authorization.k8s.io/v1", "roles", "Role", ""),
     (
