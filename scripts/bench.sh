@@ -24,6 +24,9 @@ cargo bench -p lode-relayminer --bench hostile --profile dev --locked
 # serve in front of llama.cpp's real server (the tiny generated model) against calling
 # it directly: added latency of a chat completion and of a stream's first chunk.
 cargo bench -p lode-relayminer --bench llamacpp --profile dev --locked
+# Two llama.cpp replicas behind serve, conversations with long system prompts: time to
+# the first token with prefix routing against round robin.
+cargo bench -p lode-relayminer --bench llamacpp_routing --profile dev --locked
 # BLAKE3 digests of a 2 GiB weight set against reading it, from the disk and the page
 # cache.
 cargo bench -p lode-relayminer --bench digest --profile dev --locked

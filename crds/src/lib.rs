@@ -509,6 +509,84 @@ impl Default for AutoscalingSpec {
     }
 }
 
+/// How the relay tier picks an engine replica for a relay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum EngineRouting {
+    /// The replica that recently served the longest prefix of the prompt (its KV cache
+    /// likely holds it), within the load bound; least-loaded when none did.
+    #[default]
+    Prefix,
+    /// The replica with the fewest relays in flight.
+    LeastLoaded,
+    /// Each replica in turn.
+    RoundRobin,
+}
+
+/// The relay tier: CPU pods running `relayminer serve` with the supplier's key, in front
+/// of the engine replicas (GPU pods, no key), routing each relay to one of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayTierSpec {
+    #[serde(default)]
+    pub routing: EngineRouting,
+    /// No engine replica takes a relay that would put it above (100 + this) % of the
+    /// mean relays in flight: a hot prefix spills over instead of queueing on one.
+    #[serde(default = "default_load_epsilon_percent")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub load_epsilon_percent: i32,
+    /// Prefix keys remembered per engine replica (size it like the engine's KV cache:
+    /// its tokens × 4 / 4096, at least).
+    #[serde(default = "default_keys_per_engine")]
+    #[schemars(range(min = 1, max = 16777216))]
+    pub keys_per_engine: i32,
+    /// Relay pods wanted now (the autoscaler writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Relay pods, at least and at most; the autoscaler scales between them by the
+    /// tier's own relays in flight.
+    #[serde(default = "default_relay_min")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    #[serde(default = "default_relay_max")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// Relays in flight per relay pod to aim for.
+    #[serde(default = "default_relay_target")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub target_in_flight_per_replica: i32,
+}
+
+fn default_load_epsilon_percent() -> i32 {
+    25
+}
+fn default_keys_per_engine() -> i32 {
+    65_536
+}
+fn default_relay_min() -> i32 {
+    2
+}
+fn default_relay_max() -> i32 {
+    8
+}
+fn default_relay_target() -> i32 {
+    256
+}
+
+impl Default for RelayTierSpec {
+    fn default() -> Self {
+        Self {
+            routing: EngineRouting::default(),
+            replicas: None,
+            load_epsilon_percent: default_load_epsilon_percent(),
+            keys_per_engine: default_keys_per_engine(),
+            min_replicas: default_relay_min(),
+            max_replicas: default_relay_max(),
+            target_in_flight_per_replica: default_relay_target(),
+        }
+    }
+}
+
 /// One model served for one POKT service on GPU pods.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
@@ -529,6 +607,16 @@ impl Default for AutoscalingSpec {
     printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine.kind"),
     printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Relays",
+        type_ = "integer",
+        json_path = ".status.relayReadyReplicas"
+    ),
+    printcolumn(
+        name = "Prefix-Hit%",
+        type_ = "integer",
+        json_path = ".status.prefixHitPercent"
+    ),
     printcolumn(name = "Digest", type_ = "string", json_path = ".status.modelDigest"),
     printcolumn(
         name = "Age",
@@ -537,6 +625,7 @@ impl Default for AutoscalingSpec {
     )
 )]
 #[x_kube(validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.relay) || !has(self.relay.minReplicas) || !has(self.relay.maxReplicas) || self.relay.minReplicas <= self.relay.maxReplicas").message("relay.minReplicas must not exceed relay.maxReplicas"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.replicas) || (self.replicas >= self.minReplicas && self.replicas <= self.maxReplicas)").message("replicas must be between minReplicas and maxReplicas"))]
 #[x_kube(validation = kube::core::Rule::new("(has(self.model.pvc) ? 1 : 0) + (has(self.model.image) ? 1 : 0) + (has(self.model.uri) ? 1 : 0) == 1").message("model needs exactly one of pvc, image or uri"))]
 #[x_kube(validation = kube::core::Rule::new("self.engine.kind != 'custom' || has(self.engine.image)").message("a custom engine needs an image"))]
@@ -563,6 +652,9 @@ pub struct ServiceModelSpec {
     pub max_replicas: i32,
     #[serde(default)]
     pub autoscaling: AutoscalingSpec,
+    /// The relay tier in front of the engines, and how it routes.
+    #[serde(default)]
+    pub relay: RelayTierSpec,
     /// Compute units per relay the supplier expects (checked against the chain).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
@@ -606,6 +698,15 @@ pub struct ServiceModelStatus {
     /// In-flight plus queued relays across the pods, last observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_demand: Option<i64>,
+    /// Relay pods, and of them the ready ones (the relay tier's Deployment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_ready_replicas: Option<i32>,
+    /// Of the prompt bytes the relay tier routed by prefix since its pods started, the
+    /// percentage sent to an engine replica that had been sent that prefix before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_hit_percent: Option<i32>,
     /// The weights' digest (`blake3:…` over the sorted manifest of per-file BLAKE3
     /// digests), as the serving pods' `weights-digest` init steps computed it before
     /// their engines started; absent while they disagree or one refused its weights

@@ -4,9 +4,12 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use lode_crds::{ServiceModel, Supplier};
@@ -35,17 +38,29 @@ where
     .await
 }
 
-/// A ServiceModel's serving objects; the Deployment as stored (its status).
-pub async fn serving(client: &Client, o: &ServingObjects) -> Result<Deployment, kube::Error> {
+/// A ServiceModel's serving objects; the engine and relay-tier Deployments as stored
+/// (their status).
+pub async fn serving(
+    client: &Client,
+    o: &ServingObjects,
+) -> Result<(Deployment, Deployment), kube::Error> {
     if let Some(cache) = &o.weight_cache {
         apply::<PersistentVolumeClaim>(client, cache).await?;
     }
-    apply::<ConfigMap>(client, &o.config).await?;
-    let deployment = apply::<Deployment>(client, &o.deployment).await?;
-    apply::<Service>(client, &o.service).await?;
+    let engines = apply::<Deployment>(client, &o.deployment).await?;
+    apply::<Service>(client, &o.engine_service).await?;
     apply::<PodDisruptionBudget>(client, &o.pdb).await?;
     apply::<NetworkPolicy>(client, &o.network_policy).await?;
-    Ok(deployment)
+    let r = &o.relay;
+    apply::<ServiceAccount>(client, &r.service_account).await?;
+    apply::<Role>(client, &r.role).await?;
+    apply::<RoleBinding>(client, &r.role_binding).await?;
+    apply::<ConfigMap>(client, &r.config).await?;
+    let relay = apply::<Deployment>(client, &r.deployment).await?;
+    apply::<Service>(client, &r.service).await?;
+    apply::<PodDisruptionBudget>(client, &r.pdb).await?;
+    apply::<NetworkPolicy>(client, &r.network_policy).await?;
+    Ok((engines, relay))
 }
 
 /// A Supplier's store; the StatefulSet as stored.
@@ -91,11 +106,19 @@ pub async fn remove_serving(client: &Client, sm: &ServiceModel) -> Result<usize,
     let ns = sm.namespace().unwrap_or_default();
     let name = sm.name_any();
     let mut removed = 0;
+    let (engines, relay) = (format!("{name}-engines"), format!("{name}-relay"));
+    removed += delete::<Deployment>(client, &ns, &relay).await?;
     removed += delete::<Deployment>(client, &ns, &name).await?;
     removed += delete::<Service>(client, &ns, &name).await?;
+    removed += delete::<Service>(client, &ns, &engines).await?;
     removed += delete::<PodDisruptionBudget>(client, &ns, &name).await?;
+    removed += delete::<PodDisruptionBudget>(client, &ns, &relay).await?;
     removed += delete::<NetworkPolicy>(client, &ns, &name).await?;
+    removed += delete::<NetworkPolicy>(client, &ns, &engines).await?;
     removed += delete::<ConfigMap>(client, &ns, &format!("{name}-serve")).await?;
+    removed += delete::<RoleBinding>(client, &ns, &relay).await?;
+    removed += delete::<Role>(client, &ns, &relay).await?;
+    removed += delete::<ServiceAccount>(client, &ns, &relay).await?;
     Ok(removed)
 }
 

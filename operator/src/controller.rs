@@ -40,10 +40,15 @@ pub async fn reconcile_model(sm: Arc<ServiceModel>, ctx: Arc<Context>) -> Result
         Ok(o) => o,
         Err(e) => return invalid_model(&sm, &ctx, e.reason(), e.to_string()).await,
     };
-    let deployment = apply::serving(&ctx.client, &objects).await?;
-    let pods = fetch::serving_pods(&ctx.client, &sm).await?;
+    let (engines, relay) = apply::serving(&ctx.client, &objects).await?;
+    let pods = fetch::engine_pods(&ctx.client, &sm).await?;
     let weights = status::WeightsReport::of(&pods);
-    let st = status::model_serving(&sm, deployment.status.as_ref(), &weights);
+    let st = status::model_serving(
+        &sm,
+        engines.status.as_ref(),
+        relay.status.as_ref(),
+        &weights,
+    );
     // Refused weights: an Event when the refusal is new (the condition keeps it).
     let refused = |conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
         conds

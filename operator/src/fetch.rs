@@ -63,13 +63,24 @@ pub async fn supplier(client: &Client, s: &Supplier) -> Result<SupplierFacts, ku
     })
 }
 
-/// Serving pods ready across the Supplier's ServiceModels.
+/// Engine replicas ready across the Supplier's ServiceModels whose relay tier has a
+/// ready pod (what can serve a relay now).
 async fn ready_serving(client: &Client, ns: &str, s: &Supplier) -> Result<i32, kube::Error> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let ready_of = |d: Option<Deployment>| {
+        d.and_then(|d| d.status)
+            .and_then(|st| st.ready_replicas)
+            .unwrap_or(0)
+    };
     let mut ready = 0;
     for svc in &s.spec.services {
-        if let Some(d) = deployments.get_opt(&svc.service_model).await? {
-            ready += d.status.and_then(|st| st.ready_replicas).unwrap_or(0);
+        let relay = ready_of(
+            deployments
+                .get_opt(&format!("{}-relay", svc.service_model))
+                .await?,
+        );
+        if relay > 0 {
+            ready += ready_of(deployments.get_opt(&svc.service_model).await?);
         }
     }
     Ok(ready)
@@ -141,11 +152,23 @@ async fn store_sessions(
     })
 }
 
-/// The serving pods of a ServiceModel: (ready ones' IPs, pods waiting for a node).
-pub async fn serving_pods(client: &Client, sm: &ServiceModel) -> Result<Vec<Pod>, kube::Error> {
+/// The engine pods of a ServiceModel.
+pub async fn engine_pods(client: &Client, sm: &ServiceModel) -> Result<Vec<Pod>, kube::Error> {
+    pods_of(client, sm, component::ENGINE).await
+}
+
+/// The relay-tier pods of a ServiceModel (`relayminer serve`).
+pub async fn relay_pods(client: &Client, sm: &ServiceModel) -> Result<Vec<Pod>, kube::Error> {
+    pods_of(client, sm, component::SERVE).await
+}
+
+async fn pods_of(
+    client: &Client,
+    sm: &ServiceModel,
+    component: &str,
+) -> Result<Vec<Pod>, kube::Error> {
     let selector = format!(
-        "app.kubernetes.io/component={},app.kubernetes.io/instance={}",
-        component::SERVE,
+        "app.kubernetes.io/component={component},app.kubernetes.io/instance={}",
         sm.name_any()
     );
     Ok(

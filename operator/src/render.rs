@@ -134,12 +134,20 @@ pub fn render(
             continue;
         };
         let o = build::servicemodel::serving(m, s, images).map_err(fail("ServiceModel", name))?;
+        out.extend(o.weight_cache.as_ref().map(value));
         out.extend([
-            value(&o.config),
             value(&o.deployment),
-            value(&o.service),
+            value(&o.engine_service),
             value(&o.pdb),
             value(&o.network_policy),
+            value(&o.relay.service_account),
+            value(&o.relay.role),
+            value(&o.relay.role_binding),
+            value(&o.relay.config),
+            value(&o.relay.deployment),
+            value(&o.relay.service),
+            value(&o.relay.pdb),
+            value(&o.relay.network_policy),
         ]);
     }
     for g in &r.gateways {
@@ -229,10 +237,18 @@ mod tests {
                 "StatefulSet/supplier-1-store",
                 "Service/supplier-1-store",
                 "NetworkPolicy/supplier-1-store",
-                "ConfigMap/qwen-7b-serve",
+                "PersistentVolumeClaim/qwen-7b-weights",
                 "Deployment/qwen-7b",
-                "Service/qwen-7b",
+                "Service/qwen-7b-engines",
                 "PodDisruptionBudget/qwen-7b",
+                "NetworkPolicy/qwen-7b-engines",
+                "ServiceAccount/qwen-7b-relay",
+                "Role/qwen-7b-relay",
+                "RoleBinding/qwen-7b-relay",
+                "ConfigMap/qwen-7b-serve",
+                "Deployment/qwen-7b-relay",
+                "Service/qwen-7b",
+                "PodDisruptionBudget/qwen-7b-relay",
                 "NetworkPolicy/qwen-7b",
                 "ConfigMap/gateway-gateway",
                 "Deployment/gateway",

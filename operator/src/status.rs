@@ -181,11 +181,12 @@ fn report_message(t: &ContainerStateTerminated) -> String {
     }
 }
 
-/// A served ServiceModel, from its Deployment as the API server stored it and what its
-/// pods' weights-digest steps reported.
+/// A served ServiceModel, from its engine and relay-tier Deployments as the API server
+/// stored them and what its engine pods' weights-digest steps reported.
 pub fn model_serving(
     sm: &ServiceModel,
     deployment: Option<&DeploymentStatus>,
+    relay: Option<&DeploymentStatus>,
     weights: &WeightsReport,
 ) -> ServiceModelStatus {
     let generation = sm.metadata.generation;
@@ -193,21 +194,28 @@ pub fn model_serving(
     let desired = build::servicemodel::desired_replicas(sm);
     let ready = deployment.and_then(|d| d.ready_replicas).unwrap_or(0);
     let replicas = deployment.and_then(|d| d.replicas).unwrap_or(0);
-    let selector = build::selector(&sm.name_any(), build::component::SERVE)
+    let relay_ready = relay.and_then(|d| d.ready_replicas).unwrap_or(0);
+    let relay_replicas = relay.and_then(|d| d.replicas).unwrap_or(0);
+    let selector = build::selector(&sm.name_any(), build::component::ENGINE)
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
+    let serving = ready >= desired && relay_ready > 0;
     let mut conds = set_condition(
         conditions,
         "Ready",
-        ready >= desired && desired > 0,
-        if ready >= desired {
+        serving && desired > 0,
+        if serving {
             "Serving"
+        } else if relay_ready == 0 {
+            "NoRelayTier"
         } else {
             "Starting"
         },
-        format!("{ready} of {desired} serving pods ready"),
+        format!(
+            "{ready} of {desired} engine replicas ready, {relay_ready} of {relay_replicas} relay pods ready"
+        ),
         generation,
     );
     conds = set_condition(
@@ -262,6 +270,8 @@ pub fn model_serving(
     ServiceModelStatus {
         replicas: Some(replicas),
         ready_replicas: Some(ready),
+        relay_replicas: Some(relay_replicas),
+        relay_ready_replicas: Some(relay_ready),
         model_digest,
         selector: Some(selector),
         observed_generation: generation,
@@ -537,7 +547,7 @@ mod tests {
         ];
         let report = WeightsReport::of(&pods);
         assert_eq!(report.digests.len(), 1);
-        let st = model_serving(&sm, Some(&deployment), &report);
+        let st = model_serving(&sm, Some(&deployment), Some(&deployment), &report);
         assert_eq!(st.model_digest, Some(d.clone()));
         let (status, reason, message) = verified(&st).expect("condition");
         assert_eq!((status.as_str(), reason.as_str()), ("True", "Digested"));
@@ -545,7 +555,7 @@ mod tests {
 
         // Pinned and verified.
         sm.spec.model.digest = Some(d.clone());
-        let st = model_serving(&sm, Some(&deployment), &report);
+        let st = model_serving(&sm, Some(&deployment), Some(&deployment), &report);
         assert_eq!(st.model_digest, Some(d.clone()));
         assert_eq!(verified(&st).expect("condition").1, "Verified");
 
@@ -561,7 +571,7 @@ mod tests {
         );
         let report = WeightsReport::of(&[pods[0].clone(), refusing]);
         assert_eq!(report.refused.as_deref(), Some(why.as_str()));
-        let st = model_serving(&sm, Some(&deployment), &report);
+        let st = model_serving(&sm, Some(&deployment), Some(&deployment), &report);
         assert_eq!(st.model_digest, None);
         assert_eq!(
             verified(&st),
@@ -571,7 +581,7 @@ mod tests {
         // Pods holding different weights (a PVC changed under a rollout).
         let other = format!("blake3:{}", "1e".repeat(32));
         let report = WeightsReport::of(&[pods[0].clone(), digest_pod(ok(&other), none.clone())]);
-        let st = model_serving(&sm, Some(&deployment), &report);
+        let st = model_serving(&sm, Some(&deployment), Some(&deployment), &report);
         assert_eq!(st.model_digest, None);
         assert_eq!(verified(&st).expect("condition").1, "DigestsDiffer");
 
@@ -590,9 +600,57 @@ mod tests {
         let st = model_serving(
             &build::tests::sample_model(),
             Some(&deployment),
+            Some(&deployment),
             &WeightsReport::default(),
         );
         assert_eq!((st.model_digest.clone(), verified(&st)), (None, None));
+    }
+
+    /// Ready needs the engines wanted and a ready relay pod in front of them; the
+    /// status counts both tiers.
+    #[test]
+    fn a_model_is_ready_with_its_engines_and_a_relay_tier() {
+        let sm = build::tests::sample_model();
+        let want = build::servicemodel::desired_replicas(&sm);
+        let engines = DeploymentStatus {
+            replicas: Some(want),
+            ready_replicas: Some(want),
+            ..DeploymentStatus::default()
+        };
+        let ready = |st: &ServiceModelStatus| {
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| (c.status.clone(), c.reason.clone()))
+                .expect("Ready")
+        };
+        let none_ready = DeploymentStatus {
+            replicas: Some(2),
+            ready_replicas: Some(0),
+            ..DeploymentStatus::default()
+        };
+        let st = model_serving(
+            &sm,
+            Some(&engines),
+            Some(&none_ready),
+            &WeightsReport::default(),
+        );
+        assert_eq!(ready(&st), ("False".into(), "NoRelayTier".into()));
+        assert_eq!(
+            (st.relay_replicas, st.relay_ready_replicas),
+            (Some(2), Some(0))
+        );
+        let relay = DeploymentStatus {
+            replicas: Some(2),
+            ready_replicas: Some(2),
+            ..DeploymentStatus::default()
+        };
+        let st = model_serving(&sm, Some(&engines), Some(&relay), &WeightsReport::default());
+        assert_eq!(ready(&st), ("True".into(), "Serving".into()));
+        assert!(
+            st.selector.expect("selector").contains("component=engine"),
+            "the scale subresource counts engine pods"
+        );
     }
 
     #[test]

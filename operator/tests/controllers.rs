@@ -133,23 +133,8 @@ async fn a_listed_service_model_gets_its_serving_objects_and_a_ready_status() {
         .await;
         assert_eq!(cache["metadata"]["ownerReferences"][0]["uid"], "sm-uid");
         assert_eq!(cache["spec"]["resources"]["requests"]["storage"], "100Gi");
-        let cm = expect_apply(
-            &mut h,
-            "/api/v1/namespaces/lode/configmaps",
-            "qwen-7b-serve",
-            Value::Null,
-        )
-        .await;
-        assert!(
-            cm["data"]["serve.yaml"]
-                .as_str()
-                .expect("yaml")
-                .contains("https://supplier-1-store:7070")
-        );
-        assert_eq!(
-            cm["metadata"]["ownerReferences"][0]["uid"], "sm-uid",
-            "owned by the ServiceModel"
-        );
+        // The engines: the engine alone, behind the engine Service, reachable only
+        // from the relay tier.
         let d = expect_apply(
             &mut h,
             "/apis/apps/v1/namespaces/lode/deployments",
@@ -157,24 +142,76 @@ async fn a_listed_service_model_gets_its_serving_objects_and_a_ready_status() {
             json!({"replicas": 1, "readyReplicas": 1}),
         )
         .await;
+        let containers = d["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .expect("containers");
+        assert_eq!(containers.len(), 1);
+        assert_eq!(containers[0]["name"], "engine");
+        for (path, name) in [
+            ("/api/v1/namespaces/lode/services", "qwen-7b-engines"),
+            (
+                "/apis/policy/v1/namespaces/lode/poddisruptionbudgets",
+                "qwen-7b",
+            ),
+        ] {
+            expect_apply(&mut h, path, name, Value::Null).await;
+        }
+        let np = expect_apply(
+            &mut h,
+            "/apis/networking.k8s.io/v1/namespaces/lode/networkpolicies",
+            "qwen-7b-engines",
+            Value::Null,
+        )
+        .await;
+        assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 8000);
+        // The relay tier: its ServiceAccount and the Role to read EndpointSlices.
+        for (path, name) in [
+            ("/api/v1/namespaces/lode/serviceaccounts", "qwen-7b-relay"),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/lode/roles",
+                "qwen-7b-relay",
+            ),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/lode/rolebindings",
+                "qwen-7b-relay",
+            ),
+        ] {
+            expect_apply(&mut h, path, name, Value::Null).await;
+        }
+        let cm = expect_apply(
+            &mut h,
+            "/api/v1/namespaces/lode/configmaps",
+            "qwen-7b-serve",
+            Value::Null,
+        )
+        .await;
+        let yaml = cm["data"]["serve.yaml"].as_str().expect("yaml");
+        assert!(yaml.contains("https://supplier-1-store:7070"), "{yaml}");
+        assert!(yaml.contains("service: qwen-7b-engines"), "{yaml}");
         assert_eq!(
-            d["spec"]["template"]["spec"]["containers"][1]["name"],
+            cm["metadata"]["ownerReferences"][0]["uid"], "sm-uid",
+            "owned by the ServiceModel"
+        );
+        let d = expect_apply(
+            &mut h,
+            "/apis/apps/v1/namespaces/lode/deployments",
+            "qwen-7b-relay",
+            json!({"replicas": 2, "readyReplicas": 2}),
+        )
+        .await;
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["name"],
             "relayminer"
         );
-        expect_apply(
-            &mut h,
-            "/api/v1/namespaces/lode/services",
-            "qwen-7b",
-            Value::Null,
-        )
-        .await;
-        expect_apply(
-            &mut h,
-            "/apis/policy/v1/namespaces/lode/poddisruptionbudgets",
-            "qwen-7b",
-            Value::Null,
-        )
-        .await;
+        for (path, name) in [
+            ("/api/v1/namespaces/lode/services", "qwen-7b"),
+            (
+                "/apis/policy/v1/namespaces/lode/poddisruptionbudgets",
+                "qwen-7b-relay",
+            ),
+        ] {
+            expect_apply(&mut h, path, name, Value::Null).await;
+        }
         let np = expect_apply(
             &mut h,
             "/apis/networking.k8s.io/v1/namespaces/lode/networkpolicies",
@@ -237,8 +274,9 @@ async fn a_listed_service_model_gets_its_serving_objects_and_a_ready_status() {
         );
         assert_eq!(
             status["selector"],
-            "app.kubernetes.io/component=serve,app.kubernetes.io/instance=qwen-7b"
+            "app.kubernetes.io/component=engine,app.kubernetes.io/instance=qwen-7b"
         );
+        assert_eq!(status["relayReadyReplicas"], 2);
         assert_eq!(status["modelDigest"], digest.as_str());
         reply(send, 200, sm_json);
     });
@@ -260,17 +298,42 @@ async fn an_unlisted_or_invalid_service_model_gets_a_condition_not_a_hot_loop() 
         reply(send, 200, supplier_list(vec![]));
         // Its serving objects (left from when a Supplier listed it) are deleted.
         for (path, exists) in [
+            (
+                "/apis/apps/v1/namespaces/lode/deployments/qwen-7b-relay",
+                true,
+            ),
             ("/apis/apps/v1/namespaces/lode/deployments/qwen-7b", true),
             ("/api/v1/namespaces/lode/services/qwen-7b", true),
+            ("/api/v1/namespaces/lode/services/qwen-7b-engines", false),
             (
                 "/apis/policy/v1/namespaces/lode/poddisruptionbudgets/qwen-7b",
                 false,
             ),
             (
+                "/apis/policy/v1/namespaces/lode/poddisruptionbudgets/qwen-7b-relay",
+                false,
+            ),
+            (
                 "/apis/networking.k8s.io/v1/namespaces/lode/networkpolicies/qwen-7b",
-                true,
+                false,
+            ),
+            (
+                "/apis/networking.k8s.io/v1/namespaces/lode/networkpolicies/qwen-7b-engines",
+                false,
             ),
             ("/api/v1/namespaces/lode/configmaps/qwen-7b-serve", true),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/lode/rolebindings/qwen-7b-relay",
+                false,
+            ),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/lode/roles/qwen-7b-relay",
+                false,
+            ),
+            (
+                "/api/v1/namespaces/lode/serviceaccounts/qwen-7b-relay",
+                false,
+            ),
         ] {
             let (method, got, _, send) = next(&mut h).await;
             assert_eq!(method, "DELETE");
@@ -362,6 +425,20 @@ async fn a_new_supplier_gets_a_token_once_and_its_store() {
     let server = tokio::spawn(async move {
         // Facts first: what serves, what the chain and the Jobs say, the store's sessions.
         // The serving Deployment of its ServiceModel: two pods ready.
+        // Its relay tier has a ready pod, so its ready engines count.
+        let (method, path, _, send) = next(&mut h).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            (
+                "GET",
+                "/apis/apps/v1/namespaces/lode/deployments/qwen-7b-relay"
+            )
+        );
+        reply(
+            send,
+            200,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "qwen-7b-relay", "namespace": "lode"}, "status": {"readyReplicas": 1}}),
+        );
         let (method, path, _, send) = next(&mut h).await;
         assert_eq!(
             (method.as_str(), path.as_str()),
@@ -590,10 +667,20 @@ async fn expect_empty_list(h: &mut Handle, prefix: &str, selecting: &str, kind: 
     );
 }
 
-/// Answers a Supplier reconcile's reads: its serving Deployment has one ready pod, its
-/// claim/prove Jobs (for `status.lastClaim`/`lastProof`) are none, its store has no
-/// running pod yet (no session counts).
+/// Answers a Supplier reconcile's reads: its relay tier and its engines have one ready
+/// pod each, its claim/prove Jobs (for `status.lastClaim`/`lastProof`) are none, its
+/// store has no running pod yet (no session counts).
 async fn serving_facts(h: &mut Handle) {
+    let (_, path, _, send) = next(h).await;
+    assert_eq!(
+        path,
+        "/apis/apps/v1/namespaces/lode/deployments/qwen-7b-relay"
+    );
+    reply(
+        send,
+        200,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "qwen-7b-relay", "namespace": "lode"}, "status": {"readyReplicas": 1}}),
+    );
     let (_, path, _, send) = next(h).await;
     assert_eq!(path, "/apis/apps/v1/namespaces/lode/deployments/qwen-7b");
     reply(

@@ -13,12 +13,10 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use lode_testkit::free_addr;
 use support::*;
 
 /// 16 generated tokens every time (llama.cpp's `ignore_eos`: random weights would end
@@ -121,59 +119,13 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
-    let server = lode_testkit::llama_server();
     let dir = tempfile::tempdir().expect("tempdir");
-    let model = dir.path().join("tiny.gguf");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tiny-gguf.py");
-    let made = Command::new("python3")
-        .arg(&script)
-        .arg(&model)
-        .status()
-        .expect("python3 runs (gguf is installed by scripts/setup.sh)");
-    assert!(made.success(), "tiny-gguf.py failed");
-    let engine = free_addr();
-    let mut llama = Command::new(&server)
-        .arg("--model")
-        .arg(&model)
-        .args([
-            "--host",
-            &engine.ip().to_string(),
-            "--port",
-            &engine.port().to_string(),
-        ])
-        .args([
-            "--alias",
-            "tiny",
-            "--parallel",
-            "1",
-            "--threads",
-            "1",
-            "--metrics",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("llama-server starts");
-    let http = client();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http
-            .get(format!("http://{engine}/health").parse().expect("uri"))
-            .await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "llama-server not healthy within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let model = tiny_model(dir.path());
+    let (mut llama, engine) = llama_server(&model, &["--parallel", "1", "--threads", "1"]).await;
     let rig = Rig::start_with_engine("", Some(engine)).await;
     println!(
         "llama-server {} on the tiny model (1 slot, 1 thread), serve with a real store; {n} requests each way, alternating",
-        server.display()
+        lode_testkit::llama_server().display()
     );
     // Warm both paths (sessions cached, connections pooled, the prompt in the slot).
     alternate(&rig, engine, rig.relay_addr, CHAT, 20, 0).await;

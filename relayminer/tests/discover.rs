@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use lode_engine_sim::{EngineSim, SimConfig};
 use serde_json::{Value, json};
 
 use common::*;
@@ -82,20 +81,6 @@ fn slices(ready: &[(SocketAddr, bool)]) -> Value {
     json!({"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1", "items": items})
 }
 
-async fn engine() -> (EngineSim, SocketAddr) {
-    let sim = EngineSim::new(SimConfig {
-        ttft: Duration::from_millis(2),
-        tokens_per_second: 4000.0,
-        ..SimConfig::default()
-    });
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let (addr, _) = sim
-        .serve(any, std::future::pending())
-        .await
-        .expect("engine-sim");
-    (sim, addr)
-}
-
 fn chat(i: usize) -> String {
     json!({"model": "sim-model", "max_tokens": 2,
            "messages": [{"role": "user", "content": format!("question {i}")}]})
@@ -114,7 +99,7 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engines_follow_the_endpoint_slices_and_a_bad_api_server_changes_nothing() {
-    let ((a, a_addr), (b, b_addr)) = (engine().await, engine().await);
+    let ((a, a_addr), (b, b_addr)) = (another_engine().await, another_engine().await);
     let api = Api {
         answer: Arc::new(Mutex::new(Answer::Slices(slices(&[
             (a_addr, true),

@@ -6,9 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use lode_engine_sim::{EngineSim, SimConfig};
 use lode_kernels::proto::{Message, PoktHttpResponse};
 
 use common::*;
@@ -20,20 +18,6 @@ fn chat(system: &str, turns: &[&str]) -> String {
         m.push(serde_json::json!({"role": role, "content": t}));
     }
     serde_json::json!({"model": "sim-model", "messages": m, "max_tokens": 4}).to_string()
-}
-
-async fn second_engine() -> (EngineSim, SocketAddr) {
-    let sim = EngineSim::new(SimConfig {
-        ttft: Duration::from_millis(5),
-        tokens_per_second: 2000.0,
-        ..SimConfig::default()
-    });
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let (addr, _) = sim
-        .serve(any, std::future::pending())
-        .await
-        .expect("engine-sim");
-    (sim, addr)
 }
 
 /// Adds engine replicas (and a routing mode) to the fleet's one service.
@@ -62,7 +46,7 @@ async fn metrics(f: &Fleet) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversations_stay_where_their_prefix_is() {
-    let (other, other_addr) = second_engine().await;
+    let (other, other_addr) = another_engine().await;
     let f = fleet(with_engines(&[other_addr])).await;
     let served = |f: &Fleet| (f.sim.successes(), other.successes());
     let groups: Vec<String> = (0..2)

@@ -150,7 +150,7 @@ fn service_model_manifest(o: &FleetOptions, w: &SampleWeights) -> String {
              apiVersion: lode.pokt.network/v1alpha1\nkind: ServiceModel\nmetadata:\n  name: qwen-7b\n  namespace: {ns}\n\
              spec:\n  serviceId: llm\n  modelName: {MODEL}\n\
              \x20 model:\n    uri: \"hf://{MODEL}\"\n    cache: {{size: 1Gi, hubUrl: \"http://{hub}\"}}\n\
-             \x20 engine:\n    kind: vllm\n  gpus: {{count: 1}}\n  minReplicas: 1\n  maxReplicas: 4\n"
+             \x20 engine:\n    kind: vllm\n  gpus: {{count: 1}}\n  minReplicas: 2\n  maxReplicas: 4\n"
         ),
         FleetEngine::Llamacpp(_) => format!(
             "# A tiny llama (2 layers, random weights, written by scripts/tiny-gguf.py) on\n\

@@ -29,14 +29,14 @@ fn replicas(fleet: &Fleet) -> i64 {
     model(fleet)["spec"]["replicas"].as_i64().unwrap_or(1)
 }
 
-/// Serving pods: (ready, all not terminating).
+/// Engine pods: (ready, all not terminating).
 fn serving(fleet: &Fleet) -> (usize, usize) {
     let pods: Vec<Value> = fleet
         .sim
         .store
         .list(&Res::new("", "pods"), Some("lode"))
         .into_iter()
-        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "serve")
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "engine")
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .collect();
     let ready = pods
@@ -68,7 +68,10 @@ async fn a_load_step_scales_up_within_seconds_and_the_drop_scales_down_losing_no
         .to_vec();
     let fleet = Fleet::start(o).await.expect("fleet");
     let sm_file = fleet.manifests.join("20-servicemodel.yaml");
-    let text = std::fs::read_to_string(&sm_file).expect("sample");
+    // From one engine replica (the sample runs two).
+    let text = std::fs::read_to_string(&sm_file)
+        .expect("sample")
+        .replace("minReplicas: 2", "minReplicas: 1");
     std::fs::write(
         &sm_file,
         format!("{text}  autoscaling: {{targetInFlightPerReplica: 2, scaleDownStabilizationSeconds: 8}}\n"),
@@ -82,12 +85,19 @@ async fn a_load_step_scales_up_within_seconds_and_the_drop_scales_down_losing_no
     assert_eq!(replicas(&fleet), 1, "idle: one replica");
 
     // The step: 8 clients back to back, ~8 relays in flight against a target of 2.
+    // Client 0 goes on through the drop: the engines are scaled down under its load.
     let stop = Arc::new(AtomicBool::new(false));
+    let stop_trickle = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let port = fleet.options.gateway_port;
     let mut clients = Vec::new();
     for c in 0..8 {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let stop = if c == 0 {
+            stop_trickle.clone()
+        } else {
+            stop.clone()
+        };
+        let (ok, failed) = (ok.clone(), failed.clone());
         clients.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -126,8 +136,11 @@ async fn a_load_step_scales_up_within_seconds_and_the_drop_scales_down_losing_no
     assert_eq!(replicas(&fleet), 4, "steady under steady load (max is 4)");
     assert_eq!(serving(&fleet), (3, 4));
 
-    // The drop: nothing for the window, then down to one, pods drained.
+    // The drop to one client: less demand for the window, then down to one engine,
+    // under that client's relays: the three engines leaving drain (the relay tier sends
+    // them nothing new once their EndpointSlice says terminating) and lose nothing.
     stop.store(true, Ordering::Relaxed);
+    let trickle = clients.remove(0);
     for c in clients {
         c.await.expect("client");
     }
@@ -145,10 +158,18 @@ async fn a_load_step_scales_up_within_seconds_and_the_drop_scales_down_losing_no
         waited >= Duration::from_secs(7),
         "scaled down before the window: {waited:?}"
     );
-    until("one serving pod left", Duration::from_secs(60), || {
+    until("one engine pod left", Duration::from_secs(60), || {
         serving(&fleet) == (1, 1)
     })
     .await;
+    let during = ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_trickle.store(true, Ordering::Relaxed);
+    trickle.await.expect("client");
+    assert!(
+        ok.load(Ordering::Relaxed) > during,
+        "relays served on the engine left"
+    );
 
     // No relay failed, none was lost: the store acknowledged every relay served.
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));

@@ -145,14 +145,14 @@ async fn inject(fleet: &mut Fleet, fault: Fault) -> String {
             "chain node down 5 s (blocks went on)".into()
         }
         Fault::StallEngine => {
-            let pid = wait_for_pid(fleet, "serve", "engine").await;
+            let pid = wait_for_pid(fleet, "engine", "engine").await;
             signal(pid, "-STOP");
             tokio::time::sleep(Duration::from_secs(3)).await;
             signal(pid, "-CONT");
             format!("engine stalled 3 s (SIGSTOP pid {pid})")
         }
         Fault::KillEngine => {
-            let pid = wait_for_pid(fleet, "serve", "engine").await;
+            let pid = wait_for_pid(fleet, "engine", "engine").await;
             signal(pid, "-KILL");
             format!("kill -9 engine (pid {pid})")
         }

@@ -96,7 +96,19 @@ async fn kubectl_apply_of_the_samples_serves_relays_and_gets_the_supplier_paid()
             "{p} running in\n{pods}"
         );
     }
-    assert!(pods.contains("2/2"), "engine and relayminer ready: {pods}");
+    // Two tiers: two engine replicas (no sidecar) and two relay pods in front of them.
+    let running = |prefix: &str| {
+        pods.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains("1/1") && l.contains("Running"))
+            .count()
+    };
+    assert_eq!(running("qwen-7b-relay-"), 2, "{pods}");
+    assert_eq!(running("qwen-7b-") - running("qwen-7b-relay-"), 2, "{pods}");
+    let (_, model) = kubectl(&kc, &["get", "servicemodels"]);
+    assert!(
+        model.lines().next().unwrap_or("").contains("RELAYS"),
+        "{model}"
+    );
 
     // The operator's gateway reads its API keys from the Secret: no key or a wrong
     // one is refused before anything is relayed.
@@ -272,6 +284,30 @@ async fn kubectl_apply_of_the_samples_serves_relays_and_gets_the_supplier_paid()
     )
     .await;
     println!("sessions in flight: {in_flight}");
+    // The relay tier routes between the two engines by prefix: the autoscaler reads its
+    // counters into the ServiceModel's hit rate.
+    let hit = wait_for(
+        "status.prefixHitPercent",
+        Duration::from_secs(30),
+        async || {
+            let (_, n) = kubectl(
+                &kc,
+                &[
+                    "get",
+                    "servicemodel",
+                    "qwen-7b",
+                    "-o",
+                    "jsonpath={.status.prefixHitPercent}",
+                ],
+            );
+            n.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (0..=100).contains(n))
+        },
+    )
+    .await;
+    println!("prefix hit rate: {hit} %");
 
     // An invalid resource is refused with the schema's message.
     let bad = root.path().join("bad.yaml");
@@ -310,7 +346,7 @@ async fn kubectl_apply_of_the_samples_serves_relays_and_gets_the_supplier_paid()
         async || {
             let (_, t) = kubectl(
                 &kc,
-                &["get", "pods", "-l", "app.kubernetes.io/component=serve"],
+                &["get", "pods", "-l", "app.kubernetes.io/instance=qwen-7b"],
             );
             t.contains("No resources found").then_some(())
         },

@@ -162,20 +162,29 @@ async fn the_fleet_serves_mines_and_proves_on_the_real_llama_cpp_engine() {
         first.as_secs_f64()
     );
 
-    // The engine container is llama.cpp's server, loaded from the pinned volume.
+    // The engine pod is llama.cpp's server alone, loaded from the pinned volume; the
+    // relay tier runs apart.
     let (_, pods) = kubectl(&kc, &["get", "pods"]);
+    let running = |l: &&str| l.contains("1/1") && l.contains("Running");
     assert!(
         pods.lines()
-            .any(|l| l.starts_with("llamacpp-tiny-") && l.contains("2/2") && l.contains("Running")),
+            .filter(running)
+            .any(|l| l.starts_with("llamacpp-tiny-") && !l.starts_with("llamacpp-tiny-relay-")),
+        "{pods}"
+    );
+    assert!(
+        pods.lines()
+            .filter(running)
+            .any(|l| l.starts_with("llamacpp-tiny-relay-")),
         "{pods}"
     );
     let engine_log = std::fs::read_dir(root.path().join("pods"))
         .expect("pods")
         .flatten()
         .find(|p| {
-            p.file_name()
-                .to_string_lossy()
-                .starts_with("lode_llamacpp-tiny-")
+            let name = p.file_name().to_string_lossy().into_owned();
+            name.starts_with("lode_llamacpp-tiny-")
+                && !name.starts_with("lode_llamacpp-tiny-relay-")
         })
         .map(|p| std::fs::read_to_string(p.path().join("engine.log")).unwrap_or_default())
         .unwrap_or_default();
@@ -227,20 +236,20 @@ async fn the_fleet_serves_mines_and_proves_on_the_real_llama_cpp_engine() {
         table.lines().next().unwrap_or("").contains("DIGEST"),
         "{table}"
     );
-    // serve shows the digest of the weights beside it.
-    let serve_ip = fleet
+    // The relay tier found the engine replica in the engine Service's EndpointSlices.
+    let relay_ip = fleet
         .sim
         .store
         .list(&lode_kubesim::resources::Res::new("", "pods"), Some("lode"))
         .into_iter()
         .find(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "serve")
         .and_then(|p| p["status"]["podIP"].as_str().map(String::from))
-        .expect("a serving pod");
-    let metrics = lode_fleet::http_get(&format!("{serve_ip}:9091"), "/metrics")
+        .expect("a relay pod");
+    let metrics = lode_fleet::http_get(&format!("{relay_ip}:9091"), "/metrics")
         .await
         .expect("serve's metrics");
     assert!(
-        metrics.contains(&format!("lode_serve_model_info{{digest=\"{digest}\"}} 1")),
+        metrics.contains("lode_serve_engines_ready{service=\"llm\"} 1"),
         "{metrics}"
     );
     let (_, verified) = kubectl(
@@ -346,7 +355,7 @@ async fn the_fleet_serves_mines_and_proves_on_the_real_llama_cpp_engine() {
         fleet.serve_metric("lode_serve_aborted_streams_total").await,
     );
     let pid = fleet
-        .container_pid("serve", "engine")
+        .container_pid("engine", "engine")
         .expect("the engine runs");
     let mut child = python(SDK_LONG_STREAM, &fleet)
         .spawn()
@@ -381,7 +390,7 @@ async fn the_fleet_serves_mines_and_proves_on_the_real_llama_cpp_engine() {
                 "get",
                 "pods",
                 "-l",
-                "app.kubernetes.io/component=serve",
+                "app.kubernetes.io/component=engine",
                 "-o",
                 &format!(
                     "jsonpath={{.items[0].status.containerStatuses[?(@.name==\"engine\")].{path}}}"
@@ -484,7 +493,7 @@ async fn the_fleet_serves_mines_and_proves_on_the_real_llama_cpp_engine() {
     assert!(events.contains("DigestMismatch"), "{events}");
     let (_, pods) = kubectl(
         &kc,
-        &["get", "pods", "-l", "app.kubernetes.io/component=serve"],
+        &["get", "pods", "-l", "app.kubernetes.io/component=engine"],
     );
     assert!(
         pods.contains("Init:"),

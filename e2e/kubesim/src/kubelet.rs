@@ -721,6 +721,11 @@ impl Kubelet {
             log: dir.join(format!("{cname}.log")),
             term_file,
             fallback_to_logs: c["terminationMessagePolicy"] == "FallbackToLogsOnError",
+            pre_stop_sleep: Duration::from_secs(
+                c["lifecycle"]["preStop"]["sleep"]["seconds"]
+                    .as_u64()
+                    .unwrap_or(0),
+            ),
         })
     }
 }
@@ -773,8 +778,11 @@ impl Rewriter {
             ] {
                 out = replace_host(&out, &form, ip);
             }
+            // A bare name only where it is a URL's host (`//name`, `name:port`): the
+            // same word elsewhere is a name, not an address (a serve config names the
+            // engine Service whose EndpointSlices it reads).
             if *ns == self.ns {
-                out = replace_host(&out, name, ip);
+                out = replace_url_host(&out, name, ip);
             }
         }
         out
@@ -814,6 +822,24 @@ fn replace_host(s: &str, host: &str, ip: &str) -> String {
     out
 }
 
+/// [`replace_host`] where `host` is preceded by `/` or `@`, or followed by `:`.
+fn replace_url_host(s: &str, host: &str, ip: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(host) {
+        let before = rest[..i].chars().last();
+        let after = rest[i + host.len()..].chars().next();
+        let bounded =
+            before.is_none_or(|c| !is_host_char(c)) && after.is_none_or(|c| !is_host_char(c));
+        let url = matches!(before, Some('/' | '@')) || after == Some(':');
+        out.push_str(&rest[..i]);
+        out.push_str(if bounded && url { ip } else { host });
+        rest = &rest[i + host.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn rewrite_files(dir: &Path, rw: &Rewriter) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -841,6 +867,9 @@ struct ProcSpec {
     log: PathBuf,
     term_file: PathBuf,
     fallback_to_logs: bool,
+    /// `lifecycle.preStop.sleep.seconds`: how long a stopping container keeps running
+    /// (not ready) before its SIGTERM, within the grace period.
+    pre_stop_sleep: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1068,7 +1097,17 @@ async fn run_container(
                 _ = stop.changed() => {
                     if *stop.borrow() {
                         update(&states, i, |s| s.ready = false);
-                        break terminate(&mut child, grace).await;
+                        // The preStop sleep, then SIGTERM with what is left of the grace.
+                        let pre_stop = spec.pre_stop_sleep.min(grace);
+                        let t0 = Instant::now();
+                        let exited = tokio::select! {
+                            s = child.wait() => Some(s.ok()),
+                            _ = tokio::time::sleep(pre_stop) => None,
+                        };
+                        match exited {
+                            Some(s) => break s,
+                            None => break terminate(&mut child, grace.saturating_sub(t0.elapsed())).await,
+                        }
                     }
                 }
                 _ = tokio::time::sleep(tick) => {
@@ -1235,5 +1274,11 @@ mod tests {
             "another namespace's short name"
         );
         assert_eq!(rw.apply("supplier-1-store-token"), "supplier-1-store-token");
+        // A Service named, not addressed, stays a name.
+        assert_eq!(
+            rw.apply("discovery: {service: supplier-1-store, port: engine}"),
+            "discovery: {service: supplier-1-store, port: engine}"
+        );
+        assert_eq!(rw.apply("http://supplier-1-store/x"), "http://127.1.0.2/x");
     }
 }

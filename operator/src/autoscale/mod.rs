@@ -1,7 +1,9 @@
 //! The demand autoscaler: for every ServiceModel in `lode` mode, read the demand of its
-//! ready serving pods straight from their admin ports (`GET /demand` of `relayminer
-//! serve`; no Prometheus needed), decide (`decide`), and write replicas through the
-//! ServiceModel's scale subresource. Each change is an Event and an entry in
+//! ready relay pods straight from their admin ports (`GET /demand` of `relayminer
+//! serve`; no Prometheus needed), decide (`decide`), and write the engine replicas
+//! through the ServiceModel's scale subresource. The relay tier is scaled apart, by its
+//! own relays in flight against `relay.targetInFlightPerReplica` (`spec.relay.replicas`),
+//! and the relay pods' prefix counters become `status.prefixHitPercent`. Each change is an Event and an entry in
 //! `status.decisions` (the last `HISTORY`), with the signal values that drove it.
 //!
 //! Demand is relays in flight: a relay waiting for the engine is in flight, so engine
@@ -22,7 +24,8 @@ use kube::{Client, ResourceExt};
 use lode_contracts::demand::{DemandReport, MAX_DEMAND_BYTES};
 use lode_crds::{AutoscalingMode, ScaleDecision, ServiceModel, ServiceModelStatus};
 
-use crate::build::{ports, servicemodel::desired_replicas};
+use crate::build::ports;
+use crate::build::servicemodel::{desired_relay_replicas, desired_replicas};
 use crate::context::Context;
 use crate::{fetch, status};
 
@@ -41,17 +44,52 @@ use decide::{Decision, Policy, Recommender, Signals};
 /// Decisions kept in `status.decisions`.
 pub const HISTORY: usize = 10;
 
-/// The in-flight relays and completion tokens per second of `service` on one serve pod
-/// (its `GET /demand`, bounded in size and time); `None` when it does not answer.
-async fn demand(addr: &str, service: &str) -> Option<Signals> {
+/// What one relay pod reports for a service.
+#[derive(Clone, Copy, Debug, Default)]
+struct PodDemand {
+    signals: Signals,
+    /// Prompt bytes routed by prefix, and of them the bytes matched (cumulative).
+    prompt_bytes: u64,
+    matched_bytes: u64,
+}
+
+/// The demand of `service` on one relay pod (its `GET /demand`, bounded in size and
+/// time); `None` when it does not answer.
+async fn demand(addr: &str, service: &str) -> Option<PodDemand> {
     let report: DemandReport =
         fetch::admin_get(addr, "/demand", MAX_DEMAND_BYTES, fetch::ADMIN_TIMEOUT).await?;
-    let mut out = Signals::default();
+    let mut out = PodDemand::default();
     for d in report.services.iter().filter(|d| d.service_id == service) {
-        out.in_flight += d.in_flight;
-        out.completion_tokens_per_second += d.completion_tokens_per_second;
+        out.signals.in_flight += d.in_flight;
+        out.signals.completion_tokens_per_second += d.completion_tokens_per_second;
+        out.prompt_bytes += d.prefix_prompt_bytes;
+        out.matched_bytes += d.prefix_matched_bytes;
     }
     Some(out)
+}
+
+/// The percentage of prompt bytes that went where their prefix had gone before.
+pub fn hit_percent(prompt_bytes: u64, matched_bytes: u64) -> Option<i32> {
+    (prompt_bytes > 0).then(|| (matched_bytes.min(prompt_bytes) * 100 / prompt_bytes) as i32)
+}
+
+/// The relay tier's policy: its bounds and its own in-flight target.
+pub fn relay_policy(sm: &ServiceModel) -> Policy {
+    let r = &sm.spec.relay;
+    Policy {
+        min: r.min_replicas,
+        max: r.max_replicas.max(r.min_replicas),
+        target_in_flight: r.target_in_flight_per_replica,
+        target_tokens_per_second: None,
+        window_seconds: f64::from(sm.spec.autoscaling.scale_down_stabilization_seconds),
+    }
+}
+
+/// The memory of one ServiceModel's two tiers.
+#[derive(Debug, Default)]
+pub struct ModelState {
+    engines: Recommender,
+    relay: Recommender,
 }
 
 fn ready(p: &Pod) -> bool {
@@ -89,7 +127,7 @@ pub fn policy(sm: &ServiceModel) -> Policy {
 /// Runs passes every `period` until the process stops.
 pub async fn run(ctx: Arc<Context>, period: Duration) {
     let epoch = Instant::now();
-    let mut state: HashMap<(String, String), Recommender> = HashMap::new();
+    let mut state: HashMap<(String, String), ModelState> = HashMap::new();
     loop {
         if let Err(e) = pass(&ctx, &mut state, epoch).await {
             tracing::warn!(error = %e, "autoscaler pass failed");
@@ -100,7 +138,7 @@ pub async fn run(ctx: Arc<Context>, period: Duration) {
 
 async fn pass(
     ctx: &Context,
-    state: &mut HashMap<(String, String), Recommender>,
+    state: &mut HashMap<(String, String), ModelState>,
     epoch: Instant,
 ) -> Result<(), kube::Error> {
     let client: &Client = &ctx.client;
@@ -125,35 +163,45 @@ async fn pass(
 #[tracing::instrument(skip_all, fields(namespace = sm.namespace().unwrap_or_default(), model = %sm.name_any()))]
 async fn model_pass(
     ctx: &Context,
-    state: &mut HashMap<(String, String), Recommender>,
+    state: &mut HashMap<(String, String), ModelState>,
     epoch: Instant,
     sm: &ServiceModel,
 ) -> Result<(), kube::Error> {
     let client: &Client = &ctx.client;
     let ns = sm.namespace().unwrap_or_default();
     let name = sm.name_any();
-    let pods = fetch::serving_pods(client, sm).await?;
+    // Engine pods waiting for a GPU node; demand from the relay tier, which sees every
+    // relay (in flight includes relays waiting for an engine).
+    let pods = fetch::engine_pods(client, sm).await?;
     let pending = pods.iter().filter(|p| unschedulable(p)).count() as i32;
     let status = sm.status.clone().unwrap_or_default();
     if sm.spec.autoscaling.mode != AutoscalingMode::Lode {
         // Replicas are someone else's; pods waiting for a GPU node are still shown.
         if status.pending_replicas != Some(pending) {
-            let mine = owned(&status, status.observed_demand, pending);
+            let mine = owned(
+                &status,
+                status.observed_demand,
+                pending,
+                status.prefix_hit_percent,
+            );
             status::write(client, sm, status::AUTOSCALER, &mine).await?;
         }
         return Ok(());
     }
-    let mut signals = Signals::default();
+    let relay_pods = fetch::relay_pods(client, sm).await?;
+    let mut total = PodDemand::default();
     let mut heard = 0;
-    let ready_pods: Vec<&Pod> = pods.iter().filter(|p| ready(p)).collect();
+    let ready_pods: Vec<&Pod> = relay_pods.iter().filter(|p| ready(p)).collect();
     for p in &ready_pods {
         let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
             continue;
         };
-        if let Some(s) = demand(&format!("{ip}:{}", ports::SERVE_ADMIN), &sm.spec.service_id).await
+        if let Some(d) = demand(&format!("{ip}:{}", ports::SERVE_ADMIN), &sm.spec.service_id).await
         {
-            signals.in_flight += s.in_flight;
-            signals.completion_tokens_per_second += s.completion_tokens_per_second;
+            total.signals.in_flight += d.signals.in_flight;
+            total.signals.completion_tokens_per_second += d.signals.completion_tokens_per_second;
+            total.prompt_bytes += d.prompt_bytes;
+            total.matched_bytes += d.matched_bytes;
             heard += 1;
         }
     }
@@ -162,17 +210,29 @@ async fn model_pass(
         tracing::debug!(heard, ready = ready_pods.len(), "demand incomplete");
         return Ok(());
     }
-    let current = desired_replicas(sm);
+    let signals = total.signals;
+    let hit = hit_percent(total.prompt_bytes, total.matched_bytes).or(status.prefix_hit_percent);
     let rec = state.entry((ns, name)).or_default();
     let now = epoch.elapsed().as_secs_f64();
-    let decision = rec.decide(now, current, &signals, &policy(sm));
+    // The relay tier scales by its own relays in flight, apart from the engines.
+    let relay_now = desired_relay_replicas(sm);
+    if let Some(d) = rec
+        .relay
+        .decide(now, relay_now, &signals, &relay_policy(sm))
+    {
+        scale_relay(ctx, sm, &d).await?;
+    }
+    let decision = rec
+        .engines
+        .decide(now, desired_replicas(sm), &signals, &policy(sm));
     let demand_now = signals.in_flight as i64;
     match decision {
-        Some(d) => apply(ctx, sm, &d, &signals, pending).await?,
+        Some(d) => apply(ctx, sm, &d, &signals, pending, hit).await?,
         None if status.observed_demand != Some(demand_now)
-            || status.pending_replicas != Some(pending) =>
+            || status.pending_replicas != Some(pending)
+            || status.prefix_hit_percent != hit =>
         {
-            let mine = owned(&status, Some(demand_now), pending);
+            let mine = owned(&status, Some(demand_now), pending, hit);
             status::write(client, sm, status::AUTOSCALER, &mine).await?;
         }
         None => {}
@@ -180,13 +240,56 @@ async fn model_pass(
     Ok(())
 }
 
-/// The autoscaler's part of a status: the decisions kept, the demand and the pending
-/// pods. Sent whole every time (server-side apply removes what a manager stops sending).
-fn owned(status: &ServiceModelStatus, demand: Option<i64>, pending: i32) -> ServiceModelStatus {
+/// A merge patch of the ServiceModel: the relay pods wanted.
+#[derive(Debug, serde::Serialize)]
+struct RelayScale {
+    spec: RelaySpecPatch,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct RelaySpecPatch {
+    relay: ScaleSpec,
+}
+
+/// Writes a relay-tier decision (`spec.relay.replicas`) and says so in an Event.
+async fn scale_relay(ctx: &Context, sm: &ServiceModel, d: &Decision) -> Result<(), kube::Error> {
+    let api =
+        Api::<ServiceModel>::namespaced(ctx.client.clone(), &sm.namespace().unwrap_or_default());
+    api.patch(
+        &sm.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(RelayScale {
+            spec: RelaySpecPatch {
+                relay: ScaleSpec { replicas: d.to },
+            },
+        }),
+    )
+    .await?;
+    tracing::info!(model = %sm.name_any(), from = d.from, to = d.to, reason = %d.reason, "relay tier scaled");
+    ctx.event(
+        sm,
+        false,
+        "RelayTierScaled",
+        format!("relay tier {} → {} pods: {}", d.from, d.to, d.reason),
+    )
+    .await;
+    Ok(())
+}
+
+/// The autoscaler's part of a status: the decisions kept, the demand, the pending pods
+/// and the prefix hit rate. Sent whole every time (server-side apply removes what a
+/// manager stops sending).
+fn owned(
+    status: &ServiceModelStatus,
+    demand: Option<i64>,
+    pending: i32,
+    hit: Option<i32>,
+) -> ServiceModelStatus {
     ServiceModelStatus {
         decisions: status.decisions.clone(),
         observed_demand: demand,
         pending_replicas: Some(pending),
+        prefix_hit_percent: hit,
         ..ServiceModelStatus::default()
     }
 }
@@ -198,6 +301,7 @@ async fn apply(
     d: &Decision,
     s: &Signals,
     pending: i32,
+    hit: Option<i32>,
 ) -> Result<(), kube::Error> {
     let ns = sm.namespace().unwrap_or_default();
     let name = sm.name_any();
@@ -232,6 +336,7 @@ async fn apply(
         decisions,
         observed_demand: Some(s.in_flight as i64),
         pending_replicas: Some(pending),
+        prefix_hit_percent: hit,
         ..ServiceModelStatus::default()
     };
     status::write(&ctx.client, sm, status::AUTOSCALER, &mine).await?;
@@ -250,4 +355,42 @@ async fn apply(
     )
     .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The relay tier scales by its own relays in flight, within its bounds, and never
+    /// with the engines' token target.
+    #[test]
+    fn the_relay_tier_has_its_own_policy() {
+        let mut sm = crate::build::tests::sample_model();
+        sm.spec.relay.target_in_flight_per_replica = 100;
+        sm.spec
+            .autoscaling
+            .target_completion_tokens_per_second_per_replica = Some(10);
+        let p = relay_policy(&sm);
+        assert_eq!((p.min, p.max, p.target_tokens_per_second), (2, 8, None));
+        let busy = Signals {
+            in_flight: 450,
+            completion_tokens_per_second: 1e6,
+        };
+        assert_eq!(Recommender::desired(&busy, &p), 5);
+        assert_eq!(
+            Recommender::desired(&Signals::default(), &p),
+            2,
+            "never below relay.minReplicas"
+        );
+        let mut r = Recommender::default();
+        let d = r.decide(0.0, 2, &busy, &p).expect("scale up at once");
+        assert_eq!((d.from, d.to), (2, 4), "at most doubling per step");
+    }
+
+    #[test]
+    fn the_hit_rate_is_matched_over_prompt_bytes() {
+        assert_eq!(hit_percent(0, 0), None, "nothing routed by prefix yet");
+        assert_eq!(hit_percent(1000, 934), Some(93));
+        assert_eq!(hit_percent(1000, 5000), Some(100), "bounded");
+    }
 }

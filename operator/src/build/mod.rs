@@ -28,7 +28,10 @@ pub const SUPPLIER_LABEL: &str = "lode.pokt.network/supplier";
 pub const OWNER_LABEL: &str = "lode.pokt.network/owner";
 /// `app.kubernetes.io/component` values.
 pub mod component {
+    /// The relay tier (`relayminer serve`).
     pub const SERVE: &str = "serve";
+    /// The engine replicas.
+    pub const ENGINE: &str = "engine";
     pub const STORE: &str = "store";
     pub const GATEWAY: &str = "gateway";
     pub const CLAIM: &str = "claim";

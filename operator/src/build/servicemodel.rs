@@ -1,6 +1,15 @@
-//! A ServiceModel served for its Supplier: GPU pods running the engine with the
-//! `relayminer serve` sidecar (Deployment), the relay Service, a PodDisruptionBudget, and
-//! the ConfigMap holding serve's configuration.
+//! A ServiceModel served for its Supplier, in two tiers that scale apart:
+//!
+//! - the **engines** (`<name>`): GPU pods running the engine alone (no key, no
+//!   sidecar, no API access), behind the engine Service `<name>-engines`, reachable
+//!   only from the relay tier;
+//! - the **relay tier** (`<name>-relay`): CPU pods running `relayminer serve` with the
+//!   supplier's key, which follow the engine Service's EndpointSlices and route each
+//!   relay to an engine replica (prefix affinity with bounded load by default), behind
+//!   the public relay Service `<name>`.
+//!
+//! Each tier has its PodDisruptionBudget and NetworkPolicy; serve's configuration is
+//! the ConfigMap `<name>-serve`.
 
 use std::collections::BTreeMap;
 
@@ -14,14 +23,20 @@ use k8s_openapi::api::core::v1::{
     SecretKeySelector, SecurityContext, Service, ServiceSpec, TCPSocketAction, Toleration, Volume,
     VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::core::v1::{Lifecycle, LifecycleHandler, ServiceAccount, SleepAction};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lode_contracts::NodeConfig;
-use lode_contracts::serve::{BackendKind, ServeConfig, ServiceConfig, StoreConfig, StorePolicy};
-use lode_crds::{EngineKind, ServiceModel, Supplier};
+use lode_contracts::serve::{
+    BackendKind, DEFAULT_DISCOVERY_PERIOD_MS, EngineDiscovery, Routing, RoutingConfig, ServeConfig,
+    ServiceConfig, StoreConfig, StorePolicy,
+};
+use lode_crds::{EngineKind, EngineRouting, ServiceModel, Supplier};
 use sha2::{Digest, Sha256};
 
 use super::supplier::token_secret_name;
@@ -39,9 +54,6 @@ const MODELS: &str = "/models";
 /// The init container that digests the weights; its termination message is the report.
 pub const WEIGHTS_DIGEST: &str = "weights-digest";
 const TERMINATION_LOG: &str = "/dev/termination-log";
-/// Where the digest step leaves its report for serve (an emptyDir of the pod).
-const WEIGHTS_REPORT_DIR: &str = "/run/lode/weights";
-const WEIGHTS_REPORT: &str = "/run/lode/weights/digest";
 /// Where the fetch step mounts the weight cache (the weights are its `weights/`).
 const CACHE: &str = "/cache";
 /// The init container that fetches a URI's weights into the weight cache.
@@ -149,17 +161,47 @@ fn fetch_step(sm: &ServiceModel, images: &Images) -> Container {
 /// The engine's `$HOME` (an emptyDir).
 const ENGINE_HOME: &str = "/home/engine";
 
-/// Everything one ServiceModel becomes.
+/// Everything one ServiceModel becomes: the engine replicas, and the relay tier in
+/// front of them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServingObjects {
     /// The weight cache of a fetched model (`<name>-weights`).
     pub weight_cache: Option<PersistentVolumeClaim>,
-    pub config: ConfigMap,
+    /// The engine replicas (`<name>`): GPU pods running the engine alone, no key.
     pub deployment: Deployment,
+    /// `<name>-engines`: its EndpointSlices are the replicas the relay tier routes to.
+    pub engine_service: Service,
+    /// The engines' PodDisruptionBudget (`<name>`).
+    pub pdb: PodDisruptionBudget,
+    /// `<name>-engines`: only the relay tier (and metrics readers) reach the engines.
+    pub network_policy: NetworkPolicy,
+    pub relay: RelayObjects,
+}
+
+/// The relay tier of a ServiceModel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelayObjects {
+    /// serve's configuration (`<name>-serve`).
+    pub config: ConfigMap,
+    /// `<name>-relay`: CPU pods running `relayminer serve` with the supplier's key.
+    pub deployment: Deployment,
+    /// `<name>`: the supplier's relay endpoint for this service.
     pub service: Service,
     pub pdb: PodDisruptionBudget,
+    /// `<name>`: the relay port open, the admin port to the namespace and readers.
     pub network_policy: NetworkPolicy,
+    /// `<name>-relay`, allowed to read EndpointSlices in the namespace, no more.
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
 }
+
+/// How long a terminating engine keeps serving before its SIGTERM: several times the
+/// relay tier's discovery period, so that no new relay reaches it after.
+pub const ENGINE_PRE_STOP_SECONDS: i64 = 5;
+
+/// The engine port's name (the engine container's, and the engine Service's).
+pub const ENGINE_PORT_NAME: &str = "engine";
 
 /// The replicas the Deployment runs: `spec.replicas` (written by the autoscaler through
 /// the scale subresource) or the minimum.
@@ -188,6 +230,33 @@ pub fn serve_config(sm: &ServiceModel, supplier: &Supplier) -> ServeConfig {
         lode_crds::RelayPolicy::Hold => StorePolicy::Hold,
         lode_crds::RelayPolicy::Queue => StorePolicy::Queue,
     };
+    // The engine Service: Triton's gRPC goes through it; an OpenAI-compatible engine's
+    // replicas are found in its EndpointSlices and routed between.
+    let mut service = ServiceConfig::new(
+        &sm.spec.service_id,
+        &format!("http://{}:{}", engine_service_name(sm), sm.spec.engine.port),
+        backend,
+    );
+    if backend == BackendKind::Openai {
+        let relay = &sm.spec.relay;
+        service.routing = RoutingConfig {
+            mode: match relay.routing {
+                EngineRouting::Prefix => Routing::Prefix,
+                EngineRouting::LeastLoaded => Routing::LeastLoaded,
+                EngineRouting::RoundRobin => Routing::RoundRobin,
+            },
+            load_epsilon: f64::from(relay.load_epsilon_percent) / 100.0,
+            keys_per_engine: relay.keys_per_engine.max(1) as usize,
+            ..RoutingConfig::default()
+        };
+        service.discovery = Some(EngineDiscovery {
+            service: engine_service_name(sm),
+            namespace: sm.metadata.namespace.clone().unwrap_or_default(),
+            port: ENGINE_PORT_NAME.into(),
+            period_ms: DEFAULT_DISCOVERY_PERIOD_MS,
+            api_url: None,
+        });
+    }
     let mut config = ServeConfig::new(
         NodeConfig {
             grpc_url: s.chain.grpc_url.clone(),
@@ -195,18 +264,11 @@ pub fn serve_config(sm: &ServiceModel, supplier: &Supplier) -> ServeConfig {
         },
         store,
         vec![format!("{}/{}", paths::KEYS, s.key_secret_ref.key).into()],
-        vec![ServiceConfig::new(
-            &sm.spec.service_id,
-            &format!("http://127.0.0.1:{}", sm.spec.engine.port),
-            backend,
-        )],
+        vec![service],
     );
     config.listen = format!("0.0.0.0:{}", ports::RELAY);
     config.admin = format!("0.0.0.0:{}", ports::SERVE_ADMIN);
     config.refuse_placeholder_ring = s.refuse_placeholder_ring;
-    if digested(sm) {
-        config.model_digest_file = Some(WEIGHTS_REPORT.into());
-    }
     config
 }
 
@@ -269,8 +331,6 @@ fn digest_check(images: &Images, pin: Option<&str>) -> Container {
         MODELS.into(),
         "--report".into(),
         TERMINATION_LOG.into(),
-        "--report".into(),
-        WEIGHTS_REPORT.into(),
     ];
     if let Some(pin) = pin {
         args.extend(["--expect".into(), pin.into()]);
@@ -279,19 +339,12 @@ fn digest_check(images: &Images, pin: Option<&str>) -> Container {
         name: WEIGHTS_DIGEST.into(),
         image: Some(images.relayminer.clone()),
         args: Some(args),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "models".into(),
-                mount_path: MODELS.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "weights-report".into(),
-                mount_path: WEIGHTS_REPORT_DIR.into(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "models".into(),
+            mount_path: MODELS.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(locked_down()),
         ..Container::default()
@@ -463,7 +516,7 @@ fn engine_container(sm: &ServiceModel, images: &Images, model: &str) -> Containe
         command,
         args: Some(args),
         ports: Some(vec![ContainerPort {
-            name: Some("engine".into()),
+            name: Some(ENGINE_PORT_NAME.into()),
             container_port: port,
             ..ContainerPort::default()
         }]),
@@ -618,16 +671,9 @@ pub fn serving(
     crate::validate::service_model(sm)?;
     let name = name_of(sm);
     let supplier_name = name_of(supplier);
-    let mut labels = labels(&name, component::SERVE);
-    labels.insert(SUPPLIER_LABEL.into(), supplier_name.clone());
-    let select = selector(&name, component::SERVE);
-    let yaml = serve_config_yaml(sm, supplier);
-    let config_name = format!("{name}-serve");
-    let config = ConfigMap {
-        metadata: child_meta(sm, config_name.clone(), labels.clone())?,
-        data: Some(BTreeMap::from([("serve.yaml".to_string(), yaml.clone())])),
-        ..ConfigMap::default()
-    };
+    let mut engine_labels = labels(&name, component::ENGINE);
+    engine_labels.insert(SUPPLIER_LABEL.into(), supplier_name.clone());
+    let engine_select = selector(&name, component::ENGINE);
     let gpus = &sm.spec.gpus;
     let mut tolerations = gpus
         .tolerations
@@ -651,49 +697,24 @@ pub fn serving(
     // starts (another URI is the engine's own download; validation refuses a pin on it).
     if digested(sm) {
         init.push(digest_check(images, sm.spec.model.digest.as_deref()));
-        volumes.push(Volume {
-            name: "weights-report".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        });
     }
-    volumes.extend([
-        Volume {
-            name: "engine-home".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        },
-        config_volume("config", &config_name),
-        secret_volume(
-            "keys",
-            &supplier.spec.key_secret_ref.name,
-            &supplier.spec.key_secret_ref.key,
-            0o440,
-        ),
-        secret_volume(
-            "store-token",
-            &token_secret_name(&supplier_name),
-            STORE_TOKEN_KEY,
-            0o440,
-        ),
-        super::store_ca_volume(&supplier_name),
-    ]);
-    let hash = Sha256::digest(yaml.as_bytes());
-    let hash: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let mut serve = serve_container(supplier, images);
-    if digested(sm) {
-        // serve shows the digest its pod's weights had on /metrics.
-        serve
-            .volume_mounts
-            .get_or_insert_with(Vec::new)
-            .push(VolumeMount {
-                name: "weights-report".into(),
-                mount_path: WEIGHTS_REPORT_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            });
-    }
+    volumes.push(Volume {
+        name: "engine-home".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    });
     let mut engine = engine_container(sm, images, &model);
+    // A terminating engine keeps serving until the relay tier has read its EndpointSlice
+    // (each second) and sends it nothing new; its SIGTERM comes after.
+    engine.lifecycle = Some(Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: ENGINE_PRE_STOP_SECONDS,
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    });
     if fetched(sm) {
         // The engine and the digest step see the cache's `weights/` as /models.
         for c in init
@@ -710,44 +731,208 @@ pub fn serving(
     }
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels.clone()),
-            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), hash)])),
+            labels: Some(engine_labels.clone()),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
             init_containers: (!init.is_empty()).then_some(init),
-            containers: vec![engine, serve],
+            containers: vec![engine],
             volumes: Some(volumes),
             tolerations: (!tolerations.is_empty()).then_some(tolerations),
             node_selector,
             security_context: Some(pod_security()),
+            // No key, no API access: an engine pod only answers the relay tier.
             automount_service_account_token: Some(false),
-            // Streams in flight are finished before serve exits.
+            // A terminating engine gets no new relay (the relay tier reads its
+            // EndpointSlice) and finishes the ones in flight.
             termination_grace_period_seconds: Some(120),
             ..PodSpec::default()
         }),
     };
-    let deployment = Deployment {
-        metadata: child_meta(sm, name.clone(), labels.clone())?,
+    // GPUs are scarce: a rollout replaces pods one by one without a surge pod.
+    let deployment = rolling_deployment(
+        child_meta(sm, name.clone(), engine_labels.clone())?,
+        desired_replicas(sm),
+        engine_select.clone(),
+        template,
+        (0, 1),
+    );
+    let engine_service = Service {
+        metadata: child_meta(sm, engine_service_name(sm), engine_labels.clone())?,
+        spec: Some(ServiceSpec {
+            selector: Some(engine_select.clone()),
+            ports: Some(service_ports(&[(ENGINE_PORT_NAME, sm.spec.engine.port)])),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let pdb = disruption_budget(
+        child_meta(sm, name.clone(), engine_labels.clone())?,
+        engine_select.clone(),
+    );
+    let relay_select = selector(&name, component::SERVE);
+    // Only the relay tier reaches the engines (and the operator and Prometheus, for the
+    // engines' metrics on the same port).
+    let network_policy = ingress_policy(
+        child_meta(sm, engine_service_name(sm), engine_labels)?,
+        engine_select,
+        vec![NetworkPolicyIngressRule {
+            from: Some(vec![
+                NetworkPolicyPeer {
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(relay_select),
+                        ..LabelSelector::default()
+                    }),
+                    ..NetworkPolicyPeer::default()
+                },
+                super::operator_peer(),
+                super::app_peer("prometheus"),
+            ]),
+            ports: Some(vec![tcp_port(sm.spec.engine.port)]),
+        }],
+    );
+    Ok(ServingObjects {
+        weight_cache: weight_cache(sm)?,
+        deployment,
+        engine_service,
+        pdb,
+        network_policy,
+        relay: relay_tier(sm, supplier, images)?,
+    })
+}
+
+/// The engine Service's name: its EndpointSlices are the engine replicas.
+pub fn engine_service_name(sm: &ServiceModel) -> String {
+    format!("{}-engines", name_of(sm))
+}
+
+/// The relay tier's Deployment (and ServiceAccount, Role, PDB) name.
+pub fn relay_name(sm: &ServiceModel) -> String {
+    format!("{}-relay", name_of(sm))
+}
+
+/// The relay pods the tier runs: `spec.relay.replicas` (the autoscaler writes it) or
+/// the minimum, within the bounds.
+pub fn desired_relay_replicas(sm: &ServiceModel) -> i32 {
+    let r = &sm.spec.relay;
+    r.replicas
+        .unwrap_or(r.min_replicas)
+        .clamp(r.min_replicas, r.max_replicas.max(r.min_replicas))
+}
+
+/// A Deployment of `replicas` pods from `template`, rolled with `(max surge, max
+/// unavailable)` pods.
+fn rolling_deployment(
+    metadata: ObjectMeta,
+    replicas: i32,
+    select: BTreeMap<String, String>,
+    template: PodTemplateSpec,
+    (surge, unavailable): (i32, i32),
+) -> Deployment {
+    Deployment {
+        metadata,
         spec: Some(DeploymentSpec {
-            replicas: Some(desired_replicas(sm)),
+            replicas: Some(replicas),
             selector: LabelSelector {
-                match_labels: Some(select.clone()),
+                match_labels: Some(select),
                 ..LabelSelector::default()
             },
-            // GPUs are scarce: a rollout replaces pods one by one without a surge pod.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::Int(0)),
-                    max_unavailable: Some(IntOrString::Int(1)),
+                    max_surge: Some(IntOrString::Int(surge)),
+                    max_unavailable: Some(IntOrString::Int(unavailable)),
                 }),
             }),
             template,
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    }
+}
+
+fn disruption_budget(
+    metadata: ObjectMeta,
+    select: BTreeMap<String, String>,
+) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(select),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// The relay tier of `sm`: CPU pods running `relayminer serve` with the supplier's key,
+/// reading the engine Service's EndpointSlices (their own ServiceAccount may do only
+/// that), behind the public relay Service.
+fn relay_tier(
+    sm: &ServiceModel,
+    supplier: &Supplier,
+    images: &Images,
+) -> Result<RelayObjects, BuildError> {
+    let name = name_of(sm);
+    let relay = relay_name(sm);
+    let supplier_name = name_of(supplier);
+    let mut labels = labels(&name, component::SERVE);
+    labels.insert(SUPPLIER_LABEL.into(), supplier_name.clone());
+    let select = selector(&name, component::SERVE);
+    let yaml = serve_config_yaml(sm, supplier);
+    let config_name = format!("{name}-serve");
+    let config = ConfigMap {
+        metadata: child_meta(sm, config_name.clone(), labels.clone())?,
+        data: Some(BTreeMap::from([("serve.yaml".to_string(), yaml.clone())])),
+        ..ConfigMap::default()
     };
+    let hash = Sha256::digest(yaml.as_bytes());
+    let hash: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), hash)])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![serve_container(supplier, images)],
+            volumes: Some(vec![
+                config_volume("config", &config_name),
+                secret_volume(
+                    "keys",
+                    &supplier.spec.key_secret_ref.name,
+                    &supplier.spec.key_secret_ref.key,
+                    0o440,
+                ),
+                secret_volume(
+                    "store-token",
+                    &token_secret_name(&supplier_name),
+                    STORE_TOKEN_KEY,
+                    0o440,
+                ),
+                super::store_ca_volume(&supplier_name),
+            ]),
+            security_context: Some(pod_security()),
+            service_account_name: Some(relay.clone()),
+            // serve reads the engine Service's EndpointSlices with this token.
+            automount_service_account_token: Some(true),
+            // Streams in flight are finished before serve exits.
+            termination_grace_period_seconds: Some(120),
+            ..PodSpec::default()
+        }),
+    };
+    // CPU pods: a rollout starts the new pod before an old one drains.
+    let deployment = rolling_deployment(
+        child_meta(sm, relay.clone(), labels.clone())?,
+        desired_relay_replicas(sm),
+        select.clone(),
+        template,
+        (1, 0),
+    );
     let service = Service {
         metadata: child_meta(sm, name.clone(), labels.clone())?,
         spec: Some(ServiceSpec {
@@ -760,34 +945,49 @@ pub fn serving(
         }),
         ..Service::default()
     };
-    let pdb = PodDisruptionBudget {
-        metadata: child_meta(sm, name.clone(), labels.clone())?,
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(select.clone()),
-                ..LabelSelector::default()
-            }),
-            ..PodDisruptionBudgetSpec::default()
-        }),
-        ..PodDisruptionBudget::default()
+    let service_account = ServiceAccount {
+        metadata: child_meta(sm, relay.clone(), labels.clone())?,
+        ..ServiceAccount::default()
     };
-    let network_policy = serving_network_policy(child_meta(sm, name, labels)?, select);
-    Ok(ServingObjects {
-        weight_cache: weight_cache(sm)?,
+    let role = Role {
+        metadata: child_meta(sm, relay.clone(), labels.clone())?,
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["discovery.k8s.io".into()]),
+            resources: Some(vec!["endpointslices".into()]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..PolicyRule::default()
+        }]),
+    };
+    let role_binding = RoleBinding {
+        metadata: child_meta(sm, relay.clone(), labels.clone())?,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: relay.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: relay.clone(),
+            namespace: sm.metadata.namespace.clone(),
+            ..Subject::default()
+        }]),
+    };
+    Ok(RelayObjects {
         config,
         deployment,
         service,
-        pdb,
-        network_policy,
+        pdb: disruption_budget(child_meta(sm, relay, labels.clone())?, select.clone()),
+        network_policy: relay_network_policy(child_meta(sm, name, labels)?, select),
+        service_account,
+        role,
+        role_binding,
     })
 }
 
-/// Serving pods: the relay port open to every gateway; the engine's port closed (only
-/// the relayminer beside it, over localhost, calls it); the admin port (metrics,
+/// Relay pods: the relay port open to every gateway; the admin port (metrics,
 /// `/demand`) only from the namespace, the lode operator (the autoscaler reads
 /// `/demand`) and Prometheus pods, wherever they run.
-fn serving_network_policy(metadata: ObjectMeta, select: BTreeMap<String, String>) -> NetworkPolicy {
+fn relay_network_policy(metadata: ObjectMeta, select: BTreeMap<String, String>) -> NetworkPolicy {
     ingress_policy(
         metadata,
         select,
@@ -816,12 +1016,25 @@ mod tests {
             .expect("pod")
     }
 
+    fn relay_pod(o: &ServingObjects) -> PodSpec {
+        o.relay
+            .deployment
+            .spec
+            .clone()
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod")
+    }
+
     #[test]
-    fn vllm_pods_get_the_engine_and_the_serve_sidecar() {
+    fn engines_and_the_relay_tier_are_apart() {
         let (sm, s) = (sample_model(), sample_supplier());
         let o = serving(&sm, &s, &Images::default()).expect("builds");
+        // The engine pods: the engine alone, on a GPU, no key, no API token.
         let p = pod(&o);
-        let (engine, serve) = (&p.containers[0], &p.containers[1]);
+        assert_eq!(p.containers.len(), 1, "no sidecar");
+        let engine = &p.containers[0];
         assert_eq!(engine.image.as_deref(), Some("vllm/vllm-openai:v0.11.0"));
         let args = engine.args.clone().expect("args");
         // hf:// weights are fetched into the weight cache: the engine reads a directory.
@@ -838,6 +1051,74 @@ mod tests {
             p.node_selector.clone().expect("selector")["nvidia.com/gpu.product"],
             "NVIDIA-H100-80GB-HBM3"
         );
+        let volumes: Vec<String> = p
+            .volumes
+            .clone()
+            .expect("v")
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert!(
+            !volumes.iter().any(|v| v == "keys" || v == "store-token"),
+            "{volumes:?}"
+        );
+        assert_eq!(p.automount_service_account_token, Some(false));
+        // Terminating, it serves on until the relay tier has dropped it.
+        let stop = engine
+            .lifecycle
+            .clone()
+            .expect("lifecycle")
+            .pre_stop
+            .expect("preStop");
+        assert_eq!(stop.sleep.expect("sleep").seconds, ENGINE_PRE_STOP_SECONDS);
+        assert!(ENGINE_PRE_STOP_SECONDS * 1000 >= 3 * DEFAULT_DISCOVERY_PERIOD_MS as i64);
+        assert_eq!(
+            o.deployment.spec.clone().expect("s").replicas,
+            Some(1),
+            "minReplicas"
+        );
+        let labels = p_labels(&o);
+        assert_eq!(labels["app.kubernetes.io/component"], "engine");
+        // The engine Service names its port: the relay tier reads it in the slices.
+        let es = o.engine_service.spec.clone().expect("spec");
+        assert_eq!(
+            o.engine_service.metadata.name.as_deref(),
+            Some("qwen-7b-engines")
+        );
+        assert_eq!(
+            es.ports.expect("ports")[0].name.as_deref(),
+            Some(ENGINE_PORT_NAME)
+        );
+        assert_eq!(
+            es.selector.expect("sel")["app.kubernetes.io/component"],
+            "engine"
+        );
+        // Only the relay tier (and metrics readers) reach the engines.
+        let np = o.network_policy.spec.clone().expect("spec");
+        let rule = &np.ingress.expect("ingress")[0];
+        assert_eq!(
+            rule.ports.clone().expect("ports")[0].port,
+            Some(IntOrString::Int(8000))
+        );
+        let from = rule.from.clone().expect("from");
+        assert_eq!(
+            from[0]
+                .pod_selector
+                .clone()
+                .expect("pods")
+                .match_labels
+                .expect("labels")["app.kubernetes.io/component"],
+            "serve"
+        );
+        assert!(
+            from[0].namespace_selector.is_none(),
+            "this namespace's relay pods only"
+        );
+
+        // The relay tier: serve with the key, its own ServiceAccount, CPU only.
+        let r = relay_pod(&o);
+        assert_eq!(r.containers.len(), 1);
+        let serve = &r.containers[0];
         assert_eq!(serve.args.clone().expect("args")[0], "serve");
         assert_eq!(
             serve
@@ -847,16 +1128,44 @@ mod tests {
                 .read_only_root_filesystem,
             Some(true)
         );
-        assert_eq!(
-            o.deployment.spec.clone().expect("s").replicas,
-            Some(1),
-            "minReplicas"
+        assert!(
+            !serve
+                .resources
+                .clone()
+                .expect("r")
+                .limits
+                .unwrap_or_default()
+                .contains_key("nvidia.com/gpu")
         );
-        let labels = p_labels(&o);
-        assert_eq!(labels[SUPPLIER_LABEL], "supplier-1", "reaches the store");
-        // serve's configuration points at the store, the key, and the engine, and is
-        // what serve reads back from the ConfigMap.
-        let yaml = &o.config.data.clone().expect("data")["serve.yaml"];
+        assert_eq!(r.service_account_name.as_deref(), Some("qwen-7b-relay"));
+        assert_eq!(r.automount_service_account_token, Some(true));
+        assert_eq!(
+            o.relay.deployment.spec.clone().expect("s").replicas,
+            Some(2),
+            "relay.minReplicas by default"
+        );
+        let rules = o.relay.role.rules.clone().expect("rules");
+        assert_eq!(rules.len(), 1, "EndpointSlices only");
+        assert_eq!(rules[0].resources, Some(vec!["endpointslices".to_string()]));
+        assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
+        assert_eq!(o.relay.role_binding.role_ref.name, "qwen-7b-relay");
+        // The public relay Service keeps the ServiceModel's name.
+        assert_eq!(o.relay.service.metadata.name.as_deref(), Some("qwen-7b"));
+        let rlabels = o
+            .relay
+            .deployment
+            .spec
+            .clone()
+            .expect("s")
+            .template
+            .metadata
+            .expect("m")
+            .labels
+            .expect("l");
+        assert_eq!(rlabels[SUPPLIER_LABEL], "supplier-1", "reaches the store");
+        // serve's configuration points at the store, the key, and the engine Service,
+        // routes between its replicas, and is what serve reads back from the ConfigMap.
+        let yaml = &o.relay.config.data.clone().expect("data")["serve.yaml"];
         let config = ServeConfig::from_yaml(yaml).expect("serve accepts it");
         assert_eq!(config, serve_config(&sm, &s));
         assert_eq!(config.store.url, "https://supplier-1-store:7070");
@@ -872,9 +1181,31 @@ mod tests {
             vec![std::path::PathBuf::from("/var/run/lode/keys/operator.key")]
         );
         let service = &config.services[0];
-        assert_eq!(service.backend_url, "http://127.0.0.1:8000");
+        assert_eq!(service.backend_url, "http://qwen-7b-engines:8000");
         assert_eq!(service.service_id, "llm");
         assert_eq!(service.backend, BackendKind::Openai);
+        assert_eq!(service.routing.mode, Routing::Prefix);
+        assert_eq!(service.routing.load_epsilon, 0.25);
+        let d = service.discovery.clone().expect("discovery");
+        assert_eq!(
+            (d.service.as_str(), d.port.as_str(), d.namespace.as_str()),
+            ("qwen-7b-engines", "engine", "lode")
+        );
+        // The routing the spec asks for, and the relay pods the autoscaler wants.
+        let mut other = sm.clone();
+        other.spec.relay.routing = EngineRouting::RoundRobin;
+        other.spec.relay.load_epsilon_percent = 50;
+        other.spec.relay.replicas = Some(5);
+        let config = serve_config(&other, &s);
+        assert_eq!(config.services[0].routing.mode, Routing::RoundRobin);
+        assert_eq!(config.services[0].routing.load_epsilon, 0.5);
+        assert_eq!(desired_relay_replicas(&other), 5);
+        other.spec.relay.replicas = Some(50);
+        assert_eq!(
+            desired_relay_replicas(&other),
+            8,
+            "within relay.maxReplicas"
+        );
     }
 
     fn p_labels(o: &ServingObjects) -> BTreeMap<String, String> {
@@ -949,28 +1280,7 @@ mod tests {
         assert_eq!(inits.len(), 1);
         assert_eq!(
             inits[0].args.clone().expect("args"),
-            [
-                "digest",
-                MODELS,
-                "--report",
-                TERMINATION_LOG,
-                "--report",
-                WEIGHTS_REPORT
-            ]
-        );
-        // serve reads what the step found, for its /metrics.
-        let config = serve_config(&sm, &s);
-        assert_eq!(
-            config.model_digest_file.as_deref(),
-            Some(std::path::Path::new(WEIGHTS_REPORT))
-        );
-        assert!(
-            p.containers[1]
-                .volume_mounts
-                .clone()
-                .expect("mounts")
-                .iter()
-                .any(|m| { m.mount_path == WEIGHTS_REPORT_DIR && m.read_only == Some(true) })
+            ["digest", MODELS, "--report", TERMINATION_LOG]
         );
         let v = &p.volumes.expect("volumes")[0];
         assert_eq!(
@@ -1006,8 +1316,6 @@ mod tests {
                 MODELS,
                 "--report",
                 TERMINATION_LOG,
-                "--report",
-                WEIGHTS_REPORT,
                 "--expect",
                 pin.as_str()
             ]
@@ -1387,6 +1695,7 @@ mod tests {
         let hash = |s: &Supplier| {
             serving(&sm, s, &Images::default())
                 .expect("builds")
+                .relay
                 .deployment
                 .spec
                 .expect("s")

@@ -22,6 +22,60 @@ use lode_testkit::{StoreProcess, free_addr};
 
 pub const SERVICE: &str = "llm";
 
+/// Writes the tests' tiny GGUF model (scripts/tiny-gguf.py) into `dir`.
+pub fn tiny_model(dir: &std::path::Path) -> PathBuf {
+    let model = dir.join("tiny.gguf");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tiny-gguf.py");
+    let made = Command::new("python3")
+        .arg(&script)
+        .arg(&model)
+        .status()
+        .expect("python3 runs (gguf is installed by scripts/setup.sh)");
+    assert!(made.success(), "tiny-gguf.py failed");
+    model
+}
+
+/// llama.cpp's server (`LODE_LLAMA_SERVER`) on `model`, served as `tiny` with `args`,
+/// once it answers `/health`.
+pub async fn llama_server(model: &std::path::Path, args: &[&str]) -> (Child, SocketAddr) {
+    let server = lode_testkit::llama_server();
+    let engine = free_addr();
+    let child = Command::new(&server)
+        .arg("--model")
+        .arg(model)
+        .args([
+            "--host",
+            &engine.ip().to_string(),
+            "--port",
+            &engine.port().to_string(),
+            "--alias",
+            "tiny",
+            "--metrics",
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("llama-server starts");
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http
+            .get(format!("http://{engine}/health").parse().expect("uri"))
+            .await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "llama-server not healthy within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, engine)
+}
+
 pub type Http = Client<HttpConnector, Full<Bytes>>;
 
 /// A client as a latency-minded gateway runs one: no Nagle, a large idle pool. Its
@@ -168,6 +222,16 @@ impl Rig {
     /// [`Rig::start`] with serve in front of the engine at `engine` (engine-sim still
     /// runs, unused) instead of engine-sim.
     pub async fn start_with_engine(extra: &str, engine: Option<SocketAddr>) -> Self {
+        Self::start_with_service(extra, engine, "").await
+    }
+
+    /// [`Rig::start_with_engine`] with `service_extra` appended to the service's YAML
+    /// (more engine replicas, routing).
+    pub async fn start_with_service(
+        extra: &str,
+        engine: Option<SocketAddr>,
+        service_extra: &str,
+    ) -> Self {
         let devnet = Devnet::new(&DevnetConfig::new(5));
         let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let chain = devnet.serve(any, any, None).await.expect("devnet");
@@ -208,7 +272,7 @@ impl Rig {
                 "listen: {relay_addr}\nadmin: {admin_addr}\nchain: {{grpc_url: '{}', rpc_url: '{}'}}\n\
                  store: {{url: 'http://{}', token_file: '{}', policy: queue, queue_capacity: 100000}}\n\
                  signing_key_files: ['{}']\nenable_over_servicing: true\nstream_batch_ms: 20\n{extra}\
-                 services:\n  - service_id: {SERVICE}\n    backend_url: http://{backend}\n",
+                 services:\n  - service_id: {SERVICE}\n    backend_url: http://{backend}\n{service_extra}",
                 chain.grpc_url,
                 chain.rpc_url,
                 store.grpc,

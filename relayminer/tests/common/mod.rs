@@ -1,6 +1,6 @@
 //! The serve test fleet: the devnet chain, engine-sim, a real store process and serve on
-//! loopback, and the helpers that send relays to it. Shared by `serve.rs` and
-//! `hostile.rs`; each uses part of it.
+//! loopback, and the helpers that send relays to it. Shared by `serve.rs`, `hostile.rs`,
+//! `route.rs` and `discover.rs`; each uses part of it.
 #![allow(dead_code)]
 
 use bytes::Bytes;
@@ -17,6 +17,21 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub const SERVICE: &str = "llm";
+
+/// Another engine-sim replica (as fast as the fleet's), on a free loopback port.
+pub async fn another_engine() -> (EngineSim, SocketAddr) {
+    let sim = EngineSim::new(SimConfig {
+        ttft: Duration::from_millis(5),
+        tokens_per_second: 2000.0,
+        ..SimConfig::default()
+    });
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let (addr, _) = sim
+        .serve(any, std::future::pending())
+        .await
+        .expect("engine-sim");
+    (sim, addr)
+}
 
 pub fn address(k: &SecretKey) -> String {
     k.public_key().address().to_bech32(HRP)
