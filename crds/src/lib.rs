@@ -489,6 +489,22 @@ pub struct AutoscalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_completion_tokens_per_second_per_replica: Option<i32>,
+    /// Requests waiting per engine replica to aim for, as the engines report them
+    /// (vLLM's `num_requests_waiting`, llama.cpp's `requests_deferred`, Triton's pending
+    /// requests): a signal for loads whose queue grows before relays in flight show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub target_waiting: Option<i32>,
+    /// KV-cache use per engine replica to aim for, in percent (vLLM's
+    /// `kv_cache_usage_perc`, TensorRT-LLM's used blocks): a signal for long prompts that
+    /// fill the cache with few requests in flight.
+    #[serde(
+        default,
+        rename = "targetKVCacheUsage",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_kv_cache_usage: Option<i32>,
 }
 
 fn default_target() -> i32 {
@@ -505,6 +521,8 @@ impl Default for AutoscalingSpec {
             target_in_flight_per_replica: default_target(),
             scale_down_stabilization_seconds: default_window(),
             target_completion_tokens_per_second_per_replica: None,
+            target_waiting: None,
+            target_kv_cache_usage: None,
         }
     }
 }

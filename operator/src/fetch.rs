@@ -188,6 +188,18 @@ pub async fn admin_get<T: DeserializeOwned>(
     max_body: usize,
     timeout: Duration,
 ) -> Option<T> {
+    let body = get_bounded(addr, path, max_body, timeout).await?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// The body of `GET path` at `addr` (HTTP/1.0): `None` unless a 200 with a body of at
+/// most `max_body` bytes arrives within `timeout`.
+pub async fn get_bounded(
+    addr: &str,
+    path: &str,
+    max_body: usize,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -210,10 +222,8 @@ pub async fn admin_get<T: DeserializeOwned>(
             .lines()
             .next()
             .is_some_and(|status| status.split_whitespace().nth(1) == Some("200"));
-        let body = &buf[split + 4..];
-        (ok && body.len() <= max_body)
-            .then(|| serde_json::from_slice(body).ok())
-            .flatten()
+        let body = buf.split_off(split + 4);
+        (ok && body.len() <= max_body).then_some(body)
     };
     tokio::time::timeout(timeout, attempt).await.ok().flatten()
 }

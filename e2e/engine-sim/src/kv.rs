@@ -80,6 +80,28 @@ pub struct KvCache {
     /// Prompt tokens prefilled or found, and of them found in the cache.
     pub queried: AtomicU64,
     pub hits: AtomicU64,
+    /// Tokens of the sequences running now (prompt and answer).
+    in_use: AtomicU64,
+}
+
+/// A running sequence's hold on the cache, released when it finishes.
+#[derive(Debug)]
+pub struct InUse {
+    kv: std::sync::Arc<KvCache>,
+    tokens: u64,
+}
+
+impl InUse {
+    pub fn new(kv: std::sync::Arc<KvCache>, tokens: u64) -> Self {
+        kv.in_use.fetch_add(tokens, Ordering::Relaxed);
+        Self { kv, tokens }
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.kv.in_use.fetch_sub(self.tokens, Ordering::Relaxed);
+    }
 }
 
 /// A request's tokens, cut into chained block hashes (full blocks only), and how many
@@ -123,6 +145,7 @@ impl KvCache {
             lane: tokio::sync::Mutex::new(()),
             queried: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            in_use: AtomicU64::new(0),
         }
     }
 
@@ -140,8 +163,19 @@ impl KvCache {
             * self.config.block_tokens
     }
 
-    /// Share of the cache in use, 0 to 1.
+    /// Share of the cache in use, 0 to 1, as vLLM reports it: the blocks of the
+    /// sequences running now; blocks only kept for prefix reuse are free to evict and
+    /// count as free.
     pub fn usage(&self) -> f64 {
+        let blocks = self
+            .in_use
+            .load(Ordering::Relaxed)
+            .div_ceil(self.config.block_tokens.max(1));
+        (blocks as f64 / self.cap_blocks() as f64).min(1.0)
+    }
+
+    /// Share of the cache holding blocks (running or kept for reuse), 0 to 1.
+    pub fn occupancy(&self) -> f64 {
         self.lru.lock().expect("lock").stamp_of.len() as f64 / self.cap_blocks() as f64
     }
 
@@ -212,7 +246,28 @@ mod tests {
             kv.prefill(&p, 20).await;
         }
         assert_eq!(kv.cached_tokens(&a), 0);
-        assert!(kv.usage() <= 1.0);
+        assert!(kv.occupancy() <= 1.0);
+    }
+
+    /// Usage is what running sequences hold (as vLLM reports it); blocks kept for reuse
+    /// after their sequence ended are not in use.
+    #[test]
+    fn usage_counts_running_sequences_only() {
+        let kv = std::sync::Arc::new(KvCache::new(KvConfig {
+            capacity_tokens: 1000,
+            block_tokens: 10,
+            ..KvConfig::default()
+        }));
+        assert_eq!(kv.usage(), 0.0);
+        let a = InUse::new(kv.clone(), 295);
+        let b = InUse::new(kv.clone(), 400);
+        assert!((kv.usage() - 0.70).abs() < 1e-9, "{}", kv.usage());
+        drop(a);
+        assert!((kv.usage() - 0.40).abs() < 1e-9, "{}", kv.usage());
+        let c = InUse::new(kv.clone(), 5000);
+        assert_eq!(kv.usage(), 1.0, "at most full");
+        drop((b, c));
+        assert_eq!(kv.usage(), 0.0);
     }
 
     #[tokio::test(start_paused = true)]

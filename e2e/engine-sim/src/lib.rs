@@ -309,11 +309,15 @@ impl EngineSim {
         // With a KV cache, time to first token is the prefill of what is not cached.
         let (mut ttft, mut per_token) = (self.config.ttft, self.per_token());
         let mut cached = 0;
+        let mut held = None;
         if let Some(kv) = &self.kv {
             let (blocks, tokens) = kv::blocks(&req, kv.config.block_tokens);
+            // The sequence's KV (prompt and answer) is in use until it finishes.
+            held = Some(kv::InUse::new(kv.clone(), tokens + n));
             cached = kv.prefill(&blocks, tokens).await.min(prompt);
             (ttft, per_token) = (Duration::ZERO, kv.config.decode_per_token);
         }
+        let permit = (permit, held);
         let id = format!(
             "cmpl-{}",
             self.counters.success.load(Ordering::Relaxed)

@@ -254,3 +254,85 @@ async fn a_load_step_scales_up_within_seconds_and_the_drop_scales_down_losing_no
     assert_eq!(count("ScaledDown"), 1, "{events:?}");
     fleet.shutdown().await;
 }
+
+/// A KV-cache-bound load: long prompts, one relay in flight at a time, against a
+/// relays target no load here reaches. The engines' own signal (vLLM's
+/// `kv_cache_usage_perc`, read from each engine pod) scales them up, and the decision
+/// says that signal decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kv_cache_bound_load_with_few_relays_in_flight_scales_up() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut o = fleet_options(root.path());
+    o.apply_samples = false;
+    // A cache of 4,000 tokens per engine; a 3,000-word prompt holds three quarters of
+    // it for about a second (prefill 0.3 s, 8 tokens of 0.1 s).
+    o.engine_args = [
+        "--kv-capacity-tokens",
+        "4000",
+        "--kv-block-tokens",
+        "16",
+        "--prefill-us-per-token",
+        "100",
+        "--decode-ms-per-token",
+        "100",
+    ]
+    .map(String::from)
+    .to_vec();
+    let fleet = Fleet::start(o).await.expect("fleet");
+    let sm_file = fleet.manifests.join("20-servicemodel.yaml");
+    let text = std::fs::read_to_string(&sm_file)
+        .expect("sample")
+        .replace("minReplicas: 2", "minReplicas: 1");
+    std::fs::write(
+        &sm_file,
+        format!("{text}  autoscaling: {{targetInFlightPerReplica: 100, targetKVCacheUsage: 50, scaleDownStabilizationSeconds: 300}}\n"),
+    )
+    .expect("write");
+    fleet.apply_manifests().expect("apply");
+    fleet
+        .first_relay(Duration::from_secs(90))
+        .await
+        .expect("the fleet serves");
+    assert_eq!(replicas(&fleet), 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let port = fleet.options.gateway_port;
+    let client = {
+        let (stop, failed) = (stop.clone(), failed.clone());
+        tokio::spawn(async move {
+            let long = "context ".repeat(3000);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                if let Err(e) = lode_fleet::chat(port, &format!("{long} question {i}")).await {
+                    eprintln!("request {i}: {e}");
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    until(
+        "a scale-up on the KV cache",
+        Duration::from_secs(30),
+        || replicas(&fleet) > 1,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    client.await.expect("client");
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    let decisions = model(&fleet)["status"]["decisions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let up = decisions.first().expect("a decision");
+    println!("{up}");
+    assert_eq!((up["from"].as_i64(), up["to"].as_i64()), (Some(1), Some(2)));
+    assert!(
+        up["inFlight"].as_i64().unwrap_or(9) <= 1,
+        "few relays in flight: {up}"
+    );
+    let reason = up["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("KV-cache use decided"), "{reason}");
+    fleet.shutdown().await;
+}

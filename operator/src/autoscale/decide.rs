@@ -1,8 +1,10 @@
 //! The scaling decision, pure: demand in, replicas out.
 //!
-//! - **Desired** replicas: in-flight relays over the per-replica target, and — when a
-//!   token target is set — completion tokens per second over theirs; the larger wins,
-//!   clamped to `min..=max`.
+//! - **Desired** replicas: in-flight relays over the per-replica target; when their
+//!   targets are set, completion tokens per second over theirs, and the engines' own
+//!   signals (requests waiting per engine, KV-cache use) scaled from the ready engines
+//!   (HPA's rule: ready × value ÷ target). The largest wins, clamped to `min..=max`, and
+//!   the decision's reason names it.
 //! - **Up** at once, at most doubling (at least +1) per decision: a spike is followed
 //!   within one scrape, overshoot is bounded by the demand itself.
 //! - **Down** only to the highest desire seen over the whole stabilization window (the
@@ -17,6 +19,20 @@ use std::collections::VecDeque;
 pub struct Signals {
     pub in_flight: u64,
     pub completion_tokens_per_second: f64,
+    /// What the engines report of themselves.
+    pub engines: EngineLoad,
+}
+
+/// The engines' own signals, over the ready engines whose metrics could be read (one
+/// that cannot be read is left out, never waited for).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EngineLoad {
+    /// Ready engine replicas.
+    pub ready: u32,
+    /// Requests waiting per engine, the mean over those that report it.
+    pub waiting: Option<f64>,
+    /// KV-cache use (0 to 1), the mean over those that report it.
+    pub kv_usage: Option<f64>,
 }
 
 /// The bounds and targets of one ServiceModel.
@@ -28,6 +44,10 @@ pub struct Policy {
     pub target_in_flight: i32,
     /// Completion tokens per second per replica to aim for (`None`: not a signal).
     pub target_tokens_per_second: Option<f64>,
+    /// Requests waiting per engine to aim for (`None`: not a signal).
+    pub target_waiting: Option<f64>,
+    /// KV-cache use per engine to aim for, 0 to 1 (`None`: not a signal).
+    pub target_kv_usage: Option<f64>,
     /// Seconds of lower demand before scaling down.
     pub window_seconds: f64,
 }
@@ -50,24 +70,50 @@ pub struct Recommender {
 impl Recommender {
     /// Replicas the demand alone asks for, within bounds.
     pub fn desired(s: &Signals, p: &Policy) -> i32 {
-        let by_relays = (s.in_flight as f64 / f64::from(p.target_in_flight.max(1))).ceil();
-        let by_tokens = p
-            .target_tokens_per_second
-            .filter(|t| *t > 0.0)
-            .map_or(0.0, |t| (s.completion_tokens_per_second / t).ceil());
-        let want = by_relays.max(by_tokens).min(f64::from(i32::MAX)) as i32;
-        want.clamp(p.min, p.max.max(p.min))
+        Self::desires(s, p).0
+    }
+
+    /// Each signal's desire, the largest within bounds, and the signal that gave it.
+    fn desires(s: &Signals, p: &Policy) -> (i32, &'static str, String) {
+        let mut wants = vec![(
+            (s.in_flight as f64 / f64::from(p.target_in_flight.max(1))).ceil(),
+            "relays in flight",
+        )];
+        if let Some(t) = p.target_tokens_per_second.filter(|t| *t > 0.0) {
+            wants.push((
+                (s.completion_tokens_per_second / t).ceil(),
+                "completion tokens/s",
+            ));
+        }
+        let ready = f64::from(s.engines.ready);
+        if let (Some(t), Some(w)) = (p.target_waiting.filter(|t| *t > 0.0), s.engines.waiting) {
+            wants.push(((ready * w / t).ceil(), "requests waiting"));
+        }
+        if let (Some(t), Some(u)) = (p.target_kv_usage.filter(|t| *t > 0.0), s.engines.kv_usage) {
+            wants.push(((ready * u / t).ceil(), "KV-cache use"));
+        }
+        let (want, by) = wants.iter().copied().filter(|(w, _)| w.is_finite()).fold(
+            (0.0, "relays in flight"),
+            |a, b| if b.0 > a.0 { b } else { a },
+        );
+        let want = want.clamp(0.0, f64::from(i32::MAX)) as i32;
+        let all = wants
+            .iter()
+            .map(|(w, name)| format!("{name} → {w}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (want.clamp(p.min, p.max.max(p.min)), by, all)
     }
 
     /// The decision at time `now` (seconds, monotonic) with `current` replicas, if any.
     pub fn decide(&mut self, now: f64, current: i32, s: &Signals, p: &Policy) -> Option<Decision> {
-        let desired = Self::desired(s, p);
+        let (desired, by, wants) = Self::desires(s, p);
         self.history.push_back((now, desired));
         // Keep one sample older than the window: it proves the window is covered.
         while self.history.len() > 2 && self.history[1].0 <= now - p.window_seconds {
             self.history.pop_front();
         }
-        let signals = match p.target_tokens_per_second {
+        let mut signals = match p.target_tokens_per_second {
             Some(t) => format!(
                 "{} in flight (target {} per replica), {:.0} completion tokens/s (target {t:.0})",
                 s.in_flight, p.target_in_flight, s.completion_tokens_per_second
@@ -77,6 +123,19 @@ impl Recommender {
                 s.in_flight, p.target_in_flight
             ),
         };
+        if let (Some(t), Some(w)) = (p.target_waiting, s.engines.waiting) {
+            signals += &format!(", {w:.1} waiting per engine (target {t})");
+        }
+        if let (Some(t), Some(u)) = (p.target_kv_usage, s.engines.kv_usage) {
+            signals += &format!(
+                ", KV cache {:.0} % used (target {:.0} %)",
+                u * 100.0,
+                t * 100.0
+            );
+        }
+        if p.target_waiting.is_some() || p.target_kv_usage.is_some() {
+            signals += &format!("; {by} decided ({wants})");
+        }
         if current < p.min || current > p.max {
             let to = current.clamp(p.min, p.max.max(p.min));
             return Some(Decision {
@@ -128,6 +187,8 @@ mod tests {
             max: 10,
             target_in_flight: 4,
             target_tokens_per_second: None,
+            target_waiting: None,
+            target_kv_usage: None,
             window_seconds: 60.0,
         }
     }
@@ -143,6 +204,7 @@ mod tests {
             let s = Signals {
                 in_flight: *inflight,
                 completion_tokens_per_second: 0.0,
+                ..Signals::default()
             };
             if let Some(d) = r.decide(t as f64, current, &s, p) {
                 assert_eq!(d.from, current);
@@ -183,6 +245,7 @@ mod tests {
                 &Signals {
                     in_flight: trace[t],
                     completion_tokens_per_second: 0.0,
+                    ..Signals::default()
                 },
                 &p,
             );
@@ -236,6 +299,7 @@ mod tests {
         let s = Signals {
             in_flight: 1,
             completion_tokens_per_second: 450.0,
+            ..Signals::default()
         };
         assert_eq!(
             Recommender::desired(&s, &p),
@@ -252,5 +316,87 @@ mod tests {
             2,
             "never below min"
         );
+    }
+
+    /// A KV-cache-bound load: long prompts fill the engines' caches with few relays in
+    /// flight. The relays alone would not scale; the KV signal does, says so, and
+    /// settles once the cache use per engine is at its target.
+    #[test]
+    fn a_kv_cache_bound_load_scales_up_on_the_engines_signal() {
+        let mut p = policy();
+        p.target_kv_usage = Some(0.7);
+        p.target_waiting = Some(2.0);
+        let kv = |ready: u32, usage: f64| Signals {
+            in_flight: 3,
+            engines: EngineLoad {
+                ready,
+                waiting: Some(0.0),
+                kv_usage: Some(usage),
+            },
+            ..Signals::default()
+        };
+        assert_eq!(
+            Recommender::desired(&kv(1, 0.95), &policy()),
+            1,
+            "relays alone: 1"
+        );
+        assert_eq!(Recommender::desired(&kv(1, 0.95), &p), 2);
+        let mut r = Recommender::default();
+        let d = r.decide(0.0, 1, &kv(1, 0.95), &p).expect("scales up");
+        assert_eq!((d.from, d.to), (1, 2));
+        assert!(d.reason.contains("KV-cache use decided"), "{}", d.reason);
+        assert!(
+            d.reason.contains("KV cache 95 % used (target 70 %)"),
+            "{}",
+            d.reason
+        );
+        // The cache spread over four engines, 60 % each: no change.
+        assert_eq!(r.decide(1.0, 4, &kv(4, 0.6), &p), None);
+        // A queue on the engines: 5 waiting per engine against 2, on 3 engines.
+        let queued = Signals {
+            engines: EngineLoad {
+                ready: 3,
+                waiting: Some(5.0),
+                kv_usage: Some(0.2),
+            },
+            ..Signals::default()
+        };
+        assert_eq!(Recommender::desired(&queued, &p), 8);
+        let d = Recommender::default()
+            .decide(0.0, 3, &queued, &p)
+            .expect("up");
+        assert!(
+            d.reason.contains("requests waiting decided"),
+            "{}",
+            d.reason
+        );
+    }
+
+    /// No engine could be read: the engine signals are absent and the relays decide;
+    /// garbage (NaN, infinity) from an engine never decides.
+    #[test]
+    fn unread_or_absurd_engine_signals_never_decide() {
+        let mut p = policy();
+        p.target_kv_usage = Some(0.5);
+        let unread = Signals {
+            in_flight: 8,
+            engines: EngineLoad {
+                ready: 2,
+                waiting: None,
+                kv_usage: None,
+            },
+            ..Signals::default()
+        };
+        assert_eq!(Recommender::desired(&unread, &p), 2, "8 in flight / 4");
+        for bad in [f64::NAN, f64::INFINITY] {
+            let absurd = Signals {
+                engines: EngineLoad {
+                    kv_usage: Some(bad),
+                    ..unread.engines
+                },
+                ..unread
+            };
+            assert_eq!(Recommender::desired(&absurd, &p), 2, "{bad}");
+        }
     }
 }

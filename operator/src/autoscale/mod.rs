@@ -13,6 +13,7 @@
 //! relays and streams, flushes mined relays to the store) within its grace period.
 
 pub mod decide;
+pub mod engines;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ struct Scale {
 struct ScaleSpec {
     replicas: i32,
 }
-use decide::{Decision, Policy, Recommender, Signals};
+use decide::{Decision, EngineLoad, Policy, Recommender, Signals};
 
 /// Decisions kept in `status.decisions`.
 pub const HISTORY: usize = 10;
@@ -60,17 +61,19 @@ async fn demand(addr: &str, service: &str) -> Option<PodDemand> {
         fetch::admin_get(addr, "/demand", MAX_DEMAND_BYTES, fetch::ADMIN_TIMEOUT).await?;
     let mut out = PodDemand::default();
     for d in report.services.iter().filter(|d| d.service_id == service) {
-        out.signals.in_flight += d.in_flight;
+        out.signals.in_flight = out.signals.in_flight.saturating_add(d.in_flight);
         out.signals.completion_tokens_per_second += d.completion_tokens_per_second;
-        out.prompt_bytes += d.prefix_prompt_bytes;
-        out.matched_bytes += d.prefix_matched_bytes;
+        out.prompt_bytes = out.prompt_bytes.saturating_add(d.prefix_prompt_bytes);
+        out.matched_bytes = out.matched_bytes.saturating_add(d.prefix_matched_bytes);
     }
     Some(out)
 }
 
 /// The percentage of prompt bytes that went where their prefix had gone before.
 pub fn hit_percent(prompt_bytes: u64, matched_bytes: u64) -> Option<i32> {
-    (prompt_bytes > 0).then(|| (matched_bytes.min(prompt_bytes) * 100 / prompt_bytes) as i32)
+    (prompt_bytes > 0).then(|| {
+        (u128::from(matched_bytes.min(prompt_bytes)) * 100 / u128::from(prompt_bytes)) as i32
+    })
 }
 
 /// The relay tier's policy: its bounds and its own in-flight target.
@@ -81,6 +84,8 @@ pub fn relay_policy(sm: &ServiceModel) -> Policy {
         max: r.max_replicas.max(r.min_replicas),
         target_in_flight: r.target_in_flight_per_replica,
         target_tokens_per_second: None,
+        target_waiting: None,
+        target_kv_usage: None,
         window_seconds: f64::from(sm.spec.autoscaling.scale_down_stabilization_seconds),
     }
 }
@@ -120,6 +125,8 @@ pub fn policy(sm: &ServiceModel) -> Policy {
         target_tokens_per_second: a
             .target_completion_tokens_per_second_per_replica
             .map(f64::from),
+        target_waiting: a.target_waiting.map(f64::from),
+        target_kv_usage: a.target_kv_cache_usage.map(|p| f64::from(p) / 100.0),
         window_seconds: f64::from(a.scale_down_stabilization_seconds),
     }
 }
@@ -198,10 +205,11 @@ async fn model_pass(
         };
         if let Some(d) = demand(&format!("{ip}:{}", ports::SERVE_ADMIN), &sm.spec.service_id).await
         {
-            total.signals.in_flight += d.signals.in_flight;
+            total.signals.in_flight = total.signals.in_flight.saturating_add(d.signals.in_flight);
             total.signals.completion_tokens_per_second += d.signals.completion_tokens_per_second;
-            total.prompt_bytes += d.prompt_bytes;
-            total.matched_bytes += d.matched_bytes;
+            // Counters a pod reports: summed without overflow whatever they say.
+            total.prompt_bytes = total.prompt_bytes.saturating_add(d.prompt_bytes);
+            total.matched_bytes = total.matched_bytes.saturating_add(d.matched_bytes);
             heard += 1;
         }
     }
@@ -210,7 +218,11 @@ async fn model_pass(
         tracing::debug!(heard, ready = ready_pods.len(), "demand incomplete");
         return Ok(());
     }
-    let signals = total.signals;
+    let mut signals = total.signals;
+    let engine_policy = policy(sm);
+    if engine_policy.target_waiting.is_some() || engine_policy.target_kv_usage.is_some() {
+        signals.engines = engine_load(sm, &pods).await;
+    }
     let hit = hit_percent(total.prompt_bytes, total.matched_bytes).or(status.prefix_hit_percent);
     let rec = state.entry((ns, name)).or_default();
     let now = epoch.elapsed().as_secs_f64();
@@ -239,6 +251,46 @@ async fn model_pass(
     }
     Ok(())
 }
+
+/// The ready engine pods' own signals, their `/metrics` read at once (each within its
+/// bound; one that does not answer is left out and named in the log).
+async fn engine_load(sm: &ServiceModel, pods: &[Pod]) -> EngineLoad {
+    // Triton serves its metrics on their own port; the OpenAI servers on theirs.
+    let port = if sm.spec.engine.kind == lode_crds::EngineKind::Triton {
+        TRITON_METRICS_PORT
+    } else {
+        sm.spec.engine.port
+    };
+    let serving: Vec<(String, String)> = pods
+        .iter()
+        .filter(|p| ready(p))
+        .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
+        .collect();
+    let reads = serving.iter().map(|(_, ip)| async move {
+        let page = fetch::get_bounded(
+            &format!("{ip}:{port}"),
+            "/metrics",
+            engines::MAX_METRICS_BYTES,
+            engines::METRICS_TIMEOUT,
+        )
+        .await?;
+        Some(engines::parse(&String::from_utf8_lossy(&page)))
+    });
+    let samples = futures_util::future::join_all(reads).await;
+    let unread: Vec<&str> = serving
+        .iter()
+        .zip(&samples)
+        .filter(|(_, s)| s.is_none())
+        .map(|((name, _), _)| name.as_str())
+        .collect();
+    if !unread.is_empty() {
+        tracing::info!(?unread, "engine metrics not read; the other engines decide");
+    }
+    engines::combine(serving.len() as u32, &samples)
+}
+
+/// Triton's Prometheus port.
+const TRITON_METRICS_PORT: i32 = 8002;
 
 /// A merge patch of the ServiceModel: the relay pods wanted.
 #[derive(Debug, serde::Serialize)]
@@ -375,6 +427,7 @@ mod tests {
         let busy = Signals {
             in_flight: 450,
             completion_tokens_per_second: 1e6,
+            ..Signals::default()
         };
         assert_eq!(Recommender::desired(&busy, &p), 5);
         assert_eq!(
@@ -392,5 +445,6 @@ mod tests {
         assert_eq!(hit_percent(0, 0), None, "nothing routed by prefix yet");
         assert_eq!(hit_percent(1000, 934), Some(93));
         assert_eq!(hit_percent(1000, 5000), Some(100), "bounded");
+        assert_eq!(hit_percent(u64::MAX, u64::MAX / 2), Some(49), "no overflow");
     }
 }
