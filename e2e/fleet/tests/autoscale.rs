@@ -46,6 +46,27 @@ fn serving(fleet: &Fleet) -> (usize, usize) {
     (ready, pods.len())
 }
 
+/// One fleet at a time: two at once on a 2-core machine start too slowly for the
+/// timings these tests check.
+static ONE_FLEET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The fleet with the sample ServiceModel from one engine replica (the sample runs
+/// two) and `autoscaling`, once it serves.
+async fn serving_from_one_engine(o: lode_fleet::FleetOptions, autoscaling: &str) -> Fleet {
+    let fleet = Fleet::start(o).await.expect("fleet");
+    let sm_file = fleet.manifests.join("20-servicemodel.yaml");
+    let text = std::fs::read_to_string(&sm_file)
+        .expect("sample")
+        .replace("minReplicas: 2", "minReplicas: 1");
+    std::fs::write(&sm_file, format!("{text}  autoscaling: {autoscaling}\n")).expect("write");
+    fleet.apply_manifests().expect("apply");
+    fleet
+        .first_relay(Duration::from_secs(90))
+        .await
+        .expect("the fleet serves");
+    fleet
+}
+
 async fn until(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
     while !f() {
@@ -57,6 +78,7 @@ async fn until(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_load_step_scales_up_within_seconds_and_the_drop_scales_down_losing_nothing() {
+    let _one = ONE_FLEET.lock().await;
     let root = tempfile::tempdir().expect("tempdir");
     let mut o = fleet_options(root.path());
     o.apply_samples = false;
@@ -66,22 +88,11 @@ async fn a_load_step_scales_up_within_seconds_and_the_drop_scales_down_losing_no
     o.engine_args = ["--ttft-ms", "500", "--tokens-per-second", "40"]
         .map(String::from)
         .to_vec();
-    let fleet = Fleet::start(o).await.expect("fleet");
-    let sm_file = fleet.manifests.join("20-servicemodel.yaml");
-    // From one engine replica (the sample runs two).
-    let text = std::fs::read_to_string(&sm_file)
-        .expect("sample")
-        .replace("minReplicas: 2", "minReplicas: 1");
-    std::fs::write(
-        &sm_file,
-        format!("{text}  autoscaling: {{targetInFlightPerReplica: 2, scaleDownStabilizationSeconds: 8}}\n"),
+    let fleet = serving_from_one_engine(
+        o,
+        "{targetInFlightPerReplica: 2, scaleDownStabilizationSeconds: 8}",
     )
-    .expect("write");
-    fleet.apply_manifests().expect("apply");
-    fleet
-        .first_relay(Duration::from_secs(90))
-        .await
-        .expect("the fleet serves");
+    .await;
     assert_eq!(replicas(&fleet), 1, "idle: one replica");
 
     // The step: 8 clients back to back, ~8 relays in flight against a target of 2.
@@ -261,6 +272,7 @@ async fn a_load_step_scales_up_within_seconds_and_the_drop_scales_down_losing_no
 /// says that signal decided.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kv_cache_bound_load_with_few_relays_in_flight_scales_up() {
+    let _one = ONE_FLEET.lock().await;
     let root = tempfile::tempdir().expect("tempdir");
     let mut o = fleet_options(root.path());
     o.apply_samples = false;
@@ -278,21 +290,11 @@ async fn a_kv_cache_bound_load_with_few_relays_in_flight_scales_up() {
     ]
     .map(String::from)
     .to_vec();
-    let fleet = Fleet::start(o).await.expect("fleet");
-    let sm_file = fleet.manifests.join("20-servicemodel.yaml");
-    let text = std::fs::read_to_string(&sm_file)
-        .expect("sample")
-        .replace("minReplicas: 2", "minReplicas: 1");
-    std::fs::write(
-        &sm_file,
-        format!("{text}  autoscaling: {{targetInFlightPerReplica: 100, targetKVCacheUsage: 50, scaleDownStabilizationSeconds: 300}}\n"),
+    let fleet = serving_from_one_engine(
+        o,
+        "{targetInFlightPerReplica: 100, targetKVCacheUsage: 50, scaleDownStabilizationSeconds: 300}",
     )
-    .expect("write");
-    fleet.apply_manifests().expect("apply");
-    fleet
-        .first_relay(Duration::from_secs(90))
-        .await
-        .expect("the fleet serves");
+    .await;
     assert_eq!(replicas(&fleet), 1);
 
     let stop = Arc::new(AtomicBool::new(false));
