@@ -257,7 +257,7 @@ async fn model_pass(
 async fn engine_load(sm: &ServiceModel, pods: &[Pod]) -> EngineLoad {
     // Triton serves its metrics on their own port; the OpenAI servers on theirs.
     let port = if sm.spec.engine.kind == lode_crds::EngineKind::Triton {
-        TRITON_METRICS_PORT
+        crate::build::servicemodel::TRITON_METRICS_PORT
     } else {
         sm.spec.engine.port
     };
@@ -288,9 +288,6 @@ async fn engine_load(sm: &ServiceModel, pods: &[Pod]) -> EngineLoad {
     }
     engines::combine(serving.len() as u32, &samples)
 }
-
-/// Triton's Prometheus port.
-const TRITON_METRICS_PORT: i32 = 8002;
 
 /// A merge patch of the ServiceModel: the relay pods wanted.
 #[derive(Debug, serde::Serialize)]

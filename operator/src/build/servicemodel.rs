@@ -788,7 +788,7 @@ pub fn serving(
                 super::operator_peer(),
                 super::app_peer("prometheus"),
             ]),
-            ports: Some(vec![tcp_port(sm.spec.engine.port)]),
+            ports: Some(engine_ports(sm).into_iter().map(tcp_port).collect()),
         }],
     );
     Ok(ServingObjects {
@@ -800,6 +800,19 @@ pub fn serving(
         relay: relay_tier(sm, supplier, images)?,
     })
 }
+
+/// The ports of an engine pod others reach: the engine's, and Triton's metrics port
+/// (the autoscaler reads the engines' own signals there).
+fn engine_ports(sm: &ServiceModel) -> Vec<i32> {
+    let mut ports = vec![sm.spec.engine.port];
+    if sm.spec.engine.kind == EngineKind::Triton {
+        ports.push(TRITON_METRICS_PORT);
+    }
+    ports
+}
+
+/// Triton's Prometheus port.
+pub const TRITON_METRICS_PORT: i32 = 8002;
 
 /// The engine Service's name: its EndpointSlices are the engine replicas.
 pub fn engine_service_name(sm: &ServiceModel) -> String {
@@ -1245,6 +1258,29 @@ mod tests {
         sm.spec.engine.kind = EngineKind::Triton;
         let config = serve_config(&sm, &s);
         assert_eq!(config.services[0].backend, BackendKind::Triton);
+        // One gRPC backend through the engine Service, no discovery; Triton's metrics
+        // port is open to the autoscaler beside the engine port.
+        assert!(config.services[0].discovery.is_none());
+        let ports: Vec<_> = serving(&sm, &s, &images)
+            .expect("builds")
+            .network_policy
+            .spec
+            .expect("spec")
+            .ingress
+            .expect("ingress")[0]
+            .ports
+            .clone()
+            .expect("ports")
+            .into_iter()
+            .map(|p| p.port)
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                Some(IntOrString::Int(sm.spec.engine.port)),
+                Some(IntOrString::Int(TRITON_METRICS_PORT))
+            ]
+        );
         assert_eq!(config.store.policy, StorePolicy::Queue);
         let mut holding = s.clone();
         holding.spec.store.relay_policy = lode_crds::RelayPolicy::Hold;

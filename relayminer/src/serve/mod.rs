@@ -253,7 +253,9 @@ pub async fn start_with(
             loop {
                 tick.tick().await;
                 s.metrics.sample();
-                if n.is_multiple_of(5) {
+                // Every 5 s, and every second while an engine is missing (a relay tier
+                // waiting for its first engine turns ready as soon as it is found).
+                if n.is_multiple_of(5) || !engines_ok.load(Ordering::Relaxed) {
                     let mut all = true;
                     for svc in s.services.values() {
                         all &= s.backend_reachable(svc).await;
