@@ -12,6 +12,10 @@ pub struct ServiceDemand {
     pub service_id: String,
     /// Relays between arrival and their last byte (waiting for the engine included).
     pub in_flight: u64,
+    /// Of them, relays held for want of a ready engine replica (the service is at zero
+    /// or waking up).
+    #[serde(default)]
+    pub held: u64,
     /// Mined relays waiting for the store (shared by every service of the pod).
     pub queued: u64,
     pub relays_per_second: f64,

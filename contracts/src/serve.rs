@@ -193,6 +193,91 @@ pub struct ServiceConfig {
     /// EndpointSlices); the replicas found replace `backend_url` and `engines`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<EngineDiscovery>,
+    /// Relays held while no discovered engine replica is ready (a model scaled to zero,
+    /// waking up); unset: such relays are refused at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldConfig>,
+}
+
+/// How relays wait for a service's first engine replica: each is held until one is
+/// ready or its deadline passes (then answered 503, `Retry-After`, and lode's
+/// `SERVICE_WAKING` code, so a gateway tries another supplier). Held relays count as
+/// demand at once (the autoscaler wakes the engines on them); a relay is charged to its
+/// session and mined only once it is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldConfig {
+    /// Relays held at once, at most; more are answered 503 at once.
+    #[serde(default = "default_hold_relays")]
+    pub max_relays: usize,
+    /// Request bytes held at once, at most.
+    #[serde(default = "default_hold_bytes")]
+    pub max_bytes: usize,
+    /// How long one relay is held, milliseconds: below the gateways' own timeout, so
+    /// they have time to try another supplier.
+    #[serde(default = "default_hold_deadline_ms")]
+    pub deadline_ms: u64,
+}
+
+/// lode's `relayer_proxy` code for a relay whose service is waking up from zero engines:
+/// answered with HTTP 503 and `Retry-After`; gateways try another supplier of the session
+/// and come back to this one after that time.
+pub const SERVICE_WAKING: u32 = 20;
+
+/// Default `hold.max_relays`.
+pub const DEFAULT_HOLD_RELAYS: usize = 256;
+/// Default `hold.max_bytes`: 64 MiB.
+pub const DEFAULT_HOLD_BYTES: usize = 64 << 20;
+/// Default `hold.deadline_ms`: 30 s.
+pub const DEFAULT_HOLD_DEADLINE_MS: u64 = 30_000;
+
+fn default_hold_relays() -> usize {
+    DEFAULT_HOLD_RELAYS
+}
+fn default_hold_bytes() -> usize {
+    DEFAULT_HOLD_BYTES
+}
+fn default_hold_deadline_ms() -> u64 {
+    DEFAULT_HOLD_DEADLINE_MS
+}
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        Self {
+            max_relays: DEFAULT_HOLD_RELAYS,
+            max_bytes: DEFAULT_HOLD_BYTES,
+            deadline_ms: DEFAULT_HOLD_DEADLINE_MS,
+        }
+    }
+}
+
+impl HoldConfig {
+    /// The deadline as a duration.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.max_relays == 0 || self.max_relays > 100_000 {
+            return Err(Invalid(format!(
+                "hold.max_relays {} must be between 1 and 100000",
+                self.max_relays
+            )));
+        }
+        if self.max_bytes == 0 || self.max_bytes > 16 << 30 {
+            return Err(Invalid(format!(
+                "hold.max_bytes {} must be between 1 and 16 GiB",
+                self.max_bytes
+            )));
+        }
+        if !(100..=3_600_000).contains(&self.deadline_ms) {
+            return Err(Invalid(format!(
+                "hold.deadline_ms {} must be between 100 and 3600000",
+                self.deadline_ms
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The engine replicas of a service, read from the EndpointSlices of a Kubernetes
@@ -367,6 +452,7 @@ impl ServiceConfig {
             routes: default_routes(),
             engines: Vec::new(),
             discovery: None,
+            hold: None,
             routing: RoutingConfig::default(),
         }
     }
@@ -651,6 +737,22 @@ impl ServeConfig {
                     )));
                 }
                 d.validate()
+                    .map_err(|e| Invalid(format!("service {:?}: {e}", s.service_id)))?;
+            }
+            if let Some(h) = &s.hold {
+                if s.discovery.is_none() {
+                    return Err(Invalid(format!(
+                        "service {:?}: hold needs discovery (relays wait for a discovered engine replica)",
+                        s.service_id
+                    )));
+                }
+                if h.deadline_ms / 1000 >= s.request_timeout_seconds {
+                    return Err(Invalid(format!(
+                        "service {:?}: hold.deadline_ms {} must be below request_timeout_seconds ({} s)",
+                        s.service_id, h.deadline_ms, s.request_timeout_seconds
+                    )));
+                }
+                h.validate()
                     .map_err(|e| Invalid(format!("service {:?}: {e}", s.service_id)))?;
             }
         }

@@ -372,6 +372,7 @@ fn demand_and_session_counts_round_trip() {
         services: vec![ServiceDemand {
             service_id: "llm".into(),
             in_flight: 3,
+            held: 2,
             queued: 1,
             relays_per_second: 2.5,
             prompt_tokens_per_second: 10.0,

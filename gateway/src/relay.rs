@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
+use lode_contracts::serve::SERVICE_WAKING;
 use lode_kernels::proto::{
     Header, Message, PoktHttpRequest, PoktHttpResponse, RelayRequest, RelayResponse,
 };
@@ -55,6 +56,8 @@ pub enum AttemptError {
         status: u16,
         code: u32,
         message: String,
+        /// Its `Retry-After`, in seconds, when it sent one.
+        retry_after: Option<u64>,
     },
     #[error("response not signed by the session's supplier")]
     BadSignature,
@@ -70,6 +73,7 @@ impl AttemptError {
         match self {
             Self::Transport(_) => "unreachable",
             Self::Timeout(_) => "timeout",
+            Self::Refused { code, .. } if *code == SERVICE_WAKING => "waking",
             Self::Refused { .. } => "refused",
             Self::BadSignature => "bad_signature",
             Self::Malformed(_) => "malformed",
@@ -81,6 +85,19 @@ impl AttemptError {
     pub fn is_client_error(&self) -> bool {
         // relayer_proxy codes: 2 invalid request, 11 body too large.
         matches!(self, Self::Refused { code: 2 | 11, .. })
+    }
+
+    /// When the supplier's model is waking up from zero engines: how long until it
+    /// expects to serve (its `Retry-After`, else a second).
+    pub fn waking(&self) -> Option<Duration> {
+        match self {
+            Self::Refused {
+                code, retry_after, ..
+            } if *code == SERVICE_WAKING => {
+                Some(Duration::from_secs(retry_after.unwrap_or(1).max(1)))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -132,6 +149,7 @@ fn open(res: &RelayResponse, supplier: &SessionSupplier) -> Result<PoktHttpRespo
             status: 0,
             code: e.code,
             message: e.message.clone(),
+            retry_after: None,
         });
     }
     if !verify_response(res, &supplier.key) {
@@ -161,6 +179,12 @@ pub async fn attempt(
         .map_err(|_| late())?
         .map_err(|e| AttemptError::Transport(lode_net::error_chain(&e)))?;
     let http_status = res.status().as_u16();
+    // Whole seconds only (an HTTP date is not worth a clock comparison here).
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let streamed = res
         .headers()
         .get("content-type")
@@ -183,6 +207,7 @@ pub async fn attempt(
                 status: http_status,
                 code,
                 message,
+                retry_after,
             },
             other => other,
         })?;

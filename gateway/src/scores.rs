@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -42,11 +42,17 @@ impl Score {
     }
 }
 
+/// The longest a supplier is remembered as waking up, whatever its `Retry-After` says.
+pub const MAX_WAKING: Duration = Duration::from_secs(300);
+
 /// Scores of every supplier seen.
 #[derive(Debug, Default)]
 pub struct Scores {
     map: Mutex<HashMap<String, Score>>,
     turn: AtomicUsize,
+    /// Suppliers whose model is waking up from zero engines, until when: tried after
+    /// every other supplier meanwhile.
+    waking: Mutex<HashMap<String, Instant>>,
 }
 
 impl Scores {
@@ -68,6 +74,22 @@ impl Scores {
         let s = m.entry(supplier.to_string()).or_default();
         s.error_rate += ALPHA * (1.0 - s.error_rate);
         s.failures += 1;
+    }
+
+    /// `supplier` answered that its model is waking up, to come back after `retry_after`
+    /// (at most [`MAX_WAKING`]). Not a failure: its score is left as it was.
+    pub fn waking(&self, supplier: &str, retry_after: Duration) {
+        let now = Instant::now();
+        let mut w = self.waking.lock().expect("waking lock");
+        w.retain(|_, until| *until > now);
+        w.insert(supplier.to_string(), now + retry_after.min(MAX_WAKING));
+    }
+
+    /// How long `supplier` is still remembered as waking up.
+    pub fn waking_for(&self, supplier: &str) -> Option<Duration> {
+        let w = self.waking.lock().expect("waking lock");
+        let left = w.get(supplier)?.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 
     pub fn get(&self, supplier: &str) -> Score {
@@ -149,6 +171,12 @@ impl Scores {
                     out.swap(i, (x % (i as u64 + 1)) as usize);
                 }
             }
+        }
+        // Suppliers waking up go last (still tried when no other answers), in order.
+        let waking = self.waking.lock().expect("waking lock");
+        if !waking.is_empty() {
+            let now = Instant::now();
+            out.sort_by_key(|s| waking.get(s).is_some_and(|until| *until > now));
         }
         out
     }
@@ -242,6 +270,34 @@ mod tests {
             s.order(&with_d, Routing::Scored).last().map(String::as_str),
             Some("d")
         );
+    }
+
+    #[test]
+    fn a_waking_supplier_goes_last_until_its_retry_after_without_losing_its_score() {
+        let s = Scores::default();
+        let all = names(&["a", "b", "c"]);
+        for x in &all {
+            s.success(x, Duration::from_millis(10));
+        }
+        s.success("a", Duration::from_millis(1));
+        let first = s.order(&all, Routing::Scored)[0].clone();
+        assert_eq!(first, "a");
+        s.waking("a", Duration::from_millis(150));
+        for routing in [Routing::Scored, Routing::RoundRobin, Routing::Random] {
+            for k in 0..20u64 {
+                let o = s.order_for(&all, routing, Some(k));
+                assert_eq!(o.last().map(String::as_str), Some("a"), "{routing:?}");
+                assert_eq!(o.len(), 3, "still tried last");
+            }
+        }
+        assert_eq!(s.get("a").failures, 0, "waking is not a failure");
+        assert!(s.waking_for("a").is_some());
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(s.waking_for("a"), None);
+        assert_eq!(s.order(&all, Routing::Scored)[0], "a", "back first");
+        // A hostile Retry-After is bounded.
+        s.waking("b", Duration::from_secs(u64::MAX / 4));
+        assert!(s.waking_for("b").expect("waking") <= MAX_WAKING);
     }
 
     #[test]

@@ -377,6 +377,7 @@ async fn relay_inner(
         .scores
         .order_for(&addresses, s.config.routing, conversation);
     let mut last: Option<AttemptError> = None;
+    let mut all_waking = true;
     for address in order.iter().take(s.config.max_attempts) {
         let supplier = session
             .suppliers
@@ -408,10 +409,44 @@ async fn relay_inner(
                         e.to_string(),
                     );
                 }
-                s.scores.failure(address);
+                match e.waking() {
+                    // Waking up is not a failure: tried after the others until then.
+                    Some(after) => s.scores.waking(address, after),
+                    None => {
+                        s.scores.failure(address);
+                        all_waking = false;
+                    }
+                }
                 last = Some(e);
             }
         }
+    }
+    // Every supplier tried is waking up: the client is told when to come back.
+    if let Some(after) = last
+        .as_ref()
+        .and_then(AttemptError::waking)
+        .filter(|_| all_waking)
+    {
+        let after = order
+            .iter()
+            .take(s.config.max_attempts)
+            .filter_map(|a| s.scores.waking_for(a))
+            .min()
+            .unwrap_or(after);
+        let mut res = openai_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "model_waking",
+            format!(
+                "The model `{model}` is starting on the session's suppliers; retry in {} s.",
+                after.as_secs().max(1)
+            ),
+        );
+        res.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(after.as_secs().max(1)),
+        );
+        return res;
     }
     let why = last.map_or_else(|| "no supplier to try".to_string(), |e| e.to_string());
     openai_error(

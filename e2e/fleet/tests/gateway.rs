@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -498,5 +499,214 @@ async fn a_trickling_supplier_cannot_hold_a_stream_past_the_request_timeout() {
     );
     assert!(started.elapsed() >= Duration::from_secs(2));
     g.shutdown().await;
+    chain.shutdown().await;
+}
+
+/// An API server standing in for Kubernetes: the EndpointSlices of the engine Service
+/// are whatever `slices` holds (none at first: the model is at zero).
+async fn endpoint_slices_api(slices: Arc<Mutex<serde_json::Value>>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(any()).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route(
+        "/apis/discovery.k8s.io/v1/namespaces/lode/endpointslices",
+        axum::routing::get(move || {
+            let v = slices.lock().expect("lock").clone();
+            async move { axum::Json(v) }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+fn one_engine_slice(engine: Option<SocketAddr>) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = engine
+        .into_iter()
+        .map(|a| {
+            serde_json::json!({"addressType": "IPv4",
+                "endpoints": [{"addresses": [a.ip().to_string()], "conditions": {"ready": true}}],
+                "ports": [{"name": "engine", "port": a.port(), "protocol": "TCP"}]})
+        })
+        .collect();
+    serde_json::json!({"kind": "EndpointSliceList", "items": items})
+}
+
+/// Issue 26: a supplier whose model is at zero holds the relay to its deadline and
+/// answers 503 + `Retry-After` with the waking code; the gateway fails the request over
+/// to the session's other supplier (the client sees a 200), remembers that the first is
+/// waking (the next requests go elsewhere first, without waiting on it), and goes back
+/// to it once its `Retry-After` has passed and its engine is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waking_supplier_is_failed_over_and_remembered_until_its_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devnet = Devnet::new(&DevnetConfig::payment_tests(79));
+    let chain = devnet.serve(any(), any(), None).await.expect("devnet");
+    let slices = Arc::new(Mutex::new(one_engine_slice(None)));
+    let api = endpoint_slices_api(slices.clone()).await;
+    // Supplier 0: its engines found through discovery (none yet), relays held 1 s.
+    let sim = EngineSim::new(SimConfig {
+        ttft: Duration::from_millis(2),
+        tokens_per_second: 5000.0,
+        ..SimConfig::default()
+    });
+    let (engine, _) = sim
+        .serve(any(), std::future::pending())
+        .await
+        .expect("engine-sim");
+    let key = write_key(dir.path(), "waking.key", &devnet.keys().suppliers[0]);
+    use lode_contracts::serve::{
+        BackendKind, EngineDiscovery, HoldConfig, ServeConfig, ServiceConfig, StoreConfig,
+    };
+    let mut service = ServiceConfig::new(SERVICE, &format!("http://{engine}"), BackendKind::Openai);
+    service.discovery = Some(EngineDiscovery {
+        service: "engines".into(),
+        namespace: "lode".into(),
+        port: "engine".into(),
+        period_ms: 100,
+        api_url: Some(format!("http://{api}")),
+    });
+    service.hold = Some(HoldConfig {
+        deadline_ms: 1000,
+        ..HoldConfig::default()
+    });
+    let mut serve = ServeConfig::new(
+        chain.node(),
+        StoreConfig::new("http://127.0.0.1:7070", "store-token"),
+        vec![key],
+        vec![service],
+    );
+    serve.listen = "127.0.0.1:0".into();
+    serve.admin = "127.0.0.1:0".into();
+    let yaml = serve.to_yaml();
+    let config = dir.path().join("waking.yaml");
+    std::fs::write(&config, yaml).expect("config");
+    let mut options = RunOptions::loopback(config, dir.path().join("data-waking"));
+    options.lifecycle.poll = Duration::from_millis(25);
+    let waking = lode_relayminer::run::start(options)
+        .await
+        .expect("relayminer run");
+    devnet
+        .stake_into_next_session_at(
+            &chain,
+            0,
+            SERVICE,
+            &format!("http://{}", waking.serve.relay_addr),
+        )
+        .await
+        .expect("waking supplier staked");
+    let awake = supplier_run(&devnet, &chain, 1, dir.path()).await;
+    let session = devnet
+        .stake_into_next_session_at(
+            &chain,
+            1,
+            SERVICE,
+            &format!("http://{}", awake.serve.relay_addr),
+        )
+        .await
+        .expect("second supplier staked");
+    let (s0, s1) = (
+        address(&devnet.keys().suppliers[0]),
+        address(&devnet.keys().suppliers[1]),
+    );
+    assert!(session.suppliers.contains(&s0) && session.suppliers.contains(&s1));
+    let g = gateway(&devnet, &chain, dir.path()).await;
+    wait_for(
+        "both suppliers see the session",
+        Duration::from_secs(10),
+        || {
+            let h = session.header.session_start_block_height;
+            waking.serve.state.sessions.height() >= h && awake.serve.state.sessions.height() >= h
+        },
+    )
+    .await;
+
+    // A conversation whose first supplier is the waking one.
+    let pair = vec![s0.clone(), s1.clone()];
+    let body = (0..200)
+        .map(|i| {
+            serde_json::json!({"model": MODEL, "max_tokens": 4,
+                "messages": [{"role": "user", "content": format!("wake up {i}")}]})
+            .to_string()
+        })
+        .find(|b| {
+            let key = lode_kernels::prefix::conversation_key(
+                b.as_bytes(),
+                lode_kernels::prefix::KeyBudget::default(),
+            );
+            g.state
+                .scores
+                .order_for(&pair, lode_gateway::config::Routing::Scored, key)[0]
+                == s0
+        })
+        .expect("a conversation that goes to supplier 0 first");
+    let held = waking.serve.state.metrics.service(SERVICE);
+    let http = reqwest_like_client();
+
+    // Held 1 s, refused as waking, failed over: the client gets its answer.
+    let t = Instant::now();
+    let res = chat(&http, g.addr, body.clone()).await;
+    assert_eq!(res.status(), 200, "served by the other supplier");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "held first: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(held.hold_expired.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        awake
+            .serve
+            .state
+            .metrics
+            .service(SERVICE)
+            .mined
+            .load(Ordering::Relaxed),
+        1
+    );
+    assert!(
+        g.state.scores.waking_for(&s0).is_some(),
+        "remembered as waking"
+    );
+    assert_eq!(
+        g.state.scores.get(&s0).failures,
+        0,
+        "waking is not a failure"
+    );
+    assert!(g.state.metrics.render(0).contains(&format!(
+        "lode_gateway_relay_failures_total{{service=\"llm\",supplier=\"{s0}\",kind=\"waking\"}} 1"
+    )));
+
+    // Meanwhile the conversation goes to the other supplier first: no wait.
+    let t = Instant::now();
+    let res = chat(&http, g.addr, body.clone()).await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "not held again: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(held.held_total.load(Ordering::Relaxed), 1, "not tried");
+
+    // The engine comes up; once the Retry-After has passed, supplier 0 serves again.
+    *slices.lock().expect("lock") = one_engine_slice(Some(engine));
+    wait_for("supplier 0's engine found", Duration::from_secs(5), || {
+        waking.serve.state.services[SERVICE].router.ready() == 1
+    })
+    .await;
+    wait_for("the Retry-After passed", Duration::from_secs(5), || {
+        g.state.scores.waking_for(&s0).is_none()
+    })
+    .await;
+    let res = chat(&http, g.addr, body.clone()).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        sim.successes(),
+        1,
+        "supplier 0 serves its conversation again"
+    );
+    assert_eq!(g.state.scores.get(&s0).successes, 1);
+    g.shutdown().await;
+    waking.shutdown().await.expect("run stops");
+    awake.shutdown().await.expect("run stops");
     chain.shutdown().await;
 }

@@ -285,6 +285,7 @@ fn from_poktroll(p: PoktrollConfig, keys_dir: Option<&Path>) -> Result<ServeConf
                 engines: Vec::new(),
                 routing: RoutingConfig::default(),
                 discovery: None,
+                hold: None,
             })
         })
         .collect::<Result<_, String>>()?;

@@ -9,7 +9,7 @@ use super::metrics::Metrics;
 use super::signer::Signer;
 
 /// poktroll's `relayer_proxy` codespace and the codes lode answers with (1, 3, 5, 7, 9,
-/// 10, 11 and 14 are poktroll's; 2 and 4 are lode's own).
+/// 10, 11 and 14 are poktroll's; 2, 4 and 20 are lode's own).
 pub mod codes {
     pub const CODESPACE: &str = "relayer_proxy";
     pub const INVALID_SESSION: u32 = 1;
@@ -22,6 +22,9 @@ pub mod codes {
     pub const TIMEOUT: u32 = 10;
     pub const MAX_BODY: u32 = 11;
     pub const UNMARSHAL: u32 = 14;
+    /// The service's engines are at zero and waking up: try another supplier now, this
+    /// one after the answer's `Retry-After` (lode's own).
+    pub const SERVICE_WAKING: u32 = lode_contracts::serve::SERVICE_WAKING;
 }
 
 /// A refused or failed relay: HTTP status, poktroll code, message.
@@ -30,6 +33,8 @@ pub struct RelayFailure {
     pub status: StatusCode,
     pub code: u32,
     pub message: String,
+    /// Seconds after which the same relay may succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 pub fn fail(status: StatusCode, code: u32, message: impl Into<String>) -> RelayFailure {
@@ -37,6 +42,7 @@ pub fn fail(status: StatusCode, code: u32, message: impl Into<String>) -> RelayF
         status,
         code,
         message: message.into(),
+        retry_after: None,
     }
 }
 
@@ -51,6 +57,7 @@ fn describe(code: u32) -> &'static str {
         codes::TIMEOUT => "relay request timed out",
         codes::MAX_BODY => "max body size exceeded",
         codes::UNMARSHAL => "failed to unmarshal relay request",
+        codes::SERVICE_WAKING => "service waking up: no engine replica is ready yet",
         _ => "internal error",
     }
 }
@@ -72,12 +79,18 @@ fn error_reply(f: &RelayFailure, header: Option<&SessionHeader>, key: Option<&Si
     if let Some(k) = key {
         k.sign(&mut res);
     }
-    (
+    let mut reply = (
         f.status,
         [(header::CONTENT_TYPE, "application/x-protobuf")],
         res.encode(),
     )
-        .into_response()
+        .into_response();
+    if let Some(s) = f.retry_after {
+        reply
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(s));
+    }
+    reply
 }
 
 /// The answer to a request refused before it was read (the body budget was full): an

@@ -21,6 +21,15 @@ pub struct ServiceMetrics {
     pub completion_tokens: AtomicU64,
     /// How relays were spread over the service's engine replicas.
     pub route: RouteMetrics,
+    /// Relays held now for want of a ready engine replica, and ever.
+    pub held: AtomicU64,
+    pub held_total: AtomicU64,
+    /// Held relays answered 503 at their deadline, and relays refused because the hold
+    /// was full.
+    pub hold_expired: AtomicU64,
+    pub hold_full: AtomicU64,
+    /// The last wake-up, first held relay to first engine ready, milliseconds.
+    pub last_wake_ms: AtomicU64,
 }
 
 /// The router's counters ([`super::route`]).
@@ -165,6 +174,7 @@ impl Metrics {
                     prefix_prompt_bytes: m.route.prompt_bytes.load(Ordering::Relaxed),
                     prefix_matched_bytes: m.route.matched_bytes.load(Ordering::Relaxed),
                     in_flight: m.in_flight.load(Ordering::Relaxed),
+                    held: m.held.load(Ordering::Relaxed),
                     queued,
                     relays_per_second: rate(|s| s.relays),
                     prompt_tokens_per_second: rate(|s| s.prompt),
@@ -259,6 +269,31 @@ impl Metrics {
                 "lode_serve_engines_ready",
                 "Engine replicas taking relays (found ready in the engine Service's EndpointSlices, or configured).",
                 |m| m.route.engines_ready.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_held_relays",
+                "Relays held now for want of a ready engine replica (the service is waking up).",
+                |m| m.held.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_held_total",
+                "Relays held for want of a ready engine replica.",
+                |m| m.held_total.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_hold_expired_total",
+                "Held relays answered 503 with Retry-After at their deadline.",
+                |m| m.hold_expired.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_hold_full_total",
+                "Relays answered 503 at once because the hold was full (relays or bytes).",
+                |m| m.hold_full.load(Ordering::Relaxed),
+            ),
+            (
+                "lode_serve_last_wake_milliseconds",
+                "The last wake-up from zero engines: first held relay to first engine ready.",
+                |m| m.last_wake_ms.load(Ordering::Relaxed),
             ),
             (
                 "lode_serve_discovery_errors_total",

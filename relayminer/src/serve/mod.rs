@@ -10,6 +10,7 @@ mod admit;
 pub mod config;
 pub mod discover;
 pub mod failure;
+pub mod hold;
 pub mod metrics;
 mod proxy;
 pub mod relay;

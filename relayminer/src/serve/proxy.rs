@@ -332,16 +332,12 @@ impl Ctx {
             }
             return self.proxy_triton(service, triton, http_req).await;
         }
-        let Some(pick) = service.router.pick(&http_req.body_bz) else {
-            let f = fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::BACKEND_UNREACHABLE,
-                "no engine replica of this service is ready",
-            );
-            return match self.after_verdict(async {}).await {
-                Ok(()) => self.fail(f),
-                Err(refused) => refused,
-            };
+        let pick = match service.router.pick(&http_req.body_bz) {
+            Some(p) => p,
+            None => match self.held(service, &http_req.body_bz).await {
+                Ok(p) => p,
+                Err(answer) => return answer,
+            },
         };
         let engine_url = pick.engine.url.clone();
         self.engine = Some(pick);
@@ -474,6 +470,80 @@ impl Ctx {
             &self.key,
         );
         self.answer(&service.metrics, status, res).await
+    }
+
+    /// A relay that found no engine replica ready: held until one is (its service has a
+    /// hold), or refused. A relay past its deadline, or with the hold full, is answered
+    /// 503 with `Retry-After` and [`codes::SERVICE_WAKING`], and its charge is given
+    /// back: it is charged and mined only once it is served.
+    async fn held(
+        &mut self,
+        service: &Service,
+        body: &[u8],
+    ) -> Result<super::route::Pick, Response> {
+        let Some(hold) = service.hold.as_ref() else {
+            let f = fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::BACKEND_UNREACHABLE,
+                "no engine replica of this service is ready",
+            );
+            return Err(match self.after_verdict(async {}).await {
+                Ok(()) => self.fail(f),
+                Err(refused) => refused,
+            });
+        };
+        let waking = |why: String| {
+            let mut f = fail(StatusCode::SERVICE_UNAVAILABLE, codes::SERVICE_WAKING, why);
+            f.retry_after = Some(hold.retry_after());
+            f
+        };
+        let Some(seat) = hold.seat(body.len(), &service.metrics) else {
+            service.metrics.hold_full.fetch_add(1, Ordering::Relaxed);
+            if self.charged {
+                self.session.refund();
+                self.charged = false;
+            }
+            let f = waking("the service is waking up and holds as many relays as it can".into());
+            return Err(match self.after_verdict(async {}).await {
+                Ok(()) => self.fail(f),
+                Err(refused) => refused,
+            });
+        };
+        let router = &service.router;
+        let mut ready = router.watch_ready();
+        let wait = async {
+            loop {
+                if let Some(p) = router.pick(body) {
+                    return Some(p);
+                }
+                if ready.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        let deadline = hold.deadline();
+        match self
+            .after_verdict(tokio::time::timeout(deadline, wait))
+            .await
+        {
+            Err(refused) => Err(refused),
+            Ok(Ok(Some(pick))) => {
+                hold.woke(&service.metrics);
+                drop(seat);
+                Ok(pick)
+            }
+            Ok(_) => {
+                drop(seat);
+                service.metrics.hold_expired.fetch_add(1, Ordering::Relaxed);
+                if self.charged {
+                    self.session.refund();
+                    self.charged = false;
+                }
+                Err(self.fail(waking(format!(
+                    "the service is waking up: no engine replica was ready within {deadline:?}"
+                ))))
+            }
+        }
     }
 
     /// Sends a finished non-streamed relay: mined and shipped (with `policy: hold`, only

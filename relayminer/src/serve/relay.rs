@@ -42,6 +42,8 @@ pub struct Service {
     pub router: super::route::Router,
     /// Triton's gRPC client, for `backend: triton`.
     triton: Option<super::triton::Triton>,
+    /// Where relays wait while no engine replica is ready, when configured.
+    pub hold: Option<super::hold::Hold>,
 }
 
 impl Service {
@@ -116,6 +118,7 @@ impl RelayState {
                         BackendKind::Openai => None,
                         BackendKind::Triton => Some(super::triton::Triton::new(s)?),
                     },
+                    hold: s.hold.map(super::hold::Hold::new),
                     config: s.clone(),
                     base,
                     metrics: service_metrics,
@@ -165,7 +168,9 @@ impl RelayState {
             return t.ready().await;
         }
         if service.config.discovery.is_some() {
-            return service.router.ready() > 0;
+            // With a hold, a relay tier with no engine yet is ready: it holds relays
+            // and wakes the engines.
+            return service.router.ready() > 0 || service.hold.is_some();
         }
         let Ok(uri) = join_uri(&service.base, "/v1/models") else {
             return false;

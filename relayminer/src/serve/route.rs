@@ -164,6 +164,8 @@ pub struct Router {
     ids: AtomicU64,
     /// The service's counters; the router's are `metrics.route`.
     metrics: Arc<ServiceMetrics>,
+    /// Engine replicas ready, announced to relays held for one.
+    ready_tx: tokio::sync::watch::Sender<usize>,
 }
 
 impl Router {
@@ -175,6 +177,7 @@ impl Router {
             next: AtomicUsize::new(0),
             ids: AtomicU64::new(0),
             metrics,
+            ready_tx: tokio::sync::watch::Sender::new(0),
         };
         r.set_engines(urls);
         r
@@ -220,6 +223,12 @@ impl Router {
             .route
             .engines_ready
             .store(ready as u64, Ordering::Relaxed);
+        self.ready_tx.send_replace(ready);
+    }
+
+    /// Follows the number of engine replicas ready (a held relay waits on it).
+    pub fn watch_ready(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.ready_tx.subscribe()
     }
 
     /// Engines taking relays now.

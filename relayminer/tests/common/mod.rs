@@ -154,6 +154,16 @@ impl Fleet {
     }
 
     pub async fn post(&self, bytes: Vec<u8>) -> (u16, String, Bytes) {
+        let (status, headers, body) = self.post_headers(bytes).await;
+        let ct = headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        (status, ct, body)
+    }
+
+    /// [`Fleet::post`] with every response header.
+    pub async fn post_headers(&self, bytes: Vec<u8>) -> (u16, hyper::HeaderMap, Bytes) {
         let uri = format!("http://{}/relay", self.serve().relay_addr);
         let req = hyper::Request::post(uri)
             .header("Rpc-Type", "4")
@@ -161,14 +171,10 @@ impl Fleet {
             .expect("request");
         let res = self.http.request(req).await.expect("serve answers");
         let status = res.status().as_u16();
-        let ct = res
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap_or("").to_string())
-            .unwrap_or_default();
+        let headers = res.headers().clone();
         (
             status,
-            ct,
+            headers,
             res.into_body().collect().await.expect("body").to_bytes(),
         )
     }
