@@ -16,6 +16,11 @@ pub struct ServiceDemand {
     /// or waking up).
     #[serde(default)]
     pub held: u64,
+    /// A relay found no engine replica ready within the last seconds (held, or refused
+    /// because the hold was full or its deadline passed): the service wants at least
+    /// one engine, even when no relay is held at the moment it is read.
+    #[serde(default)]
+    pub waking: bool,
     /// Mined relays waiting for the store (shared by every service of the pod).
     pub queued: u64,
     pub relays_per_second: f64,

@@ -12,7 +12,8 @@ use lode_contracts::report::{
     JobKind, JobReport, MAX_SUMMARY_BYTES, Outcome, SessionReport, StakeOutcome, StakeReport,
 };
 use lode_contracts::serve::{
-    BackendKind, BasicAuth, EngineDiscovery, ServeConfig, ServiceConfig, StoreConfig, StorePolicy,
+    BackendKind, BasicAuth, EngineDiscovery, HoldConfig, ServeConfig, ServiceConfig, StoreConfig,
+    StorePolicy,
 };
 use lode_contracts::stake::{RevShare, ServiceStake, StakeSpec};
 use lode_contracts::store::SessionCounts;
@@ -183,6 +184,43 @@ fn routes_and_limits_are_checked() {
         let e = c.validate().expect_err(says).to_string();
         assert!(e.contains(says), "{says}: {e}");
     }
+    // Relays held while no engine is found: bounded, with a deadline below the timeout.
+    let mut held = found.clone();
+    held.services[0].hold = Some(HoldConfig::default());
+    assert_eq!(held.validate(), Ok(()));
+    assert_eq!(
+        ServeConfig::from_yaml(&held.to_yaml()).expect("parses"),
+        held
+    );
+    let defaults: ServeConfig = ServeConfig::from_yaml(
+        &held
+            .to_yaml()
+            .replace("max_relays: 256", "")
+            .replace("max_bytes: 67108864", ""),
+    )
+    .expect("defaults");
+    assert_eq!(defaults, held, "unset bounds take their defaults");
+    for (tweak, says) in [
+        (
+            (|h: &mut HoldConfig| h.max_relays = 0) as fn(&mut HoldConfig),
+            "hold.max_relays",
+        ),
+        (|h| h.max_bytes = 0, "hold.max_bytes"),
+        (|h| h.deadline_ms = 10, "hold.deadline_ms"),
+        (|h| h.deadline_ms = 600_000, "below request_timeout_seconds"),
+    ] {
+        let mut c = held.clone();
+        tweak(c.services[0].hold.as_mut().expect("set"));
+        let e = c.validate().expect_err(says).to_string();
+        assert!(e.contains(says), "{says}: {e}");
+    }
+    let mut undiscovered = held.clone();
+    undiscovered.services[0].discovery = None;
+    let e = undiscovered
+        .validate()
+        .expect_err("no discovery")
+        .to_string();
+    assert!(e.contains("hold needs discovery"), "{e}");
     found.services[0].engines.clear();
     found.services[0].backend = BackendKind::Triton;
     let e = found.validate().expect_err("triton").to_string();
@@ -373,6 +411,7 @@ fn demand_and_session_counts_round_trip() {
             service_id: "llm".into(),
             in_flight: 3,
             held: 2,
+            waking: true,
             queued: 1,
             relays_per_second: 2.5,
             prompt_tokens_per_second: 10.0,

@@ -505,6 +505,12 @@ pub struct AutoscalingSpec {
     )]
     #[schemars(range(min = 1, max = 100))]
     pub target_kv_cache_usage: Option<i32>,
+    /// With `minReplicas: 0`: seconds without a relay before the last engine replica
+    /// goes. The relay tier stays up, holds the next relay and wakes the engines; an
+    /// engine still starting is never taken back, however long its cold start.
+    #[serde(default = "default_idle")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_to_zero_idle_seconds: i32,
 }
 
 fn default_target() -> i32 {
@@ -512,6 +518,9 @@ fn default_target() -> i32 {
 }
 fn default_window() -> i32 {
     300
+}
+fn default_idle() -> i32 {
+    600
 }
 
 impl Default for AutoscalingSpec {
@@ -523,6 +532,7 @@ impl Default for AutoscalingSpec {
             target_completion_tokens_per_second_per_replica: None,
             target_waiting: None,
             target_kv_cache_usage: None,
+            scale_to_zero_idle_seconds: default_idle(),
         }
     }
 }
@@ -573,6 +583,21 @@ pub struct RelayTierSpec {
     #[serde(default = "default_relay_target")]
     #[schemars(range(min = 1, max = 100000))]
     pub target_in_flight_per_replica: i32,
+    /// While no engine replica is ready (the model at zero, waking up), each relay pod
+    /// holds relays until one is: each for at most this many seconds, then answered 503
+    /// with `Retry-After` so the gateway tries another supplier. Keep it below the
+    /// gateways' request timeout.
+    #[serde(default = "default_hold_seconds")]
+    #[schemars(range(min = 1, max = 600))]
+    pub hold_seconds: i32,
+    /// Relays held at once per relay pod, at most (more are answered 503 at once).
+    #[serde(default = "default_hold_relays")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub hold_relays: i32,
+    /// Request bytes held at once per relay pod, MiB.
+    #[serde(default = "default_hold_mib", rename = "holdMiB")]
+    #[schemars(range(min = 1, max = 16384))]
+    pub hold_mib: i32,
 }
 
 fn default_load_epsilon_percent() -> i32 {
@@ -590,6 +615,15 @@ fn default_relay_max() -> i32 {
 fn default_relay_target() -> i32 {
     256
 }
+fn default_hold_seconds() -> i32 {
+    30
+}
+fn default_hold_relays() -> i32 {
+    256
+}
+fn default_hold_mib() -> i32 {
+    64
+}
 
 impl Default for RelayTierSpec {
     fn default() -> Self {
@@ -601,6 +635,9 @@ impl Default for RelayTierSpec {
             min_replicas: default_relay_min(),
             max_replicas: default_relay_max(),
             target_in_flight_per_replica: default_relay_target(),
+            hold_seconds: default_hold_seconds(),
+            hold_relays: default_hold_relays(),
+            hold_mib: default_hold_mib(),
         }
     }
 }
@@ -725,6 +762,11 @@ pub struct ServiceModelStatus {
     /// percentage sent to an engine replica that had been sent that prefix before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_hit_percent: Option<i32>,
+    /// The last cold start the autoscaler saw: from a scale-up decision to its engine
+    /// replicas all Ready (pod scheduling, a GPU node if one had to come, weights,
+    /// engine load), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start_milliseconds: Option<i64>,
     /// The weights' digest (`blake3:…` over the sorted manifest of per-file BLAKE3
     /// digests), as the serving pods' `weights-digest` init steps computed it before
     /// their engines started; absent while they disagree or one refused its weights

@@ -64,24 +64,31 @@ pub async fn supplier(client: &Client, s: &Supplier) -> Result<SupplierFacts, ku
 }
 
 /// Engine replicas ready across the Supplier's ServiceModels whose relay tier has a
-/// ready pod (what can serve a relay now).
+/// ready pod (what can serve a relay now); a model scaled to zero counts one, since its
+/// relay tier holds the relay and wakes an engine for it.
 async fn ready_serving(client: &Client, ns: &str, s: &Supplier) -> Result<i32, kube::Error> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let ready_of = |d: Option<Deployment>| {
-        d.and_then(|d| d.status)
+    let ready_of = |d: &Option<Deployment>| {
+        d.as_ref()
+            .and_then(|d| d.status.as_ref())
             .and_then(|st| st.ready_replicas)
             .unwrap_or(0)
     };
     let mut ready = 0;
     for svc in &s.spec.services {
-        let relay = ready_of(
-            deployments
-                .get_opt(&format!("{}-relay", svc.service_model))
-                .await?,
-        );
-        if relay > 0 {
-            ready += ready_of(deployments.get_opt(&svc.service_model).await?);
+        let relay = deployments
+            .get_opt(&format!("{}-relay", svc.service_model))
+            .await?;
+        if ready_of(&relay) == 0 {
+            continue;
         }
+        let engines = deployments.get_opt(&svc.service_model).await?;
+        let at_zero = engines
+            .as_ref()
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.replicas)
+            == Some(0);
+        ready += ready_of(&engines).max(i32::from(at_zero));
     }
     Ok(ready)
 }

@@ -201,12 +201,15 @@ pub fn model_serving(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
+    // At zero engines a ready relay tier serves by holding relays and waking them.
     let serving = ready >= desired && relay_ready > 0;
     let mut conds = set_condition(
         conditions,
         "Ready",
-        serving && desired > 0,
-        if serving {
+        serving,
+        if serving && desired == 0 {
+            "ScaledToZero"
+        } else if serving {
             "Serving"
         } else if relay_ready == 0 {
             "NoRelayTier"
@@ -648,9 +651,26 @@ mod tests {
         let st = model_serving(&sm, Some(&engines), Some(&relay), &WeightsReport::default());
         assert_eq!(ready(&st), ("True".into(), "Serving".into()));
         assert!(
-            st.selector.expect("selector").contains("component=engine"),
+            st.selector
+                .clone()
+                .expect("selector")
+                .contains("component=engine"),
             "the scale subresource counts engine pods"
         );
+        // Scaled to zero: the relay tier serves by holding relays and waking engines.
+        let mut idle = sm.clone();
+        idle.spec.min_replicas = 0;
+        idle.spec.replicas = Some(0);
+        let gone = DeploymentStatus::default();
+        let st = model_serving(&idle, Some(&gone), Some(&relay), &WeightsReport::default());
+        assert_eq!(ready(&st), ("True".into(), "ScaledToZero".into()));
+        let st = model_serving(
+            &idle,
+            Some(&gone),
+            Some(&none_ready),
+            &WeightsReport::default(),
+        );
+        assert_eq!(ready(&st), ("False".into(), "NoRelayTier".into()));
     }
 
     #[test]

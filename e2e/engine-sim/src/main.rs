@@ -50,6 +50,10 @@ struct Args {
     /// Decode time per output token of one sequence, milliseconds.
     #[arg(long, default_value_t = 2.0)]
     decode_ms_per_token: f64,
+    /// Time to load the model before the port opens, milliseconds (a real engine's cold
+    /// start: weights into GPU memory, CUDA graphs).
+    #[arg(long, default_value_t = 0)]
+    load_ms: u64,
 }
 
 #[tokio::main]
@@ -59,6 +63,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let a = Args::parse();
+    if a.load_ms > 0 {
+        eprintln!("engine-sim loading the model for {} ms", a.load_ms);
+        tokio::time::sleep(Duration::from_millis(a.load_ms)).await;
+    }
     let sim = EngineSim::new(SimConfig {
         model: a.model,
         ttft: Duration::from_millis(a.ttft_ms),

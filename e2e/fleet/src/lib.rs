@@ -84,6 +84,10 @@ pub struct FleetOptions {
     pub engine: FleetEngine,
     /// The model hub the sample's weights are fetched from.
     pub hub: SocketAddr,
+    /// How often the operator's autoscaler reads the demand, seconds.
+    pub autoscale_seconds: u64,
+    /// GPU nodes that join when engine pods wait for GPUs (a node autoscaler).
+    pub gpu_nodes: Option<lode_kubesim::kubelet::GpuNodePool>,
 }
 
 impl FleetOptions {
@@ -104,6 +108,8 @@ impl FleetOptions {
             relay_policy: None,
             engine: FleetEngine::Sim,
             hub: "127.0.0.1:0".parse().expect("address"),
+            autoscale_seconds: 1,
+            gpu_nodes: None,
         }
     }
 
@@ -381,6 +387,35 @@ pub async fn chat_model(
     prompt: &str,
     stream: bool,
 ) -> Result<String, String> {
+    let (status, head, body) = post_chat(
+        gateway_port,
+        key,
+        model,
+        prompt,
+        stream,
+        Duration::from_secs(10),
+    )
+    .await?;
+    if status == 200 {
+        if stream && !body.contains("data: [DONE]") {
+            return Err(format!("the stream ended before [DONE]: {body}"));
+        }
+        Ok(body)
+    } else {
+        Err(format!("{}: {body}", head.lines().next().unwrap_or("")))
+    }
+}
+
+/// One chat completion posted to the gateway, waiting at most `within`: the HTTP
+/// status, the response head (status line and headers) and the body.
+pub async fn post_chat(
+    gateway_port: u16,
+    key: Option<&str>,
+    model: &str,
+    prompt: &str,
+    stream: bool,
+    within: Duration,
+) -> Result<(u16, String, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let auth = key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
@@ -404,16 +439,14 @@ pub async fn chat_model(
         s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&buf).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP response")?;
-        if head.split_whitespace().nth(1) == Some("200") {
-            if stream && !body.contains("data: [DONE]") {
-                return Err(format!("the stream ended before [DONE]: {body}"));
-            }
-            Ok(body.to_string())
-        } else {
-            Err(format!("{}: {body}", head.lines().next().unwrap_or("")))
-        }
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or("no HTTP status")?;
+        Ok((status, head.to_string(), body.to_string()))
     };
-    tokio::time::timeout(Duration::from_secs(10), attempt)
+    tokio::time::timeout(within, attempt)
         .await
         .map_err(|_| "timed out".to_string())?
 }
@@ -421,10 +454,11 @@ pub async fn chat_model(
 /// The real `lode-operator run` against kubesim, its output appended to
 /// `<root>/operator.log`.
 fn spawn_operator(
-    bin_dir: &std::path::Path,
+    options: &FleetOptions,
     root: &std::path::Path,
     kubeconfig: &std::path::Path,
 ) -> anyhow::Result<tokio::process::Child> {
+    let bin_dir = &options.bin_dir;
     let operator_bin = bin_dir.join("lode-operator");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -435,6 +469,10 @@ fn spawn_operator(
         .args(["--admin", "127.0.0.1:0", "--lease-namespace", "default"])
         .env("KUBECONFIG", kubeconfig)
         .env("LODE_SCHEDULER_SECONDS", "1")
+        .env(
+            "LODE_AUTOSCALE_SECONDS",
+            options.autoscale_seconds.max(1).to_string(),
+        )
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -554,6 +592,7 @@ impl Fleet {
                 root: root.clone(),
                 gpus: options.gpus,
                 pod_net: 0,
+                gpu_nodes: options.gpu_nodes,
             }),
             crds: crd_files,
             networks: lode_kubesim::networks(),
@@ -570,7 +609,7 @@ impl Fleet {
         for (name, text) in manifests(&devnet, &config, &running, &options, &weights) {
             std::fs::write(manifests_dir.join(name), text)?;
         }
-        let operator = spawn_operator(&options.bin_dir, &root, &sim.kubeconfig)?;
+        let operator = spawn_operator(&options, &root, &sim.kubeconfig)?;
         let fleet = Self {
             devnet,
             sim,
@@ -747,6 +786,32 @@ impl Fleet {
         sum
     }
 
+    /// The sample ServiceModel as the API server holds it (`null` before it is applied).
+    pub fn service_model(&self) -> Value {
+        self.sim
+            .store
+            .get(
+                &Res::new("lode.pokt.network", "servicemodels"),
+                NAMESPACE,
+                self.options.service_model(),
+            )
+            .unwrap_or_default()
+    }
+
+    /// Waits until no ready relay pod routes to an engine replica (after a scale to
+    /// zero, the last engine serves out its preStop pause before its endpoint goes).
+    pub async fn until_no_engine_routed(&self, within: Duration) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        while self.serve_metric("lode_serve_engines_ready").await > 0 {
+            anyhow::ensure!(
+                t0.elapsed() < within,
+                "the relay tier still routes to an engine after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// Sends `rps` chat completions a second through the gateway until the fleet stops,
     /// so sessions fill and claims and proofs follow.
     /// `stream_share` of them (0 to 1) stream.
@@ -899,11 +964,7 @@ impl Fleet {
         self.operator.start_kill()?;
         self.operator.wait().await?;
         tokio::time::sleep(down).await;
-        self.operator = spawn_operator(
-            &self.options.bin_dir,
-            &self.options.root,
-            &self.sim.kubeconfig,
-        )?;
+        self.operator = spawn_operator(&self.options, &self.options.root, &self.sim.kubeconfig)?;
         Ok(())
     }
 

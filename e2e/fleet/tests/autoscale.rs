@@ -14,15 +14,7 @@ mod common;
 use common::fleet_options;
 
 fn model(fleet: &Fleet) -> Value {
-    fleet
-        .sim
-        .store
-        .get(
-            &Res::new("lode.pokt.network", "servicemodels"),
-            "lode",
-            "qwen-7b",
-        )
-        .expect("the ServiceModel")
+    fleet.service_model()
 }
 
 fn replicas(fleet: &Fleet) -> i64 {
@@ -336,5 +328,262 @@ async fn a_kv_cache_bound_load_with_few_relays_in_flight_scales_up() {
     );
     let reason = up["reason"].as_str().unwrap_or("");
     assert!(reason.contains("KV-cache use decided"), "{reason}");
+    fleet.shutdown().await;
+}
+
+/// A chat completion that waits as a patient client would (30 s), with its status, head
+/// and body.
+async fn patient_chat(fleet: &Fleet, prompt: &str) -> (u16, String, String) {
+    lode_fleet::post_chat(
+        fleet.options.gateway_port,
+        Some(lode_fleet::DEVNET_API_KEY),
+        fleet.options.model(),
+        prompt,
+        false,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("the gateway answers")
+}
+
+fn decisions(fleet: &Fleet) -> Vec<Value> {
+    model(fleet)["status"]["decisions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Issue 26 on the fleet: a model with `minReplicas: 0` and no engine; its first relay
+/// is held by the relay tier, wakes the engines (cold start: no GPU until a node
+/// autoscaler adds a node 2 s later, the pod, weights, a 2 s engine load) and is served,
+/// mined once; idle, the model goes back to zero after its idle
+/// window; a burst while it wakes is held and served, each relay mined once; and with a
+/// hold shorter than the cold start, the client gets 503 + Retry-After from the gateway
+/// and is served when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_at_zero_wakes_on_its_first_relay_and_sleeps_when_idle() {
+    let _one = ONE_FLEET.lock().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut o = fleet_options(root.path());
+    o.apply_samples = false;
+    o.engine_args = ["--load-ms", "2000"].map(String::from).to_vec();
+    // No GPU at first: the engine pod waits for a GPU node, which a node autoscaler adds
+    // after 2 s.
+    o.gpus = 0;
+    o.gpu_nodes = Some(lode_kubesim::kubelet::GpuNodePool {
+        delay: Duration::from_secs(2),
+        gpus: 1,
+        max: 1,
+    });
+    let fleet = Fleet::start(o).await.expect("fleet");
+    let sm_file = fleet.manifests.join("20-servicemodel.yaml");
+    let sample = std::fs::read_to_string(&sm_file)
+        .expect("sample")
+        .replace("minReplicas: 2", "minReplicas: 0");
+    let at_zero = |hold: u32| {
+        format!(
+            "{sample}  autoscaling: {{targetInFlightPerReplica: 8, scaleDownStabilizationSeconds: 2, scaleToZeroIdleSeconds: 6}}\n  relay: {{holdSeconds: {hold}}}\n"
+        )
+    };
+    std::fs::write(&sm_file, at_zero(25)).expect("write");
+    fleet.apply_manifests().expect("apply");
+
+    // Staked and ready at zero: the relay tier up, no engine pod.
+    until("the model ready at zero", Duration::from_secs(120), || {
+        let m = model(&fleet);
+        m["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["reason"] == "ScaledToZero")
+        }) && m["status"]["relayReadyReplicas"].as_i64() == Some(2)
+    })
+    .await;
+    let staked = Instant::now();
+    while !fleet.summary().await.staked {
+        assert!(staked.elapsed() < Duration::from_secs(60), "never staked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(serving(&fleet), (0, 0), "no engine pod at zero");
+    // The gateway may not see the session yet: until it does, it answers no_session
+    // itself, and nothing reaches a relay pod.
+    let t0 = Instant::now();
+    let served = AtomicBool::new(false);
+    let mut saw_pending = false;
+    let first = async {
+        let first = loop {
+            let (status, _, body) = patient_chat(&fleet, "wake up").await;
+            if status == 503 && body.contains("no_session") {
+                assert!(t0.elapsed() < Duration::from_secs(60), "no session: {body}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            assert_eq!(status, 200, "the first relay is held and served: {body}");
+            break t0.elapsed();
+        };
+        served.store(true, Ordering::Relaxed);
+        first
+    };
+    let watch = async {
+        while !served.load(Ordering::Relaxed) {
+            saw_pending |= model(&fleet)["status"]["pendingReplicas"].as_i64() == Some(1);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (first, ()) = tokio::join!(first, watch);
+    assert!(
+        saw_pending,
+        "the engine pod waited for a GPU node, shown in status"
+    );
+    let nodes = fleet.sim.store.list(&Res::new("", "nodes"), None);
+    assert_eq!(nodes.len(), 2, "a GPU node joined");
+    let m = model(&fleet);
+    let cold = m["status"]["coldStartMilliseconds"].as_i64();
+    let woke = &decisions(&fleet)[0];
+    assert_eq!(
+        (woke["from"].as_i64(), woke["to"].as_i64()),
+        (Some(0), Some(1)),
+        "{woke}"
+    );
+    eprintln!(
+        "first relay at zero served in {first:?}; cold start in status: {cold:?} ms; decision: {}",
+        woke["reason"]
+    );
+    until("the cold start in status", Duration::from_secs(10), || {
+        model(&fleet)["status"]["coldStartMilliseconds"]
+            .as_i64()
+            .is_some_and(|ms| ms >= 4000)
+    })
+    .await;
+    assert_eq!(fleet.serve_metric("lode_serve_held_total").await, 1);
+    assert!(
+        fleet
+            .serve_metric("lode_serve_last_wake_milliseconds")
+            .await
+            >= 4000
+    );
+    assert_eq!(
+        fleet.serve_metric("lode_serve_mined_total").await,
+        1,
+        "mined once"
+    );
+
+    // Idle: back to zero after the idle window (6 s), not after the 2 s window.
+    let idle = Instant::now();
+    until("back at zero", Duration::from_secs(30), || {
+        replicas(&fleet) == 0
+    })
+    .await;
+    let slept = idle.elapsed();
+    eprintln!("back at zero {slept:?} after the last relay");
+    assert!(
+        slept >= Duration::from_secs(5),
+        "after the idle window: {slept:?}"
+    );
+    let last = decisions(&fleet).last().cloned().expect("a decision");
+    assert!(
+        last["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("scale to zero")),
+        "{last}"
+    );
+    until("the engine pod gone", Duration::from_secs(30), || {
+        serving(&fleet).1 == 0
+    })
+    .await;
+    // The relay pods drop it from their EndpointSlice (it serves out its preStop pause).
+    fleet
+        .until_no_engine_routed(Duration::from_secs(15))
+        .await
+        .expect("routes");
+
+    // A burst while waking: every relay held, then served; each mined once.
+    let burst = (0..6).map(|i| {
+        let f = &fleet;
+        async move { patient_chat(f, &format!("burst {i}")).await.0 }
+    });
+    let statuses = futures_util::future::join_all(burst).await;
+    assert_eq!(statuses, vec![200; 6], "the burst is held and served");
+    assert_eq!(fleet.serve_metric("lode_serve_held_total").await, 7);
+    assert_eq!(fleet.serve_metric("lode_serve_mined_total").await, 7);
+
+    // A hold shorter than the cold start: the client is told to come back.
+    std::fs::write(&sm_file, at_zero(1)).expect("write");
+    fleet.apply_manifests().expect("apply");
+    let t = Instant::now();
+    while !(replicas(&fleet) == 0 && serving(&fleet).1 == 0) {
+        if t.elapsed() > Duration::from_secs(40) {
+            let m = model(&fleet);
+            let pods: Vec<String> = fleet
+                .sim
+                .store
+                .list(&Res::new("", "pods"), Some("lode"))
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} ready={} deleting={}",
+                        p["metadata"]["name"],
+                        p["status"]["phase"],
+                        lode_kubesim::controllers::pod_ready(p),
+                        !p["metadata"]["deletionTimestamp"].is_null()
+                    )
+                })
+                .collect();
+            panic!(
+                "not asleep again: spec {} status {}\npods {pods:#?}",
+                m["spec"], m["status"]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet
+        .until_no_engine_routed(Duration::from_secs(15))
+        .await
+        .expect("routes");
+    until(
+        "the relay tier rolled to the 1 s hold",
+        Duration::from_secs(60),
+        || {
+            let pods = fleet.sim.store.list(&Res::new("", "pods"), Some("lode"));
+            let relay: Vec<&Value> = pods
+                .iter()
+                .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "serve")
+                .collect();
+            relay.len() == 2
+                && relay.iter().all(|p| {
+                    lode_kubesim::controllers::pod_ready(p)
+                        && p["metadata"]["deletionTimestamp"].is_null()
+                })
+                && model(&fleet)["status"]["relayReadyReplicas"].as_i64() == Some(2)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, head, body) = patient_chat(&fleet, "too early").await;
+    assert_eq!(status, 503, "{head}\n{body}");
+    assert!(body.contains("model_waking"), "{body}");
+    let retry: u64 = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after:")
+                .map(|v| v.trim().to_string())
+        })
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=30).contains(&retry), "Retry-After {retry}");
+    // The client comes back after Retry-After, as the OpenAI SDK does, until served.
+    let t = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(retry)).await;
+        let (status, _, body) = patient_chat(&fleet, "too early").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "never served: {body}"
+        );
+    }
     fleet.shutdown().await;
 }

@@ -369,6 +369,7 @@ async fn start_with_kubelet(dir: &std::path::Path) -> KubeSim {
             root: dir.to_path_buf(),
             gpus: 0,
             pod_net: 9,
+            gpu_nodes: None,
         }),
         crds: Vec::new(),
         networks: lode_kubesim::networks(),

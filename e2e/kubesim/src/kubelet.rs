@@ -36,6 +36,20 @@ pub struct KubeletConfig {
     pub gpus: i64,
     /// Pod IPs are 127.<pod_net>.x.y.
     pub pod_net: u8,
+    /// A node autoscaler: GPU nodes that join when pods wait for GPUs; none: the node's
+    /// GPUs are all there is.
+    pub gpu_nodes: Option<GpuNodePool>,
+}
+
+/// What a node autoscaler (Cluster Autoscaler, Karpenter) does for pods that no node
+/// can take: after a pod has been unschedulable for `delay` (the cloud's node start),
+/// a node with `gpus` GPUs joins (`kubesim-gpu-<n>`), up to `max` nodes. Its pods run
+/// as the first node's do, as local processes.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuNodePool {
+    pub delay: Duration,
+    pub gpus: i64,
+    pub max: usize,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -67,6 +81,20 @@ pub struct Kubelet {
     /// The API server's URL, given to every container as `LODE_KUBE_API` (the stand-in
     /// for `KUBERNETES_SERVICE_HOST`: kubesim's API has no TLS).
     api_url: std::sync::OnceLock<String>,
+    /// The nodes and their GPUs: the first node, then any the GPU node pool added.
+    nodes: Mutex<Vec<(String, i64)>>,
+    /// Pods waiting for GPUs, since when.
+    waiting: Mutex<HashMap<(String, String), Instant>>,
+}
+
+/// A Node object with `gpus` GPUs.
+fn node_object(name: &str, gpus: i64) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+        "status": {"capacity": {"cpu": "2", "memory": "8Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string()},
+            "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string()},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubesim process kubelet"}],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}]}})
 }
 
 fn pods_res() -> Res {
@@ -100,24 +128,20 @@ impl Kubelet {
     }
 
     pub fn new(store: Arc<Store>, config: KubeletConfig) -> Arc<Self> {
-        let node = json!({"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux"}},
-            "status": {"capacity": {"cpu": "2", "memory": "8Gi", "pods": "110", "nvidia.com/gpu": config.gpus.to_string()},
-                "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110", "nvidia.com/gpu": config.gpus.to_string()},
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubesim process kubelet"}],
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": NODE}]}});
         let _ = store.create(
             &Res::new("", "nodes"),
             None,
-            node,
+            node_object(NODE, config.gpus),
             crate::store::FieldValidation::Ignore,
         );
         Arc::new(Self {
             store,
+            nodes: Mutex::new(vec![(NODE.to_string(), config.gpus)]),
             config,
             pods: Mutex::new(HashMap::new()),
             next_ip: Mutex::new(1),
             api_url: std::sync::OnceLock::new(),
+            waiting: Mutex::new(HashMap::new()),
         })
     }
 
@@ -157,33 +181,86 @@ impl Kubelet {
         }
     }
 
+    /// Whether `node` is one of this kubelet's nodes.
+    fn is_ours(&self, node: &Value) -> bool {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        node.as_str()
+            .is_some_and(|n| nodes.iter().any(|(name, _)| name == n))
+    }
+
+    /// A GPU node joins when a pod has waited the pool's delay for GPUs (and one would
+    /// hold it); returns whether one did.
+    fn grow(&self, want: i64, waited: Duration) -> bool {
+        let Some(pool) = self.config.gpu_nodes else {
+            return false;
+        };
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if waited < pool.delay || want > pool.gpus || nodes.len() > pool.max {
+            return false;
+        }
+        let name = format!("{NODE}-gpu-{}", nodes.len());
+        let _ = self.store.create(
+            &Res::new("", "nodes"),
+            None,
+            node_object(&name, pool.gpus),
+            crate::store::FieldValidation::Ignore,
+        );
+        tracing::info!(node = %name, gpus = pool.gpus, "a GPU node joined for pods waiting for GPUs");
+        nodes.push((name, pool.gpus));
+        true
+    }
+
     fn pass(self: &Arc<Self>) {
         let pods = self.store.list(&pods_res(), None);
-        let mut used: i64 = pods
-            .iter()
-            .filter(|p| p["spec"]["nodeName"] == NODE)
-            .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
-            .map(gpu_request)
-            .sum();
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut used: HashMap<String, i64> = HashMap::new();
+        for p in &pods {
+            if let Some(n) = p["spec"]["nodeName"].as_str()
+                && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+            {
+                *used.entry(n.to_string()).or_default() += gpu_request(p);
+            }
+        }
+        let capacity: i64 = nodes.iter().map(|(_, g)| g).sum();
         let mut live = std::collections::HashSet::new();
         for p in &pods {
             let (ns, name) = crate::store::ns_name(p);
             live.insert((ns.clone(), name.clone()));
             if p["spec"]["nodeName"].is_null() {
                 let want = gpu_request(p);
-                if used + want <= self.config.gpus {
-                    used += want;
+                let fits = nodes
+                    .iter()
+                    .find(|(n, gpus)| used.get(n).copied().unwrap_or(0) + want <= *gpus);
+                if let Some((node, _)) = fits {
+                    *used.entry(node.clone()).or_default() += want;
+                    self.waiting
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&(ns.clone(), name.clone()));
                     let _ = self.store.mutate(&pods_res(), &ns, &name, false, |o| {
-                        o["spec"]["nodeName"] = json!(NODE);
+                        o["spec"]["nodeName"] = json!(node);
                     });
                     let _ = self.store.mutate(&pods_res(), &ns, &name, true, |o| {
                         o["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}]);
                     });
-                } else if p["status"]["conditions"][0]["reason"] != "Unschedulable" {
+                    continue;
+                }
+                let since = *self
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry((ns.clone(), name.clone()))
+                    .or_insert_with(Instant::now);
+                if self.grow(want, since.elapsed()) {
+                    // Bound on the next pass, to the new node.
+                    continue;
+                }
+                if p["status"]["conditions"][0]["reason"] != "Unschedulable" {
+                    let free = capacity - used.values().sum::<i64>();
                     let msg = format!(
-                        "0/1 nodes are available: 1 Insufficient nvidia.com/gpu (wants {want}, {} of {} free).",
-                        self.config.gpus - used,
-                        self.config.gpus
+                        "0/{} nodes are available: {} Insufficient nvidia.com/gpu (wants {want}, {free} of {capacity} free).",
+                        nodes.len(),
+                        nodes.len()
                     );
                     let _ = self.store.mutate(&pods_res(), &ns, &name, true, |o| {
                         o["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg, "lastTransitionTime": now()}]);
@@ -191,7 +268,7 @@ impl Kubelet {
                 }
                 continue;
             }
-            if p["spec"]["nodeName"] != NODE {
+            if !self.is_ours(&p["spec"]["nodeName"]) {
                 continue;
             }
             let mut map = self.pods.lock().unwrap_or_else(|e| e.into_inner());
@@ -232,6 +309,10 @@ impl Kubelet {
                 }
             }
         }
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| live.contains(k));
         // Workers of pods removed from the store behind our back.
         let map = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         for (k, h) in map.iter() {
@@ -696,7 +777,7 @@ impl Kubelet {
                     "metadata.name" => pod["metadata"]["name"].as_str().unwrap_or("").into(),
                     "metadata.namespace" => ns.into(),
                     "status.podIP" => ip.into(),
-                    "spec.nodeName" => NODE.into(),
+                    "spec.nodeName" => pod["spec"]["nodeName"].as_str().unwrap_or(NODE).into(),
                     _ => String::new(),
                 }
             } else {

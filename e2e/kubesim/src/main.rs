@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use lode_kubesim::kubelet::KubeletConfig;
+use lode_kubesim::kubelet::{GpuNodePool, KubeletConfig};
 use lode_kubesim::runtime::BinDir;
 use lode_kubesim::{KubeSim, KubeSimOptions};
 
@@ -37,6 +37,16 @@ struct Args {
     /// GPUs the simulated node offers; pods asking for more stay Pending.
     #[arg(long, default_value_t = 8)]
     gpus: i64,
+    /// Act as a node autoscaler: when a pod has waited this many seconds for GPUs, a
+    /// GPU node joins (as Cluster Autoscaler or Karpenter would add one). Unset: never.
+    #[arg(long)]
+    gpu_node_delay_seconds: Option<u64>,
+    /// GPUs of each node that joins.
+    #[arg(long, default_value_t = 8)]
+    gpu_node_gpus: i64,
+    /// Nodes that may join, at most.
+    #[arg(long = "gpu-nodes-max", default_value_t = 4)]
+    gpu_nodes_max: usize,
     /// Serve the API only: no process kubelet, no service proxy.
     #[arg(long)]
     no_kubelet: bool,
@@ -72,6 +82,11 @@ async fn main() -> anyhow::Result<()> {
             root: root.clone(),
             gpus: a.gpus,
             pod_net: 0,
+            gpu_nodes: a.gpu_node_delay_seconds.map(|d| GpuNodePool {
+                delay: std::time::Duration::from_secs(d),
+                gpus: a.gpu_node_gpus,
+                max: a.gpu_nodes_max,
+            }),
         }),
         crds: a.crds,
         networks: lode_kubesim::networks(),

@@ -11,8 +11,18 @@
 //!   HPA's rule), and only once the window is covered by samples: a load that dips and
 //!   comes back never shrinks the fleet, so steady load changes replicas at most once per
 //!   window.
+//! - **To zero** (with `min` 0) only after `idle_seconds` without any demand, the first
+//!   sample after a restart counting as demand.
+//! - **Never down while engines start**: until the replicas a scale-up asked for are
+//!   ready (at most [`STARTING_HOLD_SECONDS`]), each sample counts as wanting them, so the
+//!   window starts once they serve; a cold start longer than the window is not undone by
+//!   it.
 
 use std::collections::VecDeque;
+
+/// The longest engines that do not turn ready hold a scale-up (a pod that can never be
+/// scheduled must not keep a model from scaling down for ever).
+pub const STARTING_HOLD_SECONDS: f64 = 1800.0;
 
 /// What the serving pods report, summed over the ready ones.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -21,6 +31,11 @@ pub struct Signals {
     pub completion_tokens_per_second: f64,
     /// What the engines report of themselves.
     pub engines: EngineLoad,
+    /// Engine replicas wanted are not all ready yet (scheduling, a GPU node coming,
+    /// weights, engine load).
+    pub starting: bool,
+    /// A relay found no engine ready lately: at least one replica is wanted.
+    pub waking: bool,
 }
 
 /// The engines' own signals, over the ready engines whose metrics could be read (one
@@ -50,6 +65,8 @@ pub struct Policy {
     pub target_kv_usage: Option<f64>,
     /// Seconds of lower demand before scaling down.
     pub window_seconds: f64,
+    /// With `min` 0: seconds without demand before the last replica goes.
+    pub idle_seconds: f64,
 }
 
 /// A change of replicas and why.
@@ -65,6 +82,10 @@ pub struct Decision {
 pub struct Recommender {
     /// (seconds, desired replicas), oldest first.
     history: VecDeque<(f64, i32)>,
+    /// The last sample with any demand (or the first sample seen).
+    last_busy: Option<f64>,
+    /// Since when engines wanted have not all been ready.
+    starting_since: Option<f64>,
 }
 
 impl Recommender {
@@ -73,12 +94,16 @@ impl Recommender {
         Self::desires(s, p).0
     }
 
-    /// Each signal's desire, the largest within bounds, and the signal that gave it.
-    fn desires(s: &Signals, p: &Policy) -> (i32, &'static str, String) {
+    /// Each signal's desire, the largest within bounds, the signal that gave it, and
+    /// whether any signal wants a replica at all.
+    fn desires(s: &Signals, p: &Policy) -> (i32, &'static str, String, bool) {
         let mut wants = vec![(
             (s.in_flight as f64 / f64::from(p.target_in_flight.max(1))).ceil(),
             "relays in flight",
         )];
+        if s.waking {
+            wants.push((1.0, "relays waiting for an engine"));
+        }
         if let Some(t) = p.target_tokens_per_second.filter(|t| *t > 0.0) {
             wants.push((
                 (s.completion_tokens_per_second / t).ceil(),
@@ -102,13 +127,29 @@ impl Recommender {
             .map(|(w, name)| format!("{name} → {w}"))
             .collect::<Vec<_>>()
             .join(", ");
-        (want.clamp(p.min, p.max.max(p.min)), by, all)
+        (want.clamp(p.min, p.max.max(p.min)), by, all, want > 0)
     }
 
     /// The decision at time `now` (seconds, monotonic) with `current` replicas, if any.
     pub fn decide(&mut self, now: f64, current: i32, s: &Signals, p: &Policy) -> Option<Decision> {
-        let (desired, by, wants) = Self::desires(s, p);
-        self.history.push_back((now, desired));
+        let (desired, by, wants, busy) = Self::desires(s, p);
+        if busy || self.last_busy.is_none() {
+            self.last_busy = Some(now);
+        }
+        let starting = if s.starting {
+            let since = *self.starting_since.get_or_insert(now);
+            now - since < STARTING_HOLD_SECONDS
+        } else {
+            self.starting_since = None;
+            false
+        };
+        // While engines start, the replicas asked for stay wanted.
+        let recorded = if starting {
+            desired.max(current)
+        } else {
+            desired
+        };
+        self.history.push_back((now, recorded));
         // Keep one sample older than the window: it proves the window is covered.
         while self.history.len() > 2 && self.history[1].0 <= now - p.window_seconds {
             self.history.pop_front();
@@ -163,10 +204,22 @@ impl Recommender {
             .map(|(_, d)| *d)
             .max()
             .unwrap_or(desired);
-        if desired < current && covered && highest < current {
-            return Some(Decision {
+        if desired < current && !starting && covered && highest < current {
+            let idle_for = now - self.last_busy.unwrap_or(now);
+            if highest == 0 && idle_for >= p.idle_seconds {
+                return Some(Decision {
+                    from: current,
+                    to: 0,
+                    reason: format!(
+                        "scale to zero: no demand for {idle_for:.0} s (idle window {:.0} s); {signals}",
+                        p.idle_seconds
+                    ),
+                });
+            }
+            let to = highest.max(1);
+            return (to < current).then(|| Decision {
                 from: current,
-                to: highest,
+                to,
                 reason: format!(
                     "scale down: at most {highest} wanted for {:.0} s; {signals}",
                     p.window_seconds
@@ -190,6 +243,7 @@ mod tests {
             target_waiting: None,
             target_kv_usage: None,
             window_seconds: 60.0,
+            idle_seconds: 600.0,
         }
     }
 
@@ -398,5 +452,133 @@ mod tests {
             };
             assert_eq!(Recommender::desired(&absurd, &p), 2, "{bad}");
         }
+    }
+
+    fn at(in_flight: u64, starting: bool) -> Signals {
+        Signals {
+            in_flight,
+            starting,
+            ..Signals::default()
+        }
+    }
+
+    /// A model at zero wakes on its first (held) relay at once, is not scaled down while
+    /// its engine starts, and goes back to zero only after the idle window without any
+    /// relay; the stabilization window alone never takes the last replica.
+    #[test]
+    fn a_model_at_zero_wakes_on_one_relay_and_sleeps_after_the_idle_window() {
+        let mut p = policy();
+        (p.min, p.window_seconds, p.idle_seconds) = (0, 10.0, 60.0);
+        let mut r = Recommender::default();
+        let mut current = 0;
+        let mut changes = Vec::new();
+        for t in 0..200 {
+            let s = match t {
+                0..5 => at(0, false),
+                // One relay held while the engine starts (20 s), then served.
+                5..25 => at(1, current > 0),
+                25 => at(1, false),
+                _ => at(0, false),
+            };
+            if let Some(d) = r.decide(f64::from(t), current, &s, &p) {
+                changes.push((t, d.from, d.to, d.reason.clone()));
+                current = d.to;
+            }
+        }
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(
+            (changes[0].0, changes[0].1, changes[0].2),
+            (5, 0, 1),
+            "woken at once"
+        );
+        let (t, from, to, why) = &changes[1];
+        assert_eq!((*from, *to), (1, 0));
+        assert_eq!(
+            *t,
+            25 + 60,
+            "60 s after the last relay, not after the 10 s window"
+        );
+        assert!(
+            why.starts_with("scale to zero: no demand for 60 s"),
+            "{why}"
+        );
+
+        // A relay refused at once (hold full, deadline passed) still wakes the model.
+        let refused = Signals {
+            waking: true,
+            ..Signals::default()
+        };
+        assert_eq!(Recommender::desired(&refused, &p), 1);
+        let d = Recommender::default()
+            .decide(0.0, 0, &refused, &p)
+            .expect("wakes");
+        assert!(d.reason.contains("scale up"), "{}", d.reason);
+        // An operator that restarts next to an idle replica waits a whole idle window.
+        let mut fresh = Recommender::default();
+        for t in 0..60 {
+            assert_eq!(
+                fresh.decide(f64::from(1000 + t), 1, &at(0, false), &p),
+                None
+            );
+        }
+        let d = fresh.decide(1060.0, 1, &at(0, false), &p).expect("to zero");
+        assert_eq!(d.to, 0);
+        // With min 1 the idle window plays no part.
+        p.min = 1;
+        let mut r = Recommender::default();
+        for t in 0..400 {
+            if let Some(d) = r.decide(f64::from(t), 1, &at(0, false), &p) {
+                panic!("{d:?}");
+            }
+        }
+    }
+
+    /// A burst scales up; the engines take 60 s to start, longer than the 10 s window,
+    /// and the burst is over before they are ready: the scale-up is not undone while
+    /// they start, and the window counts from when they are ready. Engines that never
+    /// become ready hold it at most STARTING_HOLD_SECONDS.
+    #[test]
+    fn a_cold_start_longer_than_the_window_is_not_undone_by_it() {
+        let mut p = policy();
+        p.window_seconds = 10.0;
+        let mut r = Recommender::default();
+        let mut current = 1;
+        let mut downs = Vec::new();
+        for t in 0..120 {
+            let s = match t {
+                0..3 => at(32, t > 0),
+                3..63 => at(0, true),
+                _ => at(0, false),
+            };
+            if let Some(d) = r.decide(f64::from(t), current, &s, &p) {
+                if d.to < d.from {
+                    downs.push(t);
+                }
+                current = d.to;
+            }
+        }
+        assert_eq!(downs.len(), 1, "{downs:?}");
+        assert!(
+            downs[0] >= 63 + 10,
+            "down only a window after Ready: {downs:?}"
+        );
+        assert_eq!(current, 1);
+
+        // Never ready: held for STARTING_HOLD_SECONDS, then the window applies.
+        let mut r = Recommender::default();
+        let start = r.decide(0.0, 1, &at(32, false), &p).expect("up");
+        let mut current = start.to;
+        let mut down_at = None;
+        for t in 1..2000 {
+            if let Some(d) = r.decide(f64::from(t), current, &at(0, true), &p) {
+                current = d.to;
+                down_at.get_or_insert(t);
+            }
+        }
+        let t = down_at.expect("down at last");
+        assert!(
+            (STARTING_HOLD_SECONDS as i32..STARTING_HOLD_SECONDS as i32 + 15).contains(&t),
+            "{t}"
+        );
     }
 }

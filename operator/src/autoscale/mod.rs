@@ -63,6 +63,7 @@ async fn demand(addr: &str, service: &str) -> Option<PodDemand> {
     for d in report.services.iter().filter(|d| d.service_id == service) {
         out.signals.in_flight = out.signals.in_flight.saturating_add(d.in_flight);
         out.signals.completion_tokens_per_second += d.completion_tokens_per_second;
+        out.signals.waking |= d.waking;
         out.prompt_bytes = out.prompt_bytes.saturating_add(d.prefix_prompt_bytes);
         out.matched_bytes = out.matched_bytes.saturating_add(d.prefix_matched_bytes);
     }
@@ -87,6 +88,7 @@ pub fn relay_policy(sm: &ServiceModel) -> Policy {
         target_waiting: None,
         target_kv_usage: None,
         window_seconds: f64::from(sm.spec.autoscaling.scale_down_stabilization_seconds),
+        idle_seconds: 0.0,
     }
 }
 
@@ -95,6 +97,32 @@ pub fn relay_policy(sm: &ServiceModel) -> Policy {
 pub struct ModelState {
     engines: Recommender,
     relay: Recommender,
+    /// A scale-up whose engines are not all ready yet: when it was decided (the first
+    /// of several in a row) and the replicas it asked for.
+    cold: Option<(f64, i32)>,
+}
+
+impl ModelState {
+    /// Follows a scale-up to Ready: returns its cold start, in milliseconds, on the pass
+    /// that sees `ready` reach the replicas asked for. A scale-down forgets it.
+    fn cold_start(&mut self, now: f64, ready: i32, wanted: i32) -> Option<i64> {
+        let (since, to) = self.cold?;
+        if wanted < to {
+            self.cold = None;
+            return None;
+        }
+        if ready < to {
+            return None;
+        }
+        self.cold = None;
+        Some(((now - since) * 1000.0).round() as i64)
+    }
+
+    /// A scale-up was decided at `now`, to `to` replicas.
+    fn scaled_up(&mut self, now: f64, to: i32) {
+        let since = self.cold.map_or(now, |(t, _)| t);
+        self.cold = Some((since, to));
+    }
 }
 
 fn ready(p: &Pod) -> bool {
@@ -128,6 +156,7 @@ pub fn policy(sm: &ServiceModel) -> Policy {
         target_waiting: a.target_waiting.map(f64::from),
         target_kv_usage: a.target_kv_cache_usage.map(|p| f64::from(p) / 100.0),
         window_seconds: f64::from(a.scale_down_stabilization_seconds),
+        idle_seconds: f64::from(a.scale_to_zero_idle_seconds),
     }
 }
 
@@ -185,13 +214,13 @@ async fn model_pass(
     if sm.spec.autoscaling.mode != AutoscalingMode::Lode {
         // Replicas are someone else's; pods waiting for a GPU node are still shown.
         if status.pending_replicas != Some(pending) {
-            let mine = owned(
-                &status,
-                status.observed_demand,
+            let mine = Autoscaled {
+                demand: status.observed_demand,
                 pending,
-                status.prefix_hit_percent,
-            );
-            status::write(client, sm, status::AUTOSCALER, &mine).await?;
+                hit: status.prefix_hit_percent,
+                cold: status.cold_start_milliseconds,
+            };
+            status::write(client, sm, status::AUTOSCALER, &mine.status(&status)).await?;
         }
         return Ok(());
     }
@@ -206,6 +235,7 @@ async fn model_pass(
         if let Some(d) = demand(&format!("{ip}:{}", ports::SERVE_ADMIN), &sm.spec.service_id).await
         {
             total.signals.in_flight = total.signals.in_flight.saturating_add(d.signals.in_flight);
+            total.signals.waking |= d.signals.waking;
             total.signals.completion_tokens_per_second += d.signals.completion_tokens_per_second;
             // Counters a pod reports: summed without overflow whatever they say.
             total.prompt_bytes = total.prompt_bytes.saturating_add(d.prompt_bytes);
@@ -226,26 +256,50 @@ async fn model_pass(
     let hit = hit_percent(total.prompt_bytes, total.matched_bytes).or(status.prefix_hit_percent);
     let rec = state.entry((ns, name)).or_default();
     let now = epoch.elapsed().as_secs_f64();
+    let wanted = desired_replicas(sm);
+    let ready_engines = pods.iter().filter(|p| ready(p)).count() as i32;
+    signals.starting = ready_engines < wanted;
+    let cold = rec
+        .cold_start(now, ready_engines, wanted)
+        .or(status.cold_start_milliseconds);
+    if cold != status.cold_start_milliseconds
+        && let Some(ms) = cold
+    {
+        tracing::info!(cold_start_ms = ms, "engines ready after scale-up");
+    }
     // The relay tier scales by its own relays in flight, apart from the engines.
     let relay_now = desired_relay_replicas(sm);
+    let relay_signals = Signals {
+        starting: false,
+        ..signals
+    };
     if let Some(d) = rec
         .relay
-        .decide(now, relay_now, &signals, &relay_policy(sm))
+        .decide(now, relay_now, &relay_signals, &relay_policy(sm))
     {
         scale_relay(ctx, sm, &d).await?;
     }
-    let decision = rec
-        .engines
-        .decide(now, desired_replicas(sm), &signals, &policy(sm));
+    let decision = rec.engines.decide(now, wanted, &signals, &policy(sm));
     let demand_now = signals.in_flight as i64;
+    let mine = Autoscaled {
+        demand: Some(demand_now),
+        pending,
+        hit,
+        cold,
+    };
     match decision {
-        Some(d) => apply(ctx, sm, &d, &signals, pending, hit).await?,
-        None if status.observed_demand != Some(demand_now)
+        Some(d) => {
+            if d.to > d.from {
+                rec.scaled_up(now, d.to);
+            }
+            apply(ctx, sm, &d, &signals, &mine).await?
+        }
+        None if status.observed_demand != mine.demand
             || status.pending_replicas != Some(pending)
-            || status.prefix_hit_percent != hit =>
+            || status.prefix_hit_percent != hit
+            || status.cold_start_milliseconds != cold =>
         {
-            let mine = owned(&status, Some(demand_now), pending, hit);
-            status::write(client, sm, status::AUTOSCALER, &mine).await?;
+            status::write(client, sm, status::AUTOSCALER, &mine.status(&status)).await?;
         }
         None => {}
     }
@@ -325,21 +379,27 @@ async fn scale_relay(ctx: &Context, sm: &ServiceModel, d: &Decision) -> Result<(
     Ok(())
 }
 
-/// The autoscaler's part of a status: the decisions kept, the demand, the pending pods
-/// and the prefix hit rate. Sent whole every time (server-side apply removes what a
-/// manager stops sending).
-fn owned(
-    status: &ServiceModelStatus,
+/// The autoscaler's part of a status besides the decisions: the demand, the pending
+/// pods, the prefix hit rate and the last cold start. Sent whole every time (server-side
+/// apply removes what a manager stops sending).
+#[derive(Clone, Copy, Debug)]
+struct Autoscaled {
     demand: Option<i64>,
     pending: i32,
     hit: Option<i32>,
-) -> ServiceModelStatus {
-    ServiceModelStatus {
-        decisions: status.decisions.clone(),
-        observed_demand: demand,
-        pending_replicas: Some(pending),
-        prefix_hit_percent: hit,
-        ..ServiceModelStatus::default()
+    cold: Option<i64>,
+}
+
+impl Autoscaled {
+    fn status(&self, status: &ServiceModelStatus) -> ServiceModelStatus {
+        ServiceModelStatus {
+            decisions: status.decisions.clone(),
+            observed_demand: self.demand,
+            pending_replicas: Some(self.pending),
+            prefix_hit_percent: self.hit,
+            cold_start_milliseconds: self.cold,
+            ..ServiceModelStatus::default()
+        }
     }
 }
 
@@ -349,8 +409,7 @@ async fn apply(
     sm: &ServiceModel,
     d: &Decision,
     s: &Signals,
-    pending: i32,
-    hit: Option<i32>,
+    mine: &Autoscaled,
 ) -> Result<(), kube::Error> {
     let ns = sm.namespace().unwrap_or_default();
     let name = sm.name_any();
@@ -383,10 +442,7 @@ async fn apply(
     decisions.drain(..skip);
     let mine = ServiceModelStatus {
         decisions,
-        observed_demand: Some(s.in_flight as i64),
-        pending_replicas: Some(pending),
-        prefix_hit_percent: hit,
-        ..ServiceModelStatus::default()
+        ..mine.status(&ServiceModelStatus::default())
     };
     status::write(&ctx.client, sm, status::AUTOSCALER, &mine).await?;
     ctx.metrics
@@ -443,5 +499,86 @@ mod tests {
         assert_eq!(hit_percent(1000, 934), Some(93));
         assert_eq!(hit_percent(1000, 5000), Some(100), "bounded");
         assert_eq!(hit_percent(u64::MAX, u64::MAX / 2), Some(49), "no overflow");
+    }
+
+    /// The cold start runs from the first scale-up of a row to all its replicas ready;
+    /// a scale-down before then forgets it.
+    #[test]
+    fn a_cold_start_is_measured_from_the_decision_to_ready() {
+        let mut m = ModelState::default();
+        assert_eq!(m.cold_start(0.0, 0, 0), None, "nothing asked for");
+        m.scaled_up(10.0, 1);
+        assert_eq!(m.cold_start(11.0, 0, 1), None, "starting");
+        m.scaled_up(12.0, 2);
+        assert_eq!(m.cold_start(20.0, 1, 2), None, "one of two");
+        assert_eq!(m.cold_start(34.5, 2, 2), Some(24_500));
+        assert_eq!(m.cold_start(40.0, 2, 2), None, "measured once");
+        m.scaled_up(50.0, 3);
+        assert_eq!(m.cold_start(51.0, 2, 2), None, "scaled down before ready");
+        assert_eq!(m.cold_start(60.0, 3, 3), None, "forgotten");
+    }
+
+    /// A ready engine pod at `ip`.
+    fn engine_pod(name: &str, ip: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .expect("pod")
+    }
+
+    /// Three ready engines on one port: one answers its metrics, one accepts the
+    /// connection and never answers, one refuses it. The pass takes the metrics
+    /// timeout, not longer, and the live engine's signals decide (AIBrix's #1032).
+    #[tokio::test]
+    async fn a_dead_metrics_endpoint_does_not_stall_the_others() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = live.local_addr().expect("addr").port();
+        let stalled = tokio::net::TcpListener::bind(("127.0.0.2", port))
+            .await
+            .expect("bind 127.0.0.2 on the same port");
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = live.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf).await;
+                let body = "vllm:num_requests_waiting{model_name=\"m\"} 3\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0.8\n";
+                let _ = c
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = stalled.accept().await {
+                conns.push(c);
+            }
+        });
+        let mut sm = crate::build::tests::sample_model();
+        sm.spec.engine.port = i32::from(port);
+        let pods = [
+            engine_pod("live", "127.0.0.1"),
+            engine_pod("stalled", "127.0.0.2"),
+            engine_pod("refusing", "127.0.0.3"),
+        ];
+        let t = Instant::now();
+        let load = engine_load(&sm, &pods).await;
+        let took = t.elapsed();
+        assert_eq!(load.ready, 3);
+        assert_eq!(load.waiting, Some(3.0), "the live engine's queue");
+        assert_eq!(load.kv_usage, Some(0.8));
+        assert!(
+            took < engines::METRICS_TIMEOUT + Duration::from_millis(800),
+            "bounded by the timeout: {took:?}"
+        );
+        held.abort();
     }
 }

@@ -33,8 +33,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lode_contracts::NodeConfig;
 use lode_contracts::serve::{
-    BackendKind, DEFAULT_DISCOVERY_PERIOD_MS, EngineDiscovery, Routing, RoutingConfig, ServeConfig,
-    ServiceConfig, StoreConfig, StorePolicy,
+    BackendKind, DEFAULT_DISCOVERY_PERIOD_MS, EngineDiscovery, HoldConfig, Routing, RoutingConfig,
+    ServeConfig, ServiceConfig, StoreConfig, StorePolicy,
 };
 use lode_crds::{EngineKind, EngineRouting, ServiceModel, Supplier};
 use sha2::{Digest, Sha256};
@@ -255,6 +255,12 @@ pub fn serve_config(sm: &ServiceModel, supplier: &Supplier) -> ServeConfig {
             port: ENGINE_PORT_NAME.into(),
             period_ms: DEFAULT_DISCOVERY_PERIOD_MS,
             api_url: None,
+        });
+        // While no engine is ready (the model at zero, waking up), relays wait here.
+        service.hold = Some(HoldConfig {
+            max_relays: relay.hold_relays.max(1) as usize,
+            max_bytes: (relay.hold_mib.max(1) as usize) << 20,
+            deadline_ms: u64::from(relay.hold_seconds.max(1).unsigned_abs()) * 1000,
         });
     }
     let mut config = ServeConfig::new(
@@ -1204,6 +1210,16 @@ mod tests {
             (d.service.as_str(), d.port.as_str(), d.namespace.as_str()),
             ("qwen-7b-engines", "engine", "lode")
         );
+        // Relays wait for an engine (the model at zero, waking up) as spec.relay says.
+        assert_eq!(
+            service.hold,
+            Some(HoldConfig {
+                max_relays: 256,
+                max_bytes: 64 << 20,
+                deadline_ms: 30_000
+            })
+        );
+        config.validate().expect("serve takes it");
         // The routing the spec asks for, and the relay pods the autoscaler wants.
         let mut other = sm.clone();
         other.spec.relay.routing = EngineRouting::RoundRobin;

@@ -60,6 +60,7 @@ impl Hold {
     /// A place for a relay of `bytes`, or `None` when the hold is full (in count or in
     /// bytes).
     pub fn seat<'a>(&'a self, bytes: usize, metrics: &'a ServiceMetrics) -> Option<Seat<'a>> {
+        metrics.wants_engine();
         let mut s = self.state.lock().expect("hold lock");
         if s.relays >= self.config.max_relays
             || s.bytes.saturating_add(bytes) > self.config.max_bytes

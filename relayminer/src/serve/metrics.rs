@@ -30,6 +30,27 @@ pub struct ServiceMetrics {
     pub hold_full: AtomicU64,
     /// The last wake-up, first held relay to first engine ready, milliseconds.
     pub last_wake_ms: AtomicU64,
+    /// When a relay last found no engine ready (held, or refused with the hold full).
+    pub last_held: Mutex<Option<Instant>>,
+}
+
+/// How long a relay that found no engine keeps asking the autoscaler for one: long
+/// enough for a scrape to see it even when it was refused or expired at once.
+pub const WAKE_MEMORY: Duration = Duration::from_secs(10);
+
+impl ServiceMetrics {
+    /// A relay found no engine ready: the service wants to wake.
+    pub fn wants_engine(&self) {
+        *self.last_held.lock().expect("lock") = Some(Instant::now());
+    }
+
+    /// Whether a relay found no engine within [`WAKE_MEMORY`].
+    pub fn waking(&self) -> bool {
+        self.last_held
+            .lock()
+            .expect("lock")
+            .is_some_and(|t| t.elapsed() < WAKE_MEMORY)
+    }
 }
 
 /// The router's counters ([`super::route`]).
@@ -175,6 +196,7 @@ impl Metrics {
                     prefix_matched_bytes: m.route.matched_bytes.load(Ordering::Relaxed),
                     in_flight: m.in_flight.load(Ordering::Relaxed),
                     held: m.held.load(Ordering::Relaxed),
+                    waking: m.waking(),
                     queued,
                     relays_per_second: rate(|s| s.relays),
                     prompt_tokens_per_second: rate(|s| s.prompt),
