@@ -36,3 +36,7 @@ cargo bench -p lode-gateway --bench gateway --profile dev --locked
 # A multi-turn chat workload through the gateway, the relay tier and 4 engine-sim
 # replicas with a KV-cache model, routed four ways (about 5 minutes).
 cargo bench -p lode-gateway --bench routing --profile dev --locked
+# Scale from zero: the first relay's time to first token at zero engines, split into
+# decision, pod start, engine load and serve, against KubeAI's design point (the demand
+# read every 10 s); engine-sim with a 2 s load, and llama.cpp (about 5 minutes).
+cargo bench -p lode-fleet --bench cold_start --profile dev --locked

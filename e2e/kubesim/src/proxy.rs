@@ -24,6 +24,22 @@ pub struct Proxy {
     turn: Arc<AtomicUsize>,
 }
 
+/// The Service ports close with the proxy: a kubesim that shut down leaves no listener
+/// behind to catch the next one's connections (a later kubesim in the same process reuses
+/// its addresses).
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for (_, task) in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            task.abort();
+        }
+    }
+}
+
 pub(crate) fn target_port(pod: &Value, target: &Value) -> Option<i64> {
     if let Some(n) = target.as_i64() {
         return Some(n);
