@@ -13,10 +13,11 @@
 //!   window.
 //! - **To zero** (with `min` 0) only after `idle_seconds` without any demand, the first
 //!   sample after a restart counting as demand.
-//! - **Never down while engines start**: until the replicas a scale-up asked for are
-//!   ready (at most [`STARTING_HOLD_SECONDS`]), each sample counts as wanting them, so the
-//!   window starts once they serve; a cold start longer than the window is not undone by
-//!   it.
+//! - **Never to zero while engines start**: until the replicas a scale-up asked for are
+//!   ready (at most [`STARTING_HOLD_SECONDS`]), the model counts as busy, so the idle
+//!   window starts once they serve and a cold start longer than it is not undone by it.
+//!   (Scaling down to a replica or more follows the stabilization window as usual: a pod
+//!   waiting for a GPU node that never comes must not pin a model's size.)
 
 use std::collections::VecDeque;
 
@@ -133,9 +134,6 @@ impl Recommender {
     /// The decision at time `now` (seconds, monotonic) with `current` replicas, if any.
     pub fn decide(&mut self, now: f64, current: i32, s: &Signals, p: &Policy) -> Option<Decision> {
         let (desired, by, wants, busy) = Self::desires(s, p);
-        if busy || self.last_busy.is_none() {
-            self.last_busy = Some(now);
-        }
         let starting = if s.starting {
             let since = *self.starting_since.get_or_insert(now);
             now - since < STARTING_HOLD_SECONDS
@@ -143,13 +141,11 @@ impl Recommender {
             self.starting_since = None;
             false
         };
-        // While engines start, the replicas asked for stay wanted.
-        let recorded = if starting {
-            desired.max(current)
-        } else {
-            desired
-        };
-        self.history.push_back((now, recorded));
+        // Engines starting keep the model awake: the idle window starts once they serve.
+        if busy || starting || self.last_busy.is_none() {
+            self.last_busy = Some(now);
+        }
+        self.history.push_back((now, desired));
         // Keep one sample older than the window: it proves the window is covered.
         while self.history.len() > 2 && self.history[1].0 <= now - p.window_seconds {
             self.history.pop_front();
@@ -204,7 +200,7 @@ impl Recommender {
             .map(|(_, d)| *d)
             .max()
             .unwrap_or(desired);
-        if desired < current && !starting && covered && highest < current {
+        if desired < current && covered && highest < current {
             let idle_for = now - self.last_busy.unwrap_or(now);
             if highest == 0 && idle_for >= p.idle_seconds {
                 return Some(Decision {
@@ -533,52 +529,58 @@ mod tests {
         }
     }
 
-    /// A burst scales up; the engines take 60 s to start, longer than the 10 s window,
-    /// and the burst is over before they are ready: the scale-up is not undone while
-    /// they start, and the window counts from when they are ready. Engines that never
-    /// become ready hold it at most STARTING_HOLD_SECONDS.
+    /// The first relay wakes a model at zero; its engine takes 60 s to start, longer
+    /// than the 10 s idle window, and the relay goes elsewhere at 3 s: the model does
+    /// not go back to zero while the engine starts, only an idle window after it is
+    /// ready. An engine that never becomes ready keeps it awake at most
+    /// STARTING_HOLD_SECONDS. Scaling down to one replica is not held: a pod waiting for
+    /// a GPU node that never comes does not pin the model's size.
     #[test]
-    fn a_cold_start_longer_than_the_window_is_not_undone_by_it() {
+    fn a_cold_start_longer_than_the_idle_window_is_not_undone_by_it() {
         let mut p = policy();
-        p.window_seconds = 10.0;
+        (p.min, p.window_seconds, p.idle_seconds) = (0, 5.0, 10.0);
         let mut r = Recommender::default();
-        let mut current = 1;
-        let mut downs = Vec::new();
+        let mut current = 0;
+        let mut changes = Vec::new();
         for t in 0..120 {
             let s = match t {
-                0..3 => at(32, t > 0),
+                0..3 => at(1, t > 0),
                 3..63 => at(0, true),
                 _ => at(0, false),
             };
             if let Some(d) = r.decide(f64::from(t), current, &s, &p) {
-                if d.to < d.from {
-                    downs.push(t);
-                }
+                changes.push((t, d.to));
                 current = d.to;
             }
         }
-        assert_eq!(downs.len(), 1, "{downs:?}");
-        assert!(
-            downs[0] >= 63 + 10,
-            "down only a window after Ready: {downs:?}"
-        );
-        assert_eq!(current, 1);
+        // Last seen starting at 62: zero one idle window later.
+        assert_eq!(changes, vec![(0, 1), (62 + 10, 0)], "{changes:?}");
 
-        // Never ready: held for STARTING_HOLD_SECONDS, then the window applies.
+        // Never ready: awake for STARTING_HOLD_SECONDS, then the idle window applies.
         let mut r = Recommender::default();
-        let start = r.decide(0.0, 1, &at(32, false), &p).expect("up");
-        let mut current = start.to;
-        let mut down_at = None;
+        let mut current = r.decide(0.0, 0, &at(1, false), &p).expect("up").to;
+        let mut zero_at = None;
         for t in 1..2000 {
             if let Some(d) = r.decide(f64::from(t), current, &at(0, true), &p) {
                 current = d.to;
-                down_at.get_or_insert(t);
+                zero_at.get_or_insert(t);
             }
         }
-        let t = down_at.expect("down at last");
-        assert!(
-            (STARTING_HOLD_SECONDS as i32..STARTING_HOLD_SECONDS as i32 + 15).contains(&t),
-            "{t}"
-        );
+        let t = zero_at.expect("to zero at last");
+        let hold = STARTING_HOLD_SECONDS as i32;
+        assert!((hold..hold + 15).contains(&t), "{t}");
+
+        // A burst to 4 whose fourth pod never starts: down after the window as usual.
+        p.min = 1;
+        let mut r = Recommender::default();
+        let mut current = 4;
+        let mut downs = Vec::new();
+        for t in 0..30 {
+            if let Some(d) = r.decide(f64::from(t), current, &at(0, true), &p) {
+                downs.push((t, d.to));
+                current = d.to;
+            }
+        }
+        assert_eq!(downs, vec![(5, 1)], "{downs:?}");
     }
 }
