@@ -245,7 +245,7 @@ async fn a_service_at_zero_holds_relays_until_its_first_engine_is_found() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let f = fleet(|yaml| {
         yaml.push_str(&format!(
-            "    discovery: {{service: llm-engines, namespace: lode, port: engine, period_ms: 100, api_url: 'http://{api_addr}'}}\n    hold: {{max_relays: 3, max_bytes: 20000, deadline_ms: 1500}}\n",
+            "    discovery: {{service: llm-engines, namespace: lode, port: engine, period_ms: 3000, api_url: 'http://{api_addr}'}}\n    hold: {{max_relays: 3, max_bytes: 20000, deadline_ms: 1500}}\n",
         ))
     })
     .await;
@@ -330,8 +330,15 @@ async fn a_service_at_zero_holds_relays_until_its_first_engine_is_found() {
         );
         assert_eq!(metrics.hold_full.load(Ordering::Relaxed), 2);
         *api.answer.lock().expect("lock") = Answer::Slices(slices(&[(a_addr, true)]));
+        std::time::Instant::now()
     };
-    let ((s1, r1), (s2, r2), (s3, r3)) = tokio::join!(held, meanwhile).0;
+    let (((s1, r1), (s2, r2), (s3, r3)), found) = tokio::join!(held, meanwhile);
+    // Read every 3 s, but every 200 ms while relays are held: served well within 3 s.
+    let waited = found.elapsed();
+    assert!(
+        waited < Duration::from_millis(1500),
+        "served {waited:?} after the engine appeared"
+    );
     for (s, r) in [(s1, r1), (s2, r2), (s3, r3)] {
         assert_eq!(
             s, 200,

@@ -238,6 +238,9 @@ pub fn ready_engines(list: &Value, port: &str) -> Result<Vec<Uri>, String> {
     Ok(out)
 }
 
+/// How often the EndpointSlices are read while relays are held for want of an engine.
+pub const HELD_PERIOD: Duration = Duration::from_millis(200);
+
 /// Follows the engine replicas of `service_id` until the task is aborted.
 pub async fn follow(api: KubeApi, state: Arc<RelayState>, service_id: String) {
     let Some(service) = state.services.get(&service_id) else {
@@ -246,12 +249,30 @@ pub async fn follow(api: KubeApi, state: Arc<RelayState>, service_id: String) {
     let Some(d) = service.config.discovery.clone() else {
         return;
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(d.period_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let period = Duration::from_millis(d.period_ms);
     let mut last: Option<Vec<Uri>> = None;
     let mut failing = false;
+    let mut read_at: Option<tokio::time::Instant> = None;
     loop {
-        tick.tick().await;
+        // Every period; while relays are held for want of an engine, every
+        // HELD_PERIOD, so the first engine to turn ready serves them at once.
+        if let Some(at) = read_at {
+            loop {
+                let held = service.metrics.held.load(Ordering::Relaxed) > 0;
+                let due = at
+                    + if held {
+                        period.min(HELD_PERIOD)
+                    } else {
+                        period
+                    };
+                let now = tokio::time::Instant::now();
+                if now >= due {
+                    break;
+                }
+                tokio::time::sleep((due - now).min(HELD_PERIOD)).await;
+            }
+        }
+        read_at = Some(tokio::time::Instant::now());
         match api.engines(&d).await {
             Ok(found) => {
                 if failing {
