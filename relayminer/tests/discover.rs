@@ -64,6 +64,33 @@ async fn endpoint_slices(
     }
 }
 
+impl Api {
+    fn answering(slices: Value) -> Self {
+        Self {
+            answer: Arc::new(Mutex::new(Answer::Slices(slices))),
+            asked: Arc::default(),
+        }
+    }
+}
+
+/// The stand-in API server on a free loopback port: its address and its task.
+async fn serve_api(api: &Api) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let app = axum::Router::new()
+        .route(
+            "/apis/discovery.k8s.io/v1/namespaces/lode/endpointslices",
+            axum::routing::get(endpoint_slices),
+        )
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (
+        addr,
+        tokio::spawn(async move { axum::serve(listener, app).await }),
+    )
+}
+
 fn slices(ready: &[(SocketAddr, bool)]) -> Value {
     let endpoints: Vec<Value> = ready
         .iter()
@@ -103,24 +130,8 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engines_follow_the_endpoint_slices_and_a_bad_api_server_changes_nothing() {
     let ((a, a_addr), (b, b_addr)) = (another_engine().await, another_engine().await);
-    let api = Api {
-        answer: Arc::new(Mutex::new(Answer::Slices(slices(&[
-            (a_addr, true),
-            (b_addr, true),
-        ])))),
-        asked: Arc::default(),
-    };
-    let app = axum::Router::new()
-        .route(
-            "/apis/discovery.k8s.io/v1/namespaces/lode/endpointslices",
-            axum::routing::get(endpoint_slices),
-        )
-        .with_state(api.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let api_addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let api = Api::answering(slices(&[(a_addr, true), (b_addr, true)]));
+    let (api_addr, server) = serve_api(&api).await;
     let f = fleet(|yaml| {
         yaml.push_str(&format!(
             "    routing: {{mode: leastLoaded}}\n    discovery: {{service: llm-engines, namespace: lode, port: engine, period_ms: 100, api_url: 'http://{api_addr}'}}\n",
@@ -228,21 +239,8 @@ async fn admin(f: &Fleet, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_at_zero_holds_relays_until_its_first_engine_is_found() {
     let (a, a_addr) = another_engine().await;
-    let api = Api {
-        answer: Arc::new(Mutex::new(Answer::Slices(slices(&[])))),
-        asked: Arc::default(),
-    };
-    let app = axum::Router::new()
-        .route(
-            "/apis/discovery.k8s.io/v1/namespaces/lode/endpointslices",
-            axum::routing::get(endpoint_slices),
-        )
-        .with_state(api.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let api_addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let api = Api::answering(slices(&[]));
+    let (api_addr, server) = serve_api(&api).await;
     let f = fleet(|yaml| {
         yaml.push_str(&format!(
             "    discovery: {{service: llm-engines, namespace: lode, port: engine, period_ms: 3000, api_url: 'http://{api_addr}'}}\n    hold: {{max_relays: 3, max_bytes: 20000, deadline_ms: 1500}}\n",
